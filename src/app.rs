@@ -1,0 +1,100 @@
+//! The running proxy: its config, pools and client registry, and the accept loop that ties the
+//! data path together.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, ServerAddr, User};
+use crate::frontend::cancel::CancelRegistry;
+use crate::pool::{Pool, PoolError, PoolKey, PoolSettings, Pools};
+
+/// Shared state of one usher process.
+pub struct App {
+    config: RwLock<Arc<Config>>,
+    /// Every server pool.
+    pub pools: Arc<Pools>,
+    /// Cancel keys of live clients.
+    pub cancels: CancelRegistry,
+    /// Client connections open now.
+    pub clients: AtomicUsize,
+    next_client_id: AtomicU64,
+}
+
+impl App {
+    /// A new proxy state for `config`.
+    pub fn new(config: Config) -> Arc<App> {
+        Arc::new(App {
+            config: RwLock::new(Arc::new(config)),
+            pools: Arc::new(Pools::default()),
+            cancels: CancelRegistry::default(),
+            clients: AtomicUsize::new(0),
+            next_client_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().clone()
+    }
+
+    /// A fresh client id.
+    pub fn next_client_id(&self) -> u64 {
+        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The pool serving `user` on `database` at `server`.
+    pub fn pool(&self, config: &Config, database: &str, user: &User, server: &ServerAddr) -> Arc<Pool> {
+        let key = PoolKey {
+            database: database.to_string(),
+            user: user.name.clone(),
+            server: Arc::new(server.clone()),
+        };
+        self.pools.get_or_create(&key, || pool_settings(config, database, user))
+    }
+
+    /// The server parameters to announce to a client of `database`: from the first server
+    /// connection of shard 0's primary pool (opened now if there is none yet).
+    pub async fn server_params(&self, config: &Config, database: &str, user: &User) -> Result<BTreeMap<String, String>, PoolError> {
+        let db = &config.databases[database];
+        let pool = self.pool(config, database, user, &db.shards[0].primary);
+        if let Some(p) = pool.server_params() {
+            return Ok(p);
+        }
+        let mut lease = pool.checkout().await?;
+        let params = lease.conn().state.reported.clone();
+        lease.release();
+        Ok(params)
+    }
+}
+
+/// Pool settings for a (database, user) from the config.
+pub fn pool_settings(config: &Config, database: &str, user: &User) -> PoolSettings {
+    let g = &config.general;
+    let db = &config.databases[database];
+    let size = config.pool_size(db, user);
+    PoolSettings {
+        size,
+        min: g.min_pool_size.min(size),
+        reserve: g.reserve_pool_size,
+        reserve_timeout: g.reserve_pool_timeout.0,
+        wait_timeout: g.query_wait_timeout.enabled(),
+        idle_timeout: g.server_idle_timeout.enabled(),
+        lifetime: g.server_lifetime.enabled(),
+        connect_timeout: g.server_connect_timeout.0,
+        max_prepared: g.max_prepared_statements,
+        server_user: user.server_user().to_string(),
+        server_password: user.server_password().map(str::to_string),
+    }
+}
+
+/// Serves clients on `listener` until the task is dropped; also runs pool maintenance.
+pub async fn serve(app: Arc<App>, listener: TcpListener) {
+    let maintenance = tokio::spawn(crate::pool::maintenance::run(app.pools.clone(), Duration::from_secs(1)));
+    crate::frontend::listener::accept_loop(app, listener).await;
+    maintenance.abort();
+}

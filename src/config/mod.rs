@@ -1,0 +1,226 @@
+//! Configuration: the TOML file operators edit, its types, and its validation.
+//!
+//! Every field below is documented with what it does in production. `load` reads a file and
+//! reports every problem with the file, line and key (see [`load::load_file`]).
+
+mod duration;
+mod load;
+mod server_addr;
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+pub use duration::{parse_duration, ConfigDuration};
+pub use load::{load_file, load_str, ConfigError, ConfigProblem};
+pub use server_addr::ServerAddr;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Process-wide settings: listener, pool sizes and timeouts.
+    #[serde(default)]
+    pub general: General,
+    /// Users allowed to log in, with the credentials usher uses towards the servers.
+    #[serde(default)]
+    pub users: Vec<User>,
+    /// Databases clients may connect to, keyed by the name clients use.
+    #[serde(default)]
+    pub databases: BTreeMap<String, Database>,
+}
+
+/// How long a client keeps a server connection.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A server is lent for one transaction and returned at ReadyForQuery 'I' (the default).
+    #[default]
+    Transaction,
+    /// A server is lent for the client's whole session and reset with `server_reset_query`.
+    Session,
+}
+
+/// How clients prove who they are to usher.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+pub enum AuthMethod {
+    /// SASL SCRAM-SHA-256 (RFC 7677), the default; works with a plain password or a verifier.
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// MD5 challenge; needs the plain password in the config.
+    #[serde(rename = "md5")]
+    Md5,
+    /// No password asked; anyone who can reach the port may log in as this user.
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+/// `[general]`: settings shared by every pool.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct General {
+    /// Address clients connect to, e.g. `"127.0.0.1:6432"` or `"0.0.0.0:6432"`.
+    pub listen: String,
+    /// Default pool mode: `"transaction"` (servers shared between transactions) or `"session"`.
+    pub pool_mode: PoolMode,
+    /// Most client connections usher accepts at once; the next one gets SQLSTATE 53300.
+    pub max_client_conn: usize,
+    /// Server connections per (database, user, server) pool.
+    pub default_pool_size: usize,
+    /// Server connections each pool keeps open even when idle, so bursts skip the connect cost.
+    pub min_pool_size: usize,
+    /// Extra server connections a pool may open once a client has waited `reserve_pool_timeout`.
+    pub reserve_pool_size: usize,
+    /// How long a client waits before the reserve pool may be used for it.
+    pub reserve_pool_timeout: ConfigDuration,
+    /// How long a client may wait for a server before it gets an error (SQLSTATE 08P01 / 53300);
+    /// `0` waits forever.
+    pub query_wait_timeout: ConfigDuration,
+    /// Idle server connections above `min_pool_size` are closed after this long; `0` never.
+    pub server_idle_timeout: ConfigDuration,
+    /// Server connections older than this are closed when next released; `0` never.
+    pub server_lifetime: ConfigDuration,
+    /// How long connecting and logging in to a server may take before it counts as failed.
+    pub server_connect_timeout: ConfigDuration,
+    /// How long a new client has to finish the startup and authentication exchange.
+    pub client_login_timeout: ConfigDuration,
+    /// Query run on a server when a session-mode client releases it (and after a client left a
+    /// server in an unknown state). Empty disables it.
+    pub server_reset_query: String,
+    /// Also run `server_reset_query` in transaction mode after every transaction (PgBouncer's
+    /// `server_reset_query_always`); normally not needed because usher tracks session parameters.
+    pub server_reset_query_always: bool,
+    /// Prepared statements remembered per server connection in transaction mode (LRU); statements
+    /// are re-prepared lazily on whichever server a client gets.
+    pub max_prepared_statements: usize,
+    /// Largest message, in bytes, a client may send; a bigger length gets SQLSTATE 08P01 and a close.
+    pub max_message_size: usize,
+    /// Default client authentication method; each user may override it.
+    pub auth_type: AuthMethod,
+    /// Worker threads of the runtime; `0` uses one per core.
+    pub worker_threads: usize,
+}
+
+impl Default for General {
+    fn default() -> Self {
+        General {
+            listen: "127.0.0.1:6432".into(),
+            pool_mode: PoolMode::Transaction,
+            max_client_conn: 1000,
+            default_pool_size: 20,
+            min_pool_size: 0,
+            reserve_pool_size: 0,
+            reserve_pool_timeout: ConfigDuration::secs(5),
+            query_wait_timeout: ConfigDuration::secs(120),
+            server_idle_timeout: ConfigDuration::secs(600),
+            server_lifetime: ConfigDuration::secs(3600),
+            server_connect_timeout: ConfigDuration::secs(5),
+            client_login_timeout: ConfigDuration::secs(60),
+            server_reset_query: "DISCARD ALL".into(),
+            server_reset_query_always: false,
+            max_prepared_statements: 200,
+            max_message_size: 256 * 1024 * 1024,
+            auth_type: AuthMethod::ScramSha256,
+            worker_threads: 0,
+        }
+    }
+}
+
+/// `[[users]]`: one login.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// The user name clients log in with.
+    pub name: String,
+    /// The client's password: plain text, an `md5...` hash or a `SCRAM-SHA-256$...` verifier.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// User name usher logs in to the servers with; defaults to `name`.
+    #[serde(default)]
+    pub server_user: Option<String>,
+    /// Password usher gives the servers; defaults to `password` when that is plain text.
+    #[serde(default)]
+    pub server_password: Option<String>,
+    /// Client authentication method for this user; defaults to `general.auth_type`.
+    #[serde(default)]
+    pub auth_type: Option<AuthMethod>,
+    /// Pool size for this user's pools; defaults to the database's or `default_pool_size`.
+    #[serde(default)]
+    pub pool_size: Option<usize>,
+    /// Pool mode for this user; defaults to the database's or `general.pool_mode`.
+    #[serde(default)]
+    pub pool_mode: Option<PoolMode>,
+}
+
+impl User {
+    /// The user name presented to servers.
+    pub fn server_user(&self) -> &str {
+        self.server_user.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The password presented to servers, if any: `server_password`, else a plain `password`.
+    pub fn server_password(&self) -> Option<&str> {
+        self.server_password.as_deref().or_else(|| {
+            self.password
+                .as_deref()
+                .filter(|p| !p.starts_with("SCRAM-SHA-256$") && !is_md5_hash(p))
+        })
+    }
+}
+
+/// True when `p` looks like PostgreSQL's stored md5 form (`md5` + 32 hex digits).
+pub fn is_md5_hash(p: &str) -> bool {
+    p.len() == 35 && p.starts_with("md5") && p[3..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `[databases.NAME]`: a logical database and its servers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    /// The shards, each with a primary and optional replicas; index = shard number.
+    pub shards: Vec<Shard>,
+    /// Pool size for this database's pools; defaults to `general.default_pool_size`.
+    #[serde(default)]
+    pub pool_size: Option<usize>,
+    /// Pool mode for this database; defaults to `general.pool_mode`.
+    #[serde(default)]
+    pub pool_mode: Option<PoolMode>,
+}
+
+/// One shard: a primary and its streaming replicas.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shard {
+    /// The read-write server, `"host:port/dbname"`.
+    pub primary: ServerAddr,
+    /// Read-only replicas of the primary, `"host:port/dbname"` each.
+    #[serde(default)]
+    pub replicas: Vec<ServerAddr>,
+}
+
+impl Config {
+    /// The user entry named `name`.
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    /// Pool mode for a (database, user) pair: user setting, then database, then general.
+    pub fn pool_mode(&self, db: &Database, user: &User) -> PoolMode {
+        user.pool_mode
+            .or(db.pool_mode)
+            .unwrap_or(self.general.pool_mode)
+    }
+
+    /// Pool size for a (database, user) pair: user setting, then database, then general.
+    pub fn pool_size(&self, db: &Database, user: &User) -> usize {
+        user.pool_size
+            .or(db.pool_size)
+            .unwrap_or(self.general.default_pool_size)
+    }
+
+    /// Client authentication method for `user`.
+    pub fn auth_method(&self, user: &User) -> AuthMethod {
+        user.auth_type.unwrap_or(self.general.auth_type)
+    }
+}

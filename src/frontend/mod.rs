@@ -1,0 +1,29 @@
+//! The client side: accepting connections (capped by `max_client_conn`), the startup and
+//! authentication handshake, cancel requests, and the framed client socket.
+
+pub mod cancel;
+mod codec;
+mod handshake;
+pub mod listener;
+
+pub use codec::ClientIo;
+pub use handshake::{handshake, Login};
+
+use crate::protocol::ProtocolError;
+
+/// A failure on the client side: the client is disconnected, servers are unaffected.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontendError {
+    /// The client's socket failed or closed.
+    #[error("client connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client sent invalid protocol.
+    #[error("client protocol: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The client was refused (bad credentials, unknown database, limits); it was told why.
+    #[error("client refused: {0}")]
+    Refused(String),
+    /// The client took longer than `client_login_timeout` to log in.
+    #[error("client login timed out")]
+    LoginTimeout,
+}

@@ -1,0 +1,31 @@
+//! usher: a sharding-aware PostgreSQL connection pooler and proxy.
+//!
+//! # Layout
+//!
+//! One data path, one module per layer:
+//!
+//! ```text
+//! client socket ─► frontend (listener, handshake, ClientIo codec)
+//!               ─► session  (per-client loop: transaction boundaries, prepared statements,
+//!                            session parameters, response tracking)
+//!               ─► router   (which shard and role serves this transaction)
+//!               ─► pool     (per database/user/server pools, waiters, reserve, maintenance)
+//!               ─► server   (ServerConn: login, control queries)  ─► back through session::relay
+//! ```
+//!
+//! Supporting modules: [`protocol`] (frames, startup packet, message builders), [`auth`]
+//! (SCRAM-SHA-256 and md5 verification), [`config`] (TOML with file:line:key errors), and
+//! [`app`] (shared state and the accept loop).
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod frontend;
+pub mod pool;
+pub mod protocol;
+pub mod router;
+pub mod server;
+pub mod session;
+
+pub use app::{serve, App};
+pub use config::Config;

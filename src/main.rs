@@ -1,0 +1,95 @@
+//! The `usher` command: run the proxy, or check a config file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// A sharding-aware PostgreSQL connection pooler.
+#[derive(Parser)]
+#[command(name = "usher", version, about)]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(long, short, global = true, default_value = "config/usher.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate the config file and exit: non-zero with one line per problem.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match usher::config::load_file(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => {
+            println!(
+                "{}: OK ({} database(s), {} user(s))",
+                cli.config.display(),
+                config.databases.len(),
+                config.users.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Run => run(config),
+    }
+}
+
+fn run(config: usher::Config) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("USHER_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.general.worker_threads > 0 {
+        builder.worker_threads(config.general.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("usher: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listen = config.general.listen.clone();
+        let listener = match tokio::net::TcpListener::bind(&listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("usher: cannot listen on {listen}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(%listen, "usher listening");
+        let app = usher::App::new(config);
+        tokio::select! {
+            _ = usher::serve(app, listener) => {}
+            _ = shutdown_signal() => tracing::info!("shutting down"),
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,117 @@
+//! Server connection pools, one per (database, user, server), with PgBouncer's semantics:
+//! a size limit, a reserve used once a client waited `reserve_pool_timeout`, a wait limit
+//! (`query_wait_timeout`), `min_pool_size` kept warm, and idle, aged or broken connections
+//! retired (see [`maintenance`]).
+
+mod lease;
+pub mod maintenance;
+#[allow(clippy::module_inception)]
+mod pool;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+pub use lease::Lease;
+pub use pool::{Pool, PoolCounts};
+
+use crate::config::ServerAddr;
+use crate::server::ServerError;
+
+/// Identifies a pool.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// Database name clients connect to.
+    pub database: String,
+    /// User name clients log in with.
+    pub user: String,
+    /// The server this pool connects to.
+    pub server: Arc<ServerAddr>,
+}
+
+impl std::fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}@{}", self.database, self.user, self.server)
+    }
+}
+
+/// Limits and credentials of one pool, derived from the config.
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    /// Normal maximum of server connections.
+    pub size: usize,
+    /// Connections kept open even when idle.
+    pub min: usize,
+    /// Extra connections allowed after `reserve_timeout`.
+    pub reserve: usize,
+    /// Wait before the reserve may be used.
+    pub reserve_timeout: Duration,
+    /// Longest wait for a connection; `None` waits forever.
+    pub wait_timeout: Option<Duration>,
+    /// Idle connections above `min` are closed after this long.
+    pub idle_timeout: Option<Duration>,
+    /// Connections older than this are closed when idle.
+    pub lifetime: Option<Duration>,
+    /// Limit on connect + login.
+    pub connect_timeout: Duration,
+    /// Per-connection prepared statement LRU size.
+    pub max_prepared: usize,
+    /// User name for the server.
+    pub server_user: String,
+    /// Password for the server.
+    pub server_password: Option<String>,
+}
+
+/// Why no server connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// Waited `query_wait_timeout` without a connection becoming free.
+    #[error("query_wait_timeout: no server connection to {pool} became free within {waited:?} (pool size {size})")]
+    WaitTimeout {
+        /// The pool.
+        pool: String,
+        /// How long the client waited.
+        waited: Duration,
+        /// The pool's size.
+        size: usize,
+    },
+    /// Opening a new server connection failed.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+impl PoolError {
+    /// SQLSTATE to report to the client.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            PoolError::WaitTimeout { .. } => "57014",
+            PoolError::Server(e) => e.sqlstate(),
+        }
+    }
+}
+
+/// Every pool in the process.
+#[derive(Default)]
+pub struct Pools {
+    map: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+}
+
+impl Pools {
+    /// The pool for `key`, created with `settings` on first use.
+    pub fn get_or_create(&self, key: &PoolKey, settings: impl FnOnce() -> PoolSettings) -> Arc<Pool> {
+        let mut map = self.map.lock();
+        if let Some(p) = map.get(key) {
+            return p.clone();
+        }
+        let pool = Arc::new(Pool::new(key.clone(), settings()));
+        map.insert(key.clone(), pool.clone());
+        pool
+    }
+
+    /// A snapshot of all pools.
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        self.map.lock().values().cloned().collect()
+    }
+}

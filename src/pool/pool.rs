@@ -1,0 +1,338 @@
+//! One pool: idle connections, a FIFO of waiting clients, and the open-connection count.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use super::{Lease, PoolError, PoolKey, PoolSettings};
+use crate::server::ServerConn;
+
+/// What a waiting client is given: a connection, or the right to open one.
+enum Grant {
+    Conn(ServerConn),
+    Slot,
+}
+
+struct State {
+    settings: PoolSettings,
+    idle: VecDeque<ServerConn>,
+    /// Connections open, being opened or lent out.
+    open: usize,
+    /// Connections lent out.
+    lent: usize,
+    waiters: VecDeque<oneshot::Sender<Grant>>,
+}
+
+/// Counts for stats and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolCounts {
+    /// Idle connections.
+    pub idle: usize,
+    /// Connections lent to clients.
+    pub active: usize,
+    /// Connections open in total (idle + active + being opened).
+    pub open: usize,
+    /// Clients waiting for a connection.
+    pub waiting: usize,
+}
+
+/// A pool of connections to one server for one (database, user).
+pub struct Pool {
+    /// What this pool is for.
+    pub key: PoolKey,
+    state: Mutex<State>,
+    /// Connections opened over the pool's life.
+    pub connects: AtomicU64,
+    /// Parameters the server reported at the first login, sent to clients at their login.
+    server_params: Mutex<Option<BTreeMap<String, String>>>,
+}
+
+impl Pool {
+    pub(super) fn new(key: PoolKey, settings: PoolSettings) -> Pool {
+        Pool {
+            key,
+            state: Mutex::new(State {
+                settings,
+                idle: VecDeque::new(),
+                open: 0,
+                lent: 0,
+                waiters: VecDeque::new(),
+            }),
+            connects: AtomicU64::new(0),
+            server_params: Mutex::new(None),
+        }
+    }
+
+    /// Parameters reported by this pool's server, once one connection was made.
+    pub fn server_params(&self) -> Option<BTreeMap<String, String>> {
+        self.server_params.lock().clone()
+    }
+
+    /// Current settings.
+    pub fn settings(&self) -> PoolSettings {
+        self.state.lock().settings.clone()
+    }
+
+    /// Current counts.
+    pub fn counts(&self) -> PoolCounts {
+        let s = self.state.lock();
+        PoolCounts {
+            idle: s.idle.len(),
+            active: s.lent,
+            open: s.open,
+            waiting: s.waiters.iter().filter(|w| !w.is_closed()).count(),
+        }
+    }
+
+    /// Gets a connection: an idle one, a new one if under the size, or waits in line.
+    pub async fn checkout(self: &Arc<Self>) -> Result<Lease, PoolError> {
+        let started = Instant::now();
+        enum Next {
+            Open(PoolSettings),
+            Wait(PoolSettings, oneshot::Receiver<Grant>),
+        }
+        let next = {
+            let mut s = self.state.lock();
+            let mut found = None;
+            while let Some(conn) = s.idle.pop_back() {
+                if Self::reusable(&s.settings, &conn) {
+                    s.lent += 1;
+                    found = Some(conn);
+                    break;
+                }
+                s.open -= 1;
+                close(conn);
+            }
+            if let Some(conn) = found {
+                return Ok(Lease::new(conn, self.clone()));
+            }
+            if s.open < s.settings.size {
+                s.open += 1;
+                Next::Open(s.settings.clone())
+            } else {
+                let (tx, rx) = oneshot::channel();
+                s.waiters.retain(|w| !w.is_closed());
+                s.waiters.push_back(tx);
+                Next::Wait(s.settings.clone(), rx)
+            }
+        };
+        let (settings, rx) = match next {
+            Next::Open(settings) => return self.open_new(&settings).await,
+            Next::Wait(settings, rx) => (settings, rx),
+        };
+        self.wait(rx, settings, started).await
+    }
+
+    async fn wait(self: &Arc<Self>, mut rx: oneshot::Receiver<Grant>, settings: PoolSettings, started: Instant) -> Result<Lease, PoolError> {
+        let reserve_at = started + settings.reserve_timeout;
+        let give_up_at = settings.wait_timeout.map(|t| started + t);
+        let mut reserve_checked = settings.reserve == 0;
+        loop {
+            let next_timer = match (reserve_checked, give_up_at) {
+                (false, Some(g)) => Some(reserve_at.min(g)),
+                (false, None) => Some(reserve_at),
+                (true, g) => g,
+            };
+            let grant = match next_timer {
+                Some(at) => match tokio::time::timeout_at(at.into(), &mut rx).await {
+                    Ok(grant) => grant,
+                    Err(_) => {
+                        if !reserve_checked && Instant::now() >= reserve_at {
+                            reserve_checked = true;
+                            if self.take_reserve_slot() {
+                                rx.close();
+                                if let Ok(grant) = rx.try_recv() {
+                                    self.give_back_slot();
+                                    return self.accept(grant, &settings).await;
+                                }
+                                return self.open_new(&settings).await;
+                            }
+                            continue;
+                        }
+                        rx.close();
+                        if let Ok(grant) = rx.try_recv() {
+                            return self.accept(grant, &settings).await;
+                        }
+                        return Err(PoolError::WaitTimeout {
+                            pool: self.key.to_string(),
+                            waited: started.elapsed(),
+                            size: settings.size,
+                        });
+                    }
+                },
+                None => (&mut rx).await,
+            };
+            match grant {
+                Ok(grant) => return self.accept(grant, &settings).await,
+                // The pool dropped the waiter (it never does while it lives); treat as a timeout.
+                Err(_) => {
+                    return Err(PoolError::WaitTimeout {
+                        pool: self.key.to_string(),
+                        waited: started.elapsed(),
+                        size: settings.size,
+                    })
+                }
+            }
+        }
+    }
+
+    async fn accept(self: &Arc<Self>, grant: Grant, settings: &PoolSettings) -> Result<Lease, PoolError> {
+        match grant {
+            Grant::Conn(conn) => Ok(Lease::new(conn, self.clone())),
+            Grant::Slot => self.open_new(settings).await,
+        }
+    }
+
+    fn take_reserve_slot(&self) -> bool {
+        let mut s = self.state.lock();
+        if s.open < s.settings.size + s.settings.reserve {
+            s.open += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Opens a connection for a slot already counted in `open`.
+    async fn open_new(self: &Arc<Self>, settings: &PoolSettings) -> Result<Lease, PoolError> {
+        match self.connect(settings).await {
+            Ok(conn) => {
+                self.state.lock().lent += 1;
+                Ok(Lease::new(conn, self.clone()))
+            }
+            Err(e) => {
+                self.give_back_slot();
+                Err(e.into())
+            }
+        }
+    }
+
+    pub(super) async fn connect(&self, settings: &PoolSettings) -> Result<ServerConn, crate::server::ServerError> {
+        let conn = ServerConn::connect(
+            self.key.server.clone(),
+            &settings.server_user,
+            settings.server_password.as_deref(),
+            settings.connect_timeout,
+            settings.max_prepared,
+        )
+        .await?;
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        self.server_params
+            .lock()
+            .get_or_insert_with(|| conn.state.reported.clone());
+        tracing::debug!(pool = %self.key, server_conn = conn.id, "server connection opened");
+        Ok(conn)
+    }
+
+    /// A slot in `open` is no longer used: pass it to a waiter or drop it.
+    fn give_back_slot(&self) {
+        let mut s = self.state.lock();
+        while let Some(w) = s.waiters.pop_front() {
+            if w.send(Grant::Slot).is_ok() {
+                return;
+            }
+        }
+        s.open -= 1;
+    }
+
+    fn reusable(settings: &PoolSettings, conn: &ServerConn) -> bool {
+        !conn.dirty
+            && !conn.is_broken()
+            && settings.lifetime.is_none_or(|l| conn.created.elapsed() < l)
+    }
+
+    /// Takes a connection back from a client.
+    pub(super) fn checkin(&self, mut conn: ServerConn) {
+        let mut s = self.state.lock();
+        s.lent -= 1;
+        if !Self::reusable(&s.settings, &conn) {
+            drop(s);
+            self.discard_counted(conn);
+            return;
+        }
+        conn.last_used = Instant::now();
+        while let Some(w) = s.waiters.pop_front() {
+            match w.send(Grant::Conn(conn)) {
+                Ok(()) => {
+                    s.lent += 1;
+                    return;
+                }
+                Err(Grant::Conn(back)) => conn = back,
+                Err(Grant::Slot) => unreachable!("sent a connection"),
+            }
+        }
+        s.idle.push_back(conn);
+    }
+
+    /// Closes a lent connection instead of returning it.
+    pub(super) fn discard(&self, conn: ServerConn) {
+        self.state.lock().lent -= 1;
+        self.discard_counted(conn);
+    }
+
+    fn discard_counted(&self, conn: ServerConn) {
+        close(conn);
+        self.give_back_slot();
+    }
+
+    /// Closes idle connections that are broken, idle too long (above `min`) or too old; returns
+    /// how many connections must be opened to get back to `min`.
+    pub(super) fn retire_idle(&self, now: Instant) -> usize {
+        let mut s = self.state.lock();
+        let settings = s.settings.clone();
+        let mut keep = VecDeque::with_capacity(s.idle.len());
+        let mut closed = 0;
+        let open_before = s.open;
+        while let Some(conn) = s.idle.pop_front() {
+            let too_idle = settings
+                .idle_timeout
+                .is_some_and(|t| now.duration_since(conn.last_used) >= t && open_before - closed > settings.min);
+            if too_idle || !Self::reusable(&settings, &conn) {
+                closed += 1;
+                close(conn);
+            } else {
+                keep.push_back(conn);
+            }
+        }
+        s.idle = keep;
+        s.open -= closed;
+        let missing = settings.min.saturating_sub(s.open);
+        s.open += missing;
+        missing
+    }
+
+    /// Adds a freshly opened connection (for `min_pool_size`), or gives its slot back on failure.
+    pub(super) fn add_warm(&self, conn: Result<ServerConn, crate::server::ServerError>) {
+        match conn {
+            Ok(conn) => {
+                self.state.lock().lent += 1;
+                self.checkin(conn);
+            }
+            Err(e) => {
+                tracing::warn!(pool = %self.key, error = %e, "could not open a min_pool_size connection");
+                self.give_back_slot();
+            }
+        }
+    }
+
+    /// Replaces the settings (reload); connections are kept.
+    pub fn update_settings(&self, settings: PoolSettings) {
+        self.state.lock().settings = settings;
+    }
+
+    /// How long the oldest live waiter has waited is not tracked here; this is the idle age of
+    /// the least recently used idle connection, for stats.
+    pub fn oldest_idle(&self) -> Option<Duration> {
+        self.state.lock().idle.front().map(|c| c.last_used.elapsed())
+    }
+}
+
+/// Closes a server connection politely (Terminate) without waiting.
+fn close(conn: ServerConn) {
+    let _ = conn.stream.try_write(&[b'X', 0, 0, 0, 4]);
+    tracing::debug!(server = %conn.addr, server_conn = conn.id, "server connection closed");
+}

@@ -1,0 +1,448 @@
+//! A logged-in client's session: the data path from client frames through the router and the
+//! pool to a server connection, and the server's frames back.
+//!
+//! In transaction mode a server is taken when a transaction's first message arrives and given
+//! back at ReadyForQuery 'I' once no response is owed; the client's session parameters and
+//! prepared statements are carried to whichever server it gets. Server frames are scanned by
+//! header only and forwarded as raw bytes in runs (a 100 MB row streams through without being
+//! held whole); only ReadyForQuery and ParameterStatus bodies are read.
+
+mod params;
+mod prepared;
+mod relay;
+mod responses;
+pub mod sql_scan;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+
+use crate::app::App;
+use crate::config::PoolMode;
+use crate::frontend::cancel::CancelTarget;
+use crate::frontend::{ClientIo, FrontendError, Login};
+use crate::pool::Lease;
+use crate::protocol::{extended, messages, split_frame, Frame, ProtocolError};
+use crate::router;
+use params::ClientParams;
+use prepared::ClientStatements;
+use responses::{Expect, Tracker};
+use sql_scan::SessionChange;
+
+pub use relay::Pass;
+
+/// Why a session ended abnormally; says which side failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The client's socket failed or the client broke the protocol.
+    #[error(transparent)]
+    Client(#[from] FrontendError),
+    /// The server connection failed while the client was using it.
+    #[error(transparent)]
+    Server(#[from] crate::server::ServerError),
+}
+
+impl From<ProtocolError> for SessionError {
+    fn from(e: ProtocolError) -> Self {
+        SessionError::Client(FrontendError::Protocol(e))
+    }
+}
+
+/// How a step of the loop ended.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// One client's session.
+pub struct Session {
+    app: Arc<App>,
+    id: u64,
+    io: ClientIo,
+    login: Login,
+    mode: PoolMode,
+    params: ClientParams,
+    stmts: ClientStatements,
+    tracker: Tracker,
+    server: Option<Lease>,
+    /// Transaction status from the last ReadyForQuery the client saw.
+    txn_status: u8,
+    /// After an error usher raised for an extended-protocol message: drop messages until Sync.
+    skip_until_sync: bool,
+    /// A client DEALLOCATE ALL / DISCARD ALL went to the server in this transaction.
+    dropped_statements: bool,
+    /// Bytes for the client, in order.
+    client_out: Vec<Bytes>,
+    /// Bytes for the server, sent at the end of each batch of client frames.
+    server_out: BytesMut,
+    /// A server frame being streamed or skipped across reads.
+    pass: Option<Pass>,
+}
+
+impl Session {
+    /// A session for a client that just logged in.
+    pub fn new(app: Arc<App>, io: ClientIo, login: Login) -> Session {
+        let config = app.config();
+        let db = &config.databases[&login.database];
+        let user = config.user(&login.user).expect("login checked the user");
+        let mode = config.pool_mode(db, user);
+        Session {
+            id: app.next_client_id(),
+            params: ClientParams::new(login.params.clone()),
+            app,
+            io,
+            login,
+            mode,
+            stmts: ClientStatements::default(),
+            tracker: Tracker::default(),
+            server: None,
+            txn_status: b'I',
+            skip_until_sync: false,
+            dropped_statements: false,
+            client_out: Vec::new(),
+            server_out: BytesMut::new(),
+            pass: None,
+        }
+    }
+
+    /// Runs the session to its end and cleans up after it.
+    pub async fn run(mut self) {
+        tracing::info!(client = self.id, "client logged in");
+        let result = self.main_loop().await;
+        match &result {
+            Ok(()) => tracing::info!(client = self.id, "client disconnected"),
+            Err(e) => tracing::info!(client = self.id, error = %e, "session ended"),
+        }
+        self.finish().await;
+        self.app.cancels.unregister(self.login.cancel_key.0);
+    }
+
+    async fn main_loop(&mut self) -> Result<(), SessionError> {
+        loop {
+            let event = {
+                let Session { io, server, .. } = self;
+                match server {
+                    Some(lease) => {
+                        let conn = lease.conn();
+                        tokio::select! {
+                            r = conn.fill() => Event::Server(r),
+                            r = io.fill() => Event::Client(r),
+                        }
+                    }
+                    None => Event::Client(io.fill().await),
+                }
+            };
+            match event {
+                Event::Client(Ok(0)) => return Ok(()),
+                Event::Client(Ok(_)) => {
+                    if let Flow::Stop = self.on_client_data().await? {
+                        return Ok(());
+                    }
+                }
+                Event::Client(Err(e)) => return Err(FrontendError::Io(e).into()),
+                Event::Server(Ok(_)) => self.on_server_data().await?,
+                Event::Server(Err(e)) => {
+                    self.tracker.clear();
+                    // Deliver whatever the server said last (often a FATAL explaining why).
+                    let _ = self.flush_client().await;
+                    self.io
+                        .fatal("08006", &format!("usher: server connection lost: {e}"))
+                        .await;
+                    self.server = None;
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// Processes every whole frame the client sent, then sends the batch to the server.
+    async fn on_client_data(&mut self) -> Result<Flow, SessionError> {
+        loop {
+            let frame = match split_frame(&mut self.io.rbuf, self.io.max_message) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    self.io.fatal("08P01", &format!("invalid message: {e}")).await;
+                    return Err(e.into());
+                }
+            };
+            if let Flow::Stop = self.on_client_frame(frame).await? {
+                return Ok(Flow::Stop);
+            }
+        }
+        if !self.server_out.is_empty() {
+            let out = self.server_out.split().freeze();
+            if let Some(lease) = &mut self.server {
+                lease.conn().write(&out).await?;
+            }
+        }
+        self.flush_client().await?;
+        self.maybe_release().await;
+        Ok(Flow::Continue)
+    }
+
+    async fn on_client_frame(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+        match frame.tag {
+            b'X' => return Ok(Flow::Stop),
+            b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'H' | b'F' | b'd' | b'c' | b'f' => {}
+            other => {
+                let e = ProtocolError::UnknownType(other as char);
+                self.io.fatal("08P01", &format!("invalid frontend message type {:?}", other as char)).await;
+                return Err(e.into());
+            }
+        }
+        if self.skip_until_sync {
+            if frame.tag == b'S' {
+                self.skip_until_sync = false;
+                self.push_local_ready();
+            }
+            return Ok(Flow::Continue);
+        }
+        if self.server.is_none() {
+            match frame.tag {
+                b'S' => {
+                    self.push_local_ready();
+                    return Ok(Flow::Continue);
+                }
+                b'H' | b'd' | b'c' | b'f' => return Ok(Flow::Continue),
+                b'C' if self.mode == PoolMode::Transaction => {
+                    let (kind, span) = extended::target(frame.body(), "Close")?;
+                    if kind == b'S' && span.start != span.end {
+                        self.stmts.remove(span.of(frame.body()));
+                        self.client_out.push(Bytes::from_static(&[b'3', 0, 0, 0, 4]));
+                        return Ok(Flow::Continue);
+                    }
+                }
+                _ => {}
+            }
+            if let Err((code, message)) = self.attach(&frame).await {
+                let e = messages::error_response("ERROR", &code, &message, None);
+                self.client_out.push(e);
+                if frame.tag == b'Q' || frame.tag == b'F' {
+                    self.push_local_ready();
+                } else {
+                    self.skip_until_sync = true;
+                }
+                return Ok(Flow::Continue);
+            }
+        }
+        self.forward(frame)?;
+        self.client_out.append(&mut self.tracker.ready);
+        Ok(Flow::Continue)
+    }
+
+    /// Appends a client frame to the server batch and records what it expects back.
+    fn forward(&mut self, frame: Frame) -> Result<(), SessionError> {
+        let lease = self.server.as_mut().expect("attached");
+        let state = &mut lease.conn().state;
+        let rewrite = self.mode == PoolMode::Transaction;
+        match frame.tag {
+            b'Q' => {
+                let sql = frame.body().strip_suffix(b"\0").unwrap_or(frame.body());
+                let (changes, statements) = sql_scan::scan(&String::from_utf8_lossy(sql));
+                if rewrite && statements == 1 {
+                    if let [SessionChange::Deallocate(name)] = changes.as_slice() {
+                        if self.stmts.remove(name.as_bytes()) {
+                            // A protocol-level statement: only usher knows it by this name.
+                            let mut out = BytesMut::new();
+                            out.extend_from_slice(&Frame::new(b'C', b"DEALLOCATE\0").raw);
+                            messages::ready_for_query(&mut out, self.txn_status);
+                            self.tracker.push(Expect::Local(out.freeze()));
+                            return Ok(());
+                        }
+                    }
+                }
+                if changes.iter().any(|c| matches!(c, SessionChange::DeallocateAll | SessionChange::DiscardAll)) {
+                    self.stmts.clear();
+                    self.dropped_statements = true;
+                    state.prepared.clear();
+                    state.unnamed_owner = None;
+                }
+                self.params.on_changes(&changes, state);
+                self.server_out.extend_from_slice(&frame.raw);
+                self.tracker.push(Expect::Query);
+            }
+            b'P' | b'B' | b'D' | b'C' if rewrite => {
+                self.stmts
+                    .translate(self.id, &frame, state, &mut self.tracker, &mut self.server_out)?;
+            }
+            b'P' | b'B' | b'D' | b'C' => {
+                let expect = match frame.tag {
+                    b'P' => Expect::Parse { injected: false, name: None },
+                    b'B' => Expect::Bind,
+                    b'C' => Expect::Close,
+                    _ => match extended::target(frame.body(), "Describe")?.0 {
+                        b'S' => Expect::DescribeStatement,
+                        _ => Expect::DescribePortal,
+                    },
+                };
+                self.server_out.extend_from_slice(&frame.raw);
+                self.tracker.push(expect);
+            }
+            b'E' => {
+                self.server_out.extend_from_slice(&frame.raw);
+                self.tracker.push(Expect::Execute);
+            }
+            b'S' => {
+                self.server_out.extend_from_slice(&frame.raw);
+                self.tracker.push(Expect::Sync);
+            }
+            b'F' => {
+                self.server_out.extend_from_slice(&frame.raw);
+                self.tracker.push(Expect::FunctionCall);
+            }
+            b'H' => {
+                self.server_out.extend_from_slice(&frame.raw);
+                self.tracker.note_unsynced();
+            }
+            _ => self.server_out.extend_from_slice(&frame.raw),
+        }
+        Ok(())
+    }
+
+    /// Answers a Sync usher handled itself.
+    fn push_local_ready(&mut self) {
+        let mut out = BytesMut::new();
+        messages::ready_for_query(&mut out, self.txn_status);
+        self.tracker.push(Expect::Local(out.freeze()));
+        self.client_out.append(&mut self.tracker.ready);
+    }
+
+    /// Gets a server for the transaction starting with `first`; on failure returns the
+    /// SQLSTATE and message for the client.
+    async fn attach(&mut self, first: &Frame) -> Result<(), (String, String)> {
+        let config = self.app.config();
+        let db = &config.databases[&self.login.database];
+        let user = config.user(&self.login.user).ok_or_else(|| {
+            ("28000".to_string(), format!("user {:?} was removed from the configuration", self.login.user))
+        })?;
+        let target = router::route(db, &first.raw);
+        let addr = router::server_for(&self.login.database, db, target).map_err(|e| (e.sqlstate().to_string(), e.to_string()))?;
+        let pool = self.app.pool(&config, &self.login.database, user, addr);
+        let mut lease = pool.checkout().await.map_err(|e| (e.sqlstate().to_string(), e.to_string()))?;
+        let conn = lease.conn();
+        let prep = async {
+            if !conn.state.to_close.is_empty() {
+                let sql: String = conn.state.to_close.iter().map(|n| format!("DEALLOCATE \"{}\";", String::from_utf8_lossy(n))).collect();
+                conn.control_query(&sql).await?;
+                conn.state.to_close.clear();
+            }
+            conn.sync_params(&mut self.params.desired).await
+        };
+        if let Err(e) = prep.await {
+            let code = e.sqlstate().to_string();
+            let message = e.to_string();
+            if matches!(e, crate::server::ServerError::Query { .. }) {
+                lease.release();
+            }
+            return Err((code, message));
+        }
+        *self.login.cancel_slot.lock() = Some(CancelTarget { addr: conn.addr.clone(), key: conn.backend_key });
+        self.server = Some(lease);
+        Ok(())
+    }
+
+    /// Reads what the server sent, forwards it and releases the server when the transaction is over.
+    async fn on_server_data(&mut self) -> Result<(), SessionError> {
+        let Session { server, tracker, params, pass, client_out, txn_status, .. } = self;
+        let conn = server.as_mut().expect("attached").conn();
+        relay::scan(conn, tracker, params, pass, client_out, txn_status)?;
+        self.flush_client().await?;
+        self.maybe_release().await;
+        Ok(())
+    }
+
+    async fn flush_client(&mut self) -> Result<(), SessionError> {
+        for chunk in self.client_out.drain(..) {
+            self.io.stream.write_all(&chunk).await.map_err(FrontendError::Io)?;
+        }
+        Ok(())
+    }
+
+    /// In transaction mode, gives the server back once the transaction is over and nothing is owed.
+    async fn maybe_release(&mut self) {
+        if self.mode != PoolMode::Transaction || self.server.is_none() || self.txn_status != b'I' || !self.tracker.is_idle() || self.pass.is_some() {
+            return;
+        }
+        self.release().await;
+    }
+
+    /// Brings the server's bookkeeping up to date and returns it to the pool.
+    async fn release(&mut self) {
+        let Some(mut lease) = self.server.take() else { return };
+        *self.login.cancel_slot.lock() = None;
+        let conn = lease.conn();
+        for name in self.tracker.unprepared.drain(..) {
+            conn.state.prepared.pop(&name);
+        }
+        let config = self.app.config();
+        let mut ok = true;
+        if !self.params.to_read_back.is_empty() {
+            let names = std::mem::take(&mut self.params.to_read_back);
+            match conn.current_settings(&names).await {
+                Ok(values) => self.params.on_read_back(&names, values, &mut conn.state),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read back session settings; closing server connection");
+                    ok = false;
+                }
+            }
+        }
+        if ok && std::mem::take(&mut self.dropped_statements) {
+            ok = conn.control_query("DEALLOCATE ALL").await.is_ok();
+            conn.state.prepared.clear();
+        }
+        if ok && config.general.server_reset_query_always && !config.general.server_reset_query.is_empty() {
+            ok = reset(conn, &config.general.server_reset_query).await;
+        }
+        if ok {
+            lease.release();
+        }
+    }
+
+    /// Cleanup when the client is gone: roll back, reset (session mode) and return the server,
+    /// or close it when it is in the middle of something.
+    async fn finish(&mut self) {
+        let Some(mut lease) = self.server.take() else { return };
+        *self.login.cancel_slot.lock() = None;
+        if !self.tracker.is_idle() || self.pass.is_some() {
+            return; // Dropping the lease closes the connection: a query may still be running.
+        }
+        let config = self.app.config();
+        let conn = lease.conn();
+        let work = async {
+            if self.txn_status != b'I' {
+                conn.control_query("ROLLBACK").await?;
+            }
+            Ok::<(), crate::server::ServerError>(())
+        };
+        let cleaned = matches!(tokio::time::timeout(Duration::from_secs(5), work).await, Ok(Ok(())));
+        if !cleaned {
+            return;
+        }
+        if self.mode == PoolMode::Session && !config.general.server_reset_query.is_empty() && !reset(conn, &config.general.server_reset_query).await {
+            return;
+        }
+        lease.release();
+    }
+}
+
+/// Runs the reset query and forgets the session state it wipes.
+async fn reset(conn: &mut crate::server::ServerConn, sql: &str) -> bool {
+    match tokio::time::timeout(Duration::from_secs(5), conn.control_query(sql)).await {
+        Ok(Ok(_)) => {
+            conn.state.applied.clear();
+            conn.state.prepared.clear();
+            conn.state.to_close.clear();
+            conn.state.unnamed_owner = None;
+            true
+        }
+        _ => false,
+    }
+}
+
+enum Event {
+    Client(std::io::Result<usize>),
+    Server(Result<usize, crate::server::ServerError>),
+}

@@ -1,0 +1,93 @@
+//! Server-to-client relay: scans the server's receive buffer frame header by frame header,
+//! forwards runs of frames as one zero-copy slice, swallows answers to injected messages, and
+//! streams frames larger than what has arrived so far without waiting for their end.
+
+use bytes::{Buf, Bytes};
+
+use super::params::ClientParams;
+use super::responses::{Decision, Tracker};
+use crate::protocol::frame::peek_header;
+use crate::server::{ServerConn, ServerError};
+
+/// A server frame partly passed through: how much of it remains and whether it is forwarded.
+#[derive(Debug, Clone, Copy)]
+pub struct Pass {
+    /// Bytes of the frame not yet seen.
+    pub remaining: usize,
+    /// Forward (true) or swallow (false).
+    pub forward: bool,
+}
+
+/// Largest server frame accepted (Postgres never sends one over 1 GB + header).
+const MAX_SERVER_FRAME: usize = (1 << 30) + 64;
+
+/// Moves what is in `conn.rbuf` towards the client (`out`), updating the tracker, the
+/// transaction status and the parameters.
+pub fn scan(
+    conn: &mut ServerConn,
+    tracker: &mut Tracker,
+    params: &mut ClientParams,
+    pass: &mut Option<Pass>,
+    out: &mut Vec<Bytes>,
+    txn_status: &mut u8,
+) -> Result<(), ServerError> {
+    let mut run = 0usize;
+    loop {
+        if let Some(p) = pass {
+            let n = p.remaining.min(conn.rbuf.len() - run);
+            if n == 0 {
+                break;
+            }
+            if p.forward {
+                run += n;
+            } else {
+                flush_run(&mut conn.rbuf, &mut run, out);
+                conn.rbuf.advance(n);
+            }
+            p.remaining -= n;
+            if p.remaining == 0 {
+                *pass = None;
+            }
+            continue;
+        }
+        let header = peek_header(&conn.rbuf[run..], MAX_SERVER_FRAME).map_err(|e| conn.protocol(e.to_string()))?;
+        let Some((tag, total)) = header else { break };
+        let available = conn.rbuf.len() - run;
+        if matches!(tag, b'Z' | b'S') {
+            if available < total {
+                break;
+            }
+            let body = &conn.rbuf[run + 5..run + total];
+            if tag == b'Z' {
+                *txn_status = *body.first().ok_or_else(|| conn.protocol("empty ReadyForQuery".into()))?;
+            } else if let Some((name, value)) = crate::server::parse_param_status(body) {
+                params.on_report(&name, &value, &mut conn.state);
+            }
+        }
+        let decision = tracker.on_frame(tag);
+        let take = total.min(available);
+        match decision {
+            Decision::Forward => run += take,
+            Decision::Swallow => {
+                flush_run(&mut conn.rbuf, &mut run, out);
+                conn.rbuf.advance(take);
+            }
+        }
+        if take < total {
+            *pass = Some(Pass { remaining: total - take, forward: decision == Decision::Forward });
+        }
+        if !tracker.ready.is_empty() {
+            flush_run(&mut conn.rbuf, &mut run, out);
+            out.append(&mut tracker.ready);
+        }
+    }
+    flush_run(&mut conn.rbuf, &mut run, out);
+    Ok(())
+}
+
+fn flush_run(buf: &mut bytes::BytesMut, run: &mut usize, out: &mut Vec<Bytes>) {
+    if *run > 0 {
+        out.push(buf.split_to(*run).freeze());
+        *run = 0;
+    }
+}
