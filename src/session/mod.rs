@@ -184,6 +184,7 @@ impl Session {
     }
 
     async fn on_client_frame(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+        tracing::trace!(tag = %(frame.tag as char), len = frame.raw.len(), attached = self.server.is_some(), "client frame");
         match frame.tag {
             b'X' => return Ok(Flow::Stop),
             b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'H' | b'F' | b'd' | b'c' | b'f' => {}
@@ -296,6 +297,10 @@ impl Session {
             b'H' => {
                 self.server_out.extend_from_slice(&frame.raw);
                 self.tracker.note_unsynced();
+            }
+            b'c' | b'f' => {
+                self.server_out.extend_from_slice(&frame.raw);
+                self.tracker.client_copy_end();
             }
             _ => self.server_out.extend_from_slice(&frame.raw),
         }

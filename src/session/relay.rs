@@ -65,6 +65,7 @@ pub fn scan(
             }
         }
         let decision = tracker.on_frame(tag);
+        tracing::trace!(tag = %(tag as char), len = total, ?decision, "server frame");
         let take = total.min(available);
         match decision {
             Decision::Forward => run += take,

@@ -38,6 +38,8 @@ pub enum Expect {
     FunctionCall,
     /// An answer usher gives itself, released in order.
     Local(Bytes),
+    /// The client ended a COPY IN (CopyDone/CopyFail) before the server said it started one.
+    CopyEnd,
 }
 
 /// What to do with one server frame.
@@ -60,6 +62,9 @@ pub struct Tracker {
     /// Extended-protocol messages were sent since the last Sync (the server is inside an
     /// implicit transaction and must not be released).
     pub unsynced: bool,
+    /// The server is in COPY IN mode and the client has not ended it: Syncs are ignored by the
+    /// server then, so they get no entry.
+    copy_in: bool,
 }
 
 impl Tracker {
@@ -70,12 +75,47 @@ impl Tracker {
 
     /// Records a message sent to the server (or answered locally, for `Expect::Local`).
     pub fn push(&mut self, expect: Expect) {
+        if self.copy_in && expect == Expect::Sync {
+            return;
+        }
         match expect {
             Expect::Sync | Expect::Query | Expect::FunctionCall => self.unsynced = false,
             _ => self.unsynced = true,
         }
         self.queue.push_back(expect);
         self.release_local();
+    }
+
+    /// The client sent CopyDone or CopyFail.
+    pub fn client_copy_end(&mut self) {
+        if self.copy_in {
+            self.copy_in = false;
+        } else {
+            self.queue.push_back(Expect::CopyEnd);
+        }
+    }
+
+    /// The server started COPY IN: Syncs the client sent since the COPY began, up to its
+    /// CopyDone/CopyFail, are ignored by the server and so get no answer.
+    fn server_copy_in(&mut self) {
+        let end = self.queue.iter().position(|e| *e == Expect::CopyEnd);
+        let limit = end.unwrap_or(self.queue.len());
+        let mut i = 1;
+        let mut limit = limit;
+        while i < limit {
+            if self.queue[i] == Expect::Sync {
+                self.queue.remove(i);
+                limit -= 1;
+            } else {
+                i += 1;
+            }
+        }
+        match end {
+            Some(_) => {
+                self.queue.remove(limit);
+            }
+            None => self.copy_in = true,
+        }
     }
 
     /// Marks that an extended message without a response (Execute has one; Flush has none)
@@ -95,7 +135,12 @@ impl Tracker {
                 }
                 Decision::Forward
             }
+            b'G' => {
+                self.server_copy_in();
+                Decision::Forward
+            }
             b'Z' => {
+                self.copy_in = false;
                 while let Some(e) = self.queue.pop_front() {
                     match e {
                         Expect::Sync | Expect::Query | Expect::FunctionCall => break,
@@ -142,9 +187,17 @@ impl Tracker {
     }
 
     fn release_local(&mut self) {
-        while let Some(Expect::Local(_)) = self.queue.front() {
-            if let Some(Expect::Local(bytes)) = self.queue.pop_front() {
-                self.ready.push(bytes);
+        loop {
+            match self.queue.front() {
+                Some(Expect::Local(_)) => {
+                    if let Some(Expect::Local(bytes)) = self.queue.pop_front() {
+                        self.ready.push(bytes);
+                    }
+                }
+                Some(Expect::CopyEnd) => {
+                    self.queue.pop_front();
+                }
+                _ => return,
             }
         }
     }
@@ -153,6 +206,7 @@ impl Tracker {
     pub fn clear(&mut self) {
         self.queue.clear();
         self.unsynced = false;
+        self.copy_in = false;
     }
 }
 
@@ -220,6 +274,36 @@ mod tests {
             assert_eq!(t.on_frame(*tag), Forward);
         }
         assert!(!t.is_idle());
+        t.on_frame(b'Z');
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn syncs_during_copy_in_get_no_answer() {
+        // tokio-postgres: Bind, Execute, Sync | CopyData, CopyDone, Sync | Close(local), Sync
+        let mut t = Tracker::default();
+        t.push(Expect::Bind);
+        t.push(Expect::Execute);
+        t.push(Expect::Sync);
+        assert_eq!(t.on_frame(b'2'), Forward);
+        assert_eq!(t.on_frame(b'G'), Forward);
+        t.client_copy_end();
+        t.push(Expect::Sync);
+        t.push(local(b"3"));
+        t.push(Expect::Sync);
+        t.on_frame(b'C');
+        t.on_frame(b'Z');
+        assert_eq!(t.ready, vec![Bytes::from_static(b"3")], "CloseComplete follows the first ReadyForQuery");
+        t.on_frame(b'Z');
+        assert!(t.is_idle());
+        // Same, with the client's CopyDone pipelined before the server's CopyInResponse.
+        let mut t = Tracker::default();
+        t.push(Expect::Execute);
+        t.push(Expect::Sync);
+        t.client_copy_end();
+        t.push(Expect::Sync);
+        t.on_frame(b'G');
+        t.on_frame(b'C');
         t.on_frame(b'Z');
         assert!(t.is_idle());
     }
