@@ -59,10 +59,13 @@ impl ClientParams {
                         .keys()
                         .find(|k| k.eq_ignore_ascii_case(name))
                         .cloned();
-                    if canonical.is_none() && !self.to_read_back.contains(name) {
+                    let is_reset = matches!(change, SessionChange::Reset(_));
+                    if is_reset {
+                        self.to_read_back.retain(|n| n != name);
+                    } else if canonical.is_none() && !self.to_read_back.contains(name) {
                         self.to_read_back.push(name.clone());
                     }
-                    if matches!(change, SessionChange::Reset(_)) {
+                    if is_reset {
                         let key = canonical.unwrap_or_else(|| name.clone());
                         // RESET on a pooled server returns to the server default; the client
                         // expects its startup value. Forget the server-side value so the next
