@@ -168,8 +168,14 @@ impl Session {
                     return Err(e.into());
                 }
             };
-            if let Flow::Stop = self.on_client_frame(frame).await? {
-                return Ok(Flow::Stop);
+            match self.on_client_frame(frame).await {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Stop) => return Ok(Flow::Stop),
+                Err(SessionError::Client(FrontendError::Protocol(e))) => {
+                    self.io.fatal("08P01", &format!("invalid message: {e}")).await;
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e),
             }
         }
         if !self.server_out.is_empty() {
@@ -189,9 +195,7 @@ impl Session {
             b'X' => return Ok(Flow::Stop),
             b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'H' | b'F' | b'd' | b'c' | b'f' => {}
             other => {
-                let e = ProtocolError::UnknownType(other as char);
-                self.io.fatal("08P01", &format!("invalid frontend message type {:?}", other as char)).await;
-                return Err(e.into());
+                return Err(ProtocolError::UnknownType(other as char).into());
             }
         }
         if self.skip_until_sync {
@@ -208,6 +212,12 @@ impl Session {
                     return Ok(Flow::Continue);
                 }
                 b'H' | b'd' | b'c' | b'f' => return Ok(Flow::Continue),
+                b'P' if self.mode == PoolMode::Transaction && !frame.body().starts_with(b"\0") => {
+                    self.stmts.remember(&frame)?;
+                    self.tracker.push(Expect::Local(Bytes::from_static(prepared::PARSE_COMPLETE)));
+                    self.client_out.append(&mut self.tracker.ready);
+                    return Ok(Flow::Continue);
+                }
                 b'C' if self.mode == PoolMode::Transaction => {
                     let (kind, span) = extended::target(frame.body(), "Close")?;
                     if kind == b'S' && span.start != span.end {

@@ -45,7 +45,7 @@ pub struct ClientStatements {
     unnamed_generation: u64,
 }
 
-const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];
+pub(crate) const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];
 const CLOSE_COMPLETE: &[u8] = &[b'3', 0, 0, 0, 4];
 
 impl ClientStatements {
@@ -57,6 +57,26 @@ impl ClientStatements {
     /// Forgets one statement by the client's name; true if it existed.
     pub fn remove(&mut self, name: &[u8]) -> bool {
         self.named.remove(name).is_some()
+    }
+
+    /// Records a named Parse without sending it anywhere: outside a transaction no server is
+    /// needed until the statement is used, and each server gets it lazily at first Bind or
+    /// Describe. (A client blocked in a synchronous prepare therefore never waits for a pool
+    /// whose servers its own other connections hold.) Returns the global name.
+    pub fn remember(&mut self, frame: &Frame) -> Result<Bytes, ProtocolError> {
+        let body = frame.body();
+        let (span, query) = extended::parse_fields(body)?;
+        let types = &body[span.end + 1 + query.len() + 1..];
+        let global = global_name(query, types);
+        self.named.insert(
+            Bytes::copy_from_slice(span.of(body)),
+            Arc::new(Statement {
+                global: global.clone(),
+                query: Bytes::copy_from_slice(query),
+                param_types: Bytes::copy_from_slice(types),
+            }),
+        );
+        Ok(global)
     }
 
     /// Translates one extended-protocol client frame for the attached server, appending what
@@ -90,15 +110,7 @@ impl ClientStatements {
                     tracker.push(Expect::Parse { injected: false, name: None });
                     return Ok(());
                 }
-                let global = global_name(query, types);
-                self.named.insert(
-                    Bytes::copy_from_slice(span.of(body)),
-                    Arc::new(Statement {
-                        global: global.clone(),
-                        query: Bytes::copy_from_slice(query),
-                        param_types: Bytes::copy_from_slice(types),
-                    }),
-                );
+                let global = self.remember(frame)?;
                 if server.prepared.get(&global).is_some() {
                     tracker.push(Expect::Local(Bytes::from_static(PARSE_COMPLETE)));
                 } else {

@@ -80,6 +80,8 @@ impl Tracker {
         }
         match expect {
             Expect::Sync | Expect::Query | Expect::FunctionCall => self.unsynced = false,
+            // Answered by usher: the server is not inside an implicit transaction because of it.
+            Expect::Local(_) | Expect::CopyEnd => {}
             _ => self.unsynced = true,
         }
         self.queue.push_back(expect);

@@ -1,0 +1,195 @@
+//! The client side: authentication methods, refusals with the right SQLSTATE, connection
+//! limits, malformed input, and the `usher check` command.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_postgres::error::SqlState;
+
+async fn setup(prefix: &str, extra: &str) -> (Usher, String) {
+    let db = topology().create_db(prefix);
+    for user in ["md5_user", "plain_user", "trust_user"] {
+        topology().primary.psql(&db, &format!("GRANT ALL ON SCHEMA public TO {user}"));
+    }
+    let usher = start_usher(&config(&db, extra)).await;
+    (usher, db)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_methods_both_sides() {
+    // Client side: app uses SCRAM, md5_user md5, trust_user trust. Server side: app SCRAM,
+    // md5_user md5, plain_user cleartext ("password"), trust_user trust.
+    let (u, db) = setup("auth", "").await;
+    for user in ["app", "md5_user", "plain_user", "trust_user"] {
+        let c = connect(u.port, user, &db).await.unwrap_or_else(|e| panic!("{user}: {e:?}"));
+        let who: String = c.query_one("SELECT current_user", &[]).await.unwrap().get(0);
+        assert_eq!(who, user);
+    }
+    // A SCRAM verifier in the config works for clients too (server_password given separately).
+    let verifier = postgres_protocol::password::scram_sha_256(PASSWORD.as_bytes());
+    let cfg = config(&db, "").replacen(
+        &format!("name = \"app\"\npassword = \"{PASSWORD}\""),
+        &format!("name = \"app\"\npassword = \"{verifier}\"\nserver_password = \"{PASSWORD}\""),
+        1,
+    );
+    let u2 = start_usher(&cfg).await;
+    connect(u2.port, "app", &db).await.unwrap().simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_have_sqlstates() {
+    let (u, db) = setup("refuse", "").await;
+    let wrong = connect_dsn(&format!("host=127.0.0.1 port={} user=app password=nope dbname={db}", u.port)).await.unwrap_err();
+    assert_eq!(wrong.code(), Some(&SqlState::INVALID_PASSWORD), "{wrong:?}");
+    let md5_wrong = connect_dsn(&format!("host=127.0.0.1 port={} user=md5_user password=nope dbname={db}", u.port)).await.unwrap_err();
+    assert_eq!(md5_wrong.code(), Some(&SqlState::INVALID_PASSWORD), "{md5_wrong:?}");
+    let unknown = connect(u.port, "nobody", &db).await.unwrap_err();
+    assert_eq!(unknown.code(), Some(&SqlState::INVALID_PASSWORD), "{unknown:?}");
+    let nodb = connect(u.port, "app", "no_such_db").await.unwrap_err();
+    assert_eq!(nodb.code(), Some(&SqlState::INVALID_CATALOG_NAME), "{nodb:?}");
+    // psql gets the same errors (no dropped socket).
+    let out = std::process::Command::new(pg_bin("psql"))
+        .args(["-X", "-h", "127.0.0.1", "-p", &u.port.to_string(), "-U", "app", "-d", &db, "-c", "SELECT 1"])
+        .env("PGPASSWORD", "nope")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("password authentication failed for user \"app\""), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_works_through_usher() {
+    let (u, db) = setup("psql", "").await;
+    let out = std::process::Command::new(pg_bin("psql"))
+        .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", &u.port.to_string(), "-U", "app", "-d", &db])
+        .args(["-c", "CREATE TABLE p (x int)", "-c", "\\copy p FROM PROGRAM 'seq 1 100'", "-c", "SELECT sum(x) FROM p"])
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("5050"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_client_conn_refuses_with_53300() {
+    let (u, db) = setup("maxconn", "max_client_conn = 5\ndefault_pool_size = 2").await;
+    let mut ok = Vec::new();
+    for _ in 0..5 {
+        ok.push(connect(u.port, "app", &db).await.unwrap());
+    }
+    for _ in 0..3 {
+        let err = connect(u.port, "app", &db).await.unwrap_err();
+        assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err:?}");
+    }
+    // Existing clients are unaffected; a slot frees when one leaves.
+    for c in &ok {
+        c.simple_query("SELECT 1").await.unwrap();
+    }
+    ok.pop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    connect(u.port, "app", &db).await.unwrap();
+}
+
+/// Reads until EOF (or 2 s) and returns the bytes.
+async fn read_all(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
+    out
+}
+
+fn sqlstate_of(bytes: &[u8]) -> Option<String> {
+    let pos = bytes.iter().position(|b| *b == b'E')?;
+    let body = &bytes[pos + 5..];
+    let c = body.windows(1).position(|w| w[0] == b'C')?;
+    let end = body[c + 1..].iter().position(|b| *b == 0)?;
+    Some(String::from_utf8_lossy(&body[c + 1..c + 1 + end]).into_owned())
+}
+
+fn startup(user: &str, db: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&196608u32.to_be_bytes());
+    for (k, v) in [("user", user), ("database", db)] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_gets_08p01_and_others_are_unaffected() {
+    let (u, db) = setup("badinput", "max_message_size = 1048576").await;
+    let bystander = connect(u.port, "app", &db).await.unwrap();
+    // A startup packet with an absurd length.
+    let mut s = TcpStream::connect(("127.0.0.1", u.port)).await.unwrap();
+    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]).await.unwrap();
+    assert_eq!(sqlstate_of(&read_all(&mut s).await).as_deref(), Some("08P01"));
+    // SSLRequest is declined with 'N'.
+    let mut s = TcpStream::connect(("127.0.0.1", u.port)).await.unwrap();
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
+    let mut n = [0u8; 1];
+    s.read_exact(&mut n).await.unwrap();
+    assert_eq!(&n, b"N");
+    // A logged-in client (trust) sending an unknown message type, a negative length, a message
+    // over max_message_size, and a truncated Parse.
+    let cases: Vec<Vec<u8>> = vec![
+        vec![b'!', 0, 0, 0, 4],
+        vec![b'Q', 0xff, 0xff, 0xff, 0xf0],
+        vec![b'Q', 0x10, 0, 0, 0],
+        vec![b'P', 0, 0, 0, 8, b's', 0, b'x', b'x'],
+    ];
+    for case in cases {
+        let mut s = TcpStream::connect(("127.0.0.1", u.port)).await.unwrap();
+        s.write_all(&startup("trust_user", &db)).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !got.windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I']) {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+            assert!(n > 0, "closed during login");
+            got.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(&case).await.unwrap();
+        s.write_all(&[b'S', 0, 0, 0, 4]).await.unwrap();
+        let reply = read_all(&mut s).await;
+        assert_eq!(sqlstate_of(&reply).as_deref(), Some("08P01"), "case {case:?}: {reply:?}");
+    }
+    assert_eq!(bystander.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+}
+
+#[test]
+fn usher_check_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, include_str!("../config/usher.toml")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usher")).args(["check", "--config", good.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let cases = [
+        ("pool_mode = \"transaction\"", "pool_mod = \"transaction\"", "unknown field `pool_mod`"),
+        ("reserve_pool_timeout = \"5s\"", "reserve_pool_timeout = \"5 fortnights\"", "general.reserve_pool_timeout"),
+        ("default_pool_size = 25", "default_pool_size = \"lots\"", "general.default_pool_size"),
+        ("{ primary = \"127.0.0.1:5432/app\", replicas = [] }", "{ replicas = [] }", "missing field `primary`"),
+    ];
+    for (from, to, expect) in cases {
+        let text = include_str!("../config/usher.toml");
+        assert!(text.contains(from), "example config lacks {from}");
+        let bad = dir.path().join("bad.toml");
+        let mut f = std::fs::File::create(&bad).unwrap();
+        f.write_all(text.replacen(from, to, 1).as_bytes()).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_usher")).args(["check", "--config", bad.to_str().unwrap()]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{to} accepted");
+        let line = text.lines().position(|l| l.contains(from)).unwrap() + 1;
+        assert!(stderr.contains(&format!("bad.toml:{line}:")), "{to}: {stderr}");
+        assert!(stderr.contains(expect), "{to}: {stderr}");
+    }
+}
