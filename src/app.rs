@@ -48,18 +48,30 @@ impl App {
     }
 
     /// The pool serving `user` on `database` at `server`.
-    pub fn pool(&self, config: &Config, database: &str, user: &User, server: &ServerAddr) -> Arc<Pool> {
+    pub fn pool(
+        &self,
+        config: &Config,
+        database: &str,
+        user: &User,
+        server: &ServerAddr,
+    ) -> Arc<Pool> {
         let key = PoolKey {
             database: database.to_string(),
             user: user.name.clone(),
             server: Arc::new(server.clone()),
         };
-        self.pools.get_or_create(&key, || pool_settings(config, database, user))
+        self.pools
+            .get_or_create(&key, || pool_settings(config, database, user))
     }
 
     /// The server parameters to announce to a client of `database`: from the first server
     /// connection of shard 0's primary pool (opened now if there is none yet).
-    pub async fn server_params(&self, config: &Config, database: &str, user: &User) -> Result<BTreeMap<String, String>, PoolError> {
+    pub async fn server_params(
+        &self,
+        config: &Config,
+        database: &str,
+        user: &User,
+    ) -> Result<BTreeMap<String, String>, PoolError> {
         let db = &config.databases[database];
         let pool = self.pool(config, database, user, &db.shards[0].primary);
         if let Some(p) = pool.server_params() {
@@ -94,7 +106,10 @@ pub fn pool_settings(config: &Config, database: &str, user: &User) -> PoolSettin
 
 /// Serves clients on `listener` until the task is dropped; also runs pool maintenance.
 pub async fn serve(app: Arc<App>, listener: TcpListener) {
-    let maintenance = tokio::spawn(crate::pool::maintenance::run(app.pools.clone(), Duration::from_secs(1)));
+    let maintenance = tokio::spawn(crate::pool::maintenance::run(
+        app.pools.clone(),
+        Duration::from_secs(1),
+    ));
     crate::frontend::listener::accept_loop(app, listener).await;
     maintenance.abort();
 }

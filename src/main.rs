@@ -50,7 +50,8 @@ fn main() -> ExitCode {
 fn run(config: usher::Config) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("USHER_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("USHER_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .init();
     let mut builder = tokio::runtime::Builder::new_multi_thread();

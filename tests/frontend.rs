@@ -14,7 +14,9 @@ use tokio_postgres::error::SqlState;
 async fn setup(prefix: &str, extra: &str) -> (Usher, String) {
     let db = topology().create_db(prefix);
     for user in ["md5_user", "plain_user", "trust_user"] {
-        topology().primary.psql(&db, &format!("GRANT ALL ON SCHEMA public TO {user}"));
+        topology()
+            .primary
+            .psql(&db, &format!("GRANT ALL ON SCHEMA public TO {user}"));
     }
     let usher = start_usher(&config(&db, extra)).await;
     (usher, db)
@@ -26,8 +28,14 @@ async fn auth_methods_both_sides() {
     // md5_user md5, plain_user cleartext ("password"), trust_user trust.
     let (u, db) = setup("auth", "").await;
     for user in ["app", "md5_user", "plain_user", "trust_user"] {
-        let c = connect(u.port, user, &db).await.unwrap_or_else(|e| panic!("{user}: {e:?}"));
-        let who: String = c.query_one("SELECT current_user", &[]).await.unwrap().get(0);
+        let c = connect(u.port, user, &db)
+            .await
+            .unwrap_or_else(|e| panic!("{user}: {e:?}"));
+        let who: String = c
+            .query_one("SELECT current_user", &[])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(who, user);
     }
     // A SCRAM verifier in the config works for clients too (server_password given separately).
@@ -38,40 +46,105 @@ async fn auth_methods_both_sides() {
         1,
     );
     let u2 = start_usher(&cfg).await;
-    connect(u2.port, "app", &db).await.unwrap().simple_query("SELECT 1").await.unwrap();
+    connect(u2.port, "app", &db)
+        .await
+        .unwrap()
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_have_sqlstates() {
     let (u, db) = setup("refuse", "").await;
-    let wrong = connect_dsn(&format!("host=127.0.0.1 port={} user=app password=nope dbname={db}", u.port)).await.unwrap_err();
+    let wrong = connect_dsn(&format!(
+        "host=127.0.0.1 port={} user=app password=nope dbname={db}",
+        u.port
+    ))
+    .await
+    .unwrap_err();
     assert_eq!(wrong.code(), Some(&SqlState::INVALID_PASSWORD), "{wrong:?}");
-    let md5_wrong = connect_dsn(&format!("host=127.0.0.1 port={} user=md5_user password=nope dbname={db}", u.port)).await.unwrap_err();
-    assert_eq!(md5_wrong.code(), Some(&SqlState::INVALID_PASSWORD), "{md5_wrong:?}");
+    let md5_wrong = connect_dsn(&format!(
+        "host=127.0.0.1 port={} user=md5_user password=nope dbname={db}",
+        u.port
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(
+        md5_wrong.code(),
+        Some(&SqlState::INVALID_PASSWORD),
+        "{md5_wrong:?}"
+    );
     let unknown = connect(u.port, "nobody", &db).await.unwrap_err();
-    assert_eq!(unknown.code(), Some(&SqlState::INVALID_PASSWORD), "{unknown:?}");
+    assert_eq!(
+        unknown.code(),
+        Some(&SqlState::INVALID_PASSWORD),
+        "{unknown:?}"
+    );
     let nodb = connect(u.port, "app", "no_such_db").await.unwrap_err();
-    assert_eq!(nodb.code(), Some(&SqlState::INVALID_CATALOG_NAME), "{nodb:?}");
+    assert_eq!(
+        nodb.code(),
+        Some(&SqlState::INVALID_CATALOG_NAME),
+        "{nodb:?}"
+    );
     // psql gets the same errors (no dropped socket).
     let out = std::process::Command::new(pg_bin("psql"))
-        .args(["-X", "-h", "127.0.0.1", "-p", &u.port.to_string(), "-U", "app", "-d", &db, "-c", "SELECT 1"])
+        .args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &u.port.to_string(),
+            "-U",
+            "app",
+            "-d",
+            &db,
+            "-c",
+            "SELECT 1",
+        ])
         .env("PGPASSWORD", "nope")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("password authentication failed for user \"app\""), "{stderr}");
+    assert!(
+        stderr.contains("password authentication failed for user \"app\""),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_works_through_usher() {
     let (u, db) = setup("psql", "").await;
     let out = std::process::Command::new(pg_bin("psql"))
-        .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", &u.port.to_string(), "-U", "app", "-d", &db])
-        .args(["-c", "CREATE TABLE p (x int)", "-c", "\\copy p FROM PROGRAM 'seq 1 100'", "-c", "SELECT sum(x) FROM p"])
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &u.port.to_string(),
+            "-U",
+            "app",
+            "-d",
+            &db,
+        ])
+        .args([
+            "-c",
+            "CREATE TABLE p (x int)",
+            "-c",
+            "\\copy p FROM PROGRAM 'seq 1 100'",
+            "-c",
+            "SELECT sum(x) FROM p",
+        ])
         .env("PGPASSWORD", PASSWORD)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("5050"));
 }
 
@@ -131,11 +204,18 @@ async fn malformed_input_gets_08p01_and_others_are_unaffected() {
     let bystander = connect(u.port, "app", &db).await.unwrap();
     // A startup packet with an absurd length.
     let mut s = TcpStream::connect(("127.0.0.1", u.port)).await.unwrap();
-    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]).await.unwrap();
-    assert_eq!(sqlstate_of(&read_all(&mut s).await).as_deref(), Some("08P01"));
+    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0])
+        .await
+        .unwrap();
+    assert_eq!(
+        sqlstate_of(&read_all(&mut s).await).as_deref(),
+        Some("08P01")
+    );
     // SSLRequest is declined with 'N'.
     let mut s = TcpStream::connect(("127.0.0.1", u.port)).await.unwrap();
-    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
     let mut n = [0u8; 1];
     s.read_exact(&mut n).await.unwrap();
     assert_eq!(&n, b"N");
@@ -153,16 +233,30 @@ async fn malformed_input_gets_08p01_and_others_are_unaffected() {
         let mut buf = vec![0u8; 4096];
         let mut got = Vec::new();
         while !got.windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I']) {
-            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
             assert!(n > 0, "closed during login");
             got.extend_from_slice(&buf[..n]);
         }
         s.write_all(&case).await.unwrap();
         s.write_all(&[b'S', 0, 0, 0, 4]).await.unwrap();
         let reply = read_all(&mut s).await;
-        assert_eq!(sqlstate_of(&reply).as_deref(), Some("08P01"), "case {case:?}: {reply:?}");
+        assert_eq!(
+            sqlstate_of(&reply).as_deref(),
+            Some("08P01"),
+            "case {case:?}: {reply:?}"
+        );
     }
-    assert_eq!(bystander.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(
+        bystander
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
 }
 
 #[test]
@@ -170,14 +264,37 @@ fn usher_check_names_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
     std::fs::write(&good, include_str!("../config/usher.toml")).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usher")).args(["check", "--config", good.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usher"))
+        .args(["check", "--config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let cases = [
-        ("pool_mode = \"transaction\"", "pool_mod = \"transaction\"", "unknown field `pool_mod`"),
-        ("reserve_pool_timeout = \"5s\"", "reserve_pool_timeout = \"5 fortnights\"", "general.reserve_pool_timeout"),
-        ("default_pool_size = 25", "default_pool_size = \"lots\"", "general.default_pool_size"),
-        ("{ primary = \"127.0.0.1:5432/app\", replicas = [] }", "{ replicas = [] }", "missing field `primary`"),
+        (
+            "pool_mode = \"transaction\"",
+            "pool_mod = \"transaction\"",
+            "unknown field `pool_mod`",
+        ),
+        (
+            "reserve_pool_timeout = \"5s\"",
+            "reserve_pool_timeout = \"5 fortnights\"",
+            "general.reserve_pool_timeout",
+        ),
+        (
+            "default_pool_size = 25",
+            "default_pool_size = \"lots\"",
+            "general.default_pool_size",
+        ),
+        (
+            "{ primary = \"127.0.0.1:5432/app\", replicas = [] }",
+            "{ replicas = [] }",
+            "missing field `primary`",
+        ),
     ];
     for (from, to, expect) in cases {
         let text = include_str!("../config/usher.toml");
@@ -185,11 +302,17 @@ fn usher_check_names_file_line_and_key() {
         let bad = dir.path().join("bad.toml");
         let mut f = std::fs::File::create(&bad).unwrap();
         f.write_all(text.replacen(from, to, 1).as_bytes()).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_usher")).args(["check", "--config", bad.to_str().unwrap()]).output().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_usher"))
+            .args(["check", "--config", bad.to_str().unwrap()])
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{to} accepted");
         let line = text.lines().position(|l| l.contains(from)).unwrap() + 1;
-        assert!(stderr.contains(&format!("bad.toml:{line}:")), "{to}: {stderr}");
+        assert!(
+            stderr.contains(&format!("bad.toml:{line}:")),
+            "{to}: {stderr}"
+        );
         assert!(stderr.contains(expect), "{to}: {stderr}");
     }
 }

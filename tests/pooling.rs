@@ -22,7 +22,10 @@ fn counts(u: &Usher) -> usher::pool::PoolCounts {
 }
 
 async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
-    c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0)
+    c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,11 +66,17 @@ async fn disconnect_mid_transaction_leaves_nothing_open() {
     let admin = topology();
     let a = connect(u.port, "app", &db).await.unwrap();
     a.batch_execute("CREATE TABLE t (id int)").await.unwrap();
-    a.batch_execute("BEGIN; INSERT INTO t VALUES (1)").await.unwrap();
+    a.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
     drop(a);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let b = connect(u.port, "app", &db).await.unwrap();
-    let n: i64 = b.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    let n: i64 = b
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0, "the insert of the vanished client was rolled back");
     let open = admin.primary.psql(
         "postgres",
@@ -81,12 +90,19 @@ async fn disconnect_mid_transaction_leaves_nothing_open() {
     h.abort();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let d = connect(u.port, "app", &db).await.unwrap();
-    assert_eq!(d.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(
+        d.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_client_times_out_with_error() {
-    let (u, db) = setup("waitto", "default_pool_size = 1\nquery_wait_timeout = \"500ms\"").await;
+    let (u, db) = setup(
+        "waitto",
+        "default_pool_size = 1\nquery_wait_timeout = \"500ms\"",
+    )
+    .await;
     let a = connect(u.port, "app", &db).await.unwrap();
     let b = connect(u.port, "app", &db).await.unwrap();
     a.batch_execute("BEGIN").await.unwrap();
@@ -100,7 +116,13 @@ async fn waiting_client_times_out_with_error() {
     let err = b.query("SELECT $1::int", &[&1i32]).await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED));
     a.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(b.query_one("SELECT $1::int", &[&5i32]).await.unwrap().get::<_, i32>(0), 5);
+    assert_eq!(
+        b.query_one("SELECT $1::int", &[&5i32])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        5
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,15 +138,25 @@ async fn reserve_pool_after_timeout() {
     let started = Instant::now();
     b.batch_execute("SELECT 1").await.unwrap();
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(250), "used the reserve too early: {waited:?}");
-    assert!(waited < Duration::from_secs(5), "reserve not used: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(250),
+        "used the reserve too early: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "reserve not used: {waited:?}"
+    );
     assert_eq!(counts(&u).open, 2);
     a.batch_execute("COMMIT").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_are_served_in_turn() {
-    let (u, db) = setup("fifo", "default_pool_size = 2\nquery_wait_timeout = \"30s\"").await;
+    let (u, db) = setup(
+        "fifo",
+        "default_pool_size = 2\nquery_wait_timeout = \"30s\"",
+    )
+    .await;
     let mut handles = Vec::new();
     for _ in 0..20 {
         let c = connect(u.port, "app", &db).await.unwrap();
@@ -161,12 +193,18 @@ async fn min_pool_size_kept_warm_and_idle_retired() {
     // Idle ones above min_pool_size are closed after server_idle_timeout.
     let deadline = Instant::now() + Duration::from_secs(10);
     while counts(&u).open != 2 {
-        assert!(Instant::now() < deadline, "idle connections not retired: {:?}", counts(&u));
+        assert!(
+            Instant::now() < deadline,
+            "idle connections not retired: {:?}",
+            counts(&u)
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let live = topology().primary.psql(
         "postgres",
-        &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND usename = 'app'"),
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND usename = 'app'"
+        ),
     );
     assert_eq!(live, "2");
     // Kill the warm ones from the server side: usher notices and reopens up to min_pool_size.
@@ -178,19 +216,29 @@ async fn min_pool_size_kept_warm_and_idle_retired() {
     loop {
         let live = topology().primary.psql(
             "postgres",
-            &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND usename = 'app'"),
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND usename = 'app'"
+            ),
         );
         if live == "2" && counts(&u).idle == 2 {
             break;
         }
-        assert!(Instant::now() < deadline, "min_pool_size not restored: {live} live, {:?}", counts(&u));
+        assert!(
+            Instant::now() < deadline,
+            "min_pool_size not restored: {live} live, {:?}",
+            counts(&u)
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_lifetime_retires_old_connections() {
-    let (u, db) = setup("lifetime", "default_pool_size = 1\nserver_lifetime = \"1s\"").await;
+    let (u, db) = setup(
+        "lifetime",
+        "default_pool_size = 1\nserver_lifetime = \"1s\"",
+    )
+    .await;
     let c = connect(u.port, "app", &db).await.unwrap();
     let first = backend_pid(&c).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -203,7 +251,9 @@ async fn broken_server_connections_are_not_reused() {
     let (u, db) = setup("broken", "default_pool_size = 2").await;
     let c = connect(u.port, "app", &db).await.unwrap();
     let pid = backend_pid(&c).await;
-    topology().primary.psql("postgres", &format!("SELECT pg_terminate_backend({pid})"));
+    topology()
+        .primary
+        .psql("postgres", &format!("SELECT pg_terminate_backend({pid})"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     // The idle connection was killed; the next transaction gets a fresh one, no error.
     let pid2 = backend_pid(&c).await;
@@ -213,12 +263,19 @@ async fn broken_server_connections_are_not_reused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_parameters_follow_the_client() {
     let (u, db) = setup("params", "default_pool_size = 2").await;
-    let a = connect_dsn(&format!("{} options='-c search_path=alpha,public -c statement_timeout=1234'", dsn(u.port, "app", &db)))
+    let a = connect_dsn(&format!(
+        "{} options='-c search_path=alpha,public -c statement_timeout=1234'",
+        dsn(u.port, "app", &db)
+    ))
+    .await
+    .unwrap();
+    let b = connect(u.port, "app", &db).await.unwrap();
+    a.batch_execute("SET TimeZone = 'Asia/Tokyo'; SET DateStyle = 'SQL, DMY'")
         .await
         .unwrap();
-    let b = connect(u.port, "app", &db).await.unwrap();
-    a.batch_execute("SET TimeZone = 'Asia/Tokyo'; SET DateStyle = 'SQL, DMY'").await.unwrap();
-    b.batch_execute("SET TimeZone = 'America/New_York'").await.unwrap();
+    b.batch_execute("SET TimeZone = 'America/New_York'")
+        .await
+        .unwrap();
     for _ in 0..10 {
         // Interleave, so each client lands on servers the other one changed.
         let ra = a
@@ -242,17 +299,35 @@ async fn session_parameters_follow_the_client() {
     // SET of a parameter the server does not report, then RESET back to the startup value.
     a.batch_execute("SET search_path = beta").await.unwrap();
     for _ in 0..4 {
-        let sp: String = a.query_one("SELECT current_setting('search_path')", &[]).await.unwrap().get(0);
+        let sp: String = a
+            .query_one("SELECT current_setting('search_path')", &[])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(sp, "beta");
-        let spb: String = b.query_one("SELECT current_setting('search_path')", &[]).await.unwrap().get(0);
+        let spb: String = b
+            .query_one("SELECT current_setting('search_path')", &[])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(spb, "\"$user\", public");
     }
     a.batch_execute("RESET search_path").await.unwrap();
-    let sp: String = a.query_one("SELECT current_setting('search_path')", &[]).await.unwrap().get(0);
+    let sp: String = a
+        .query_one("SELECT current_setting('search_path')", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(sp, "alpha,public");
     // SET LOCAL does not outlive its transaction.
-    a.batch_execute("BEGIN; SET LOCAL TimeZone = 'UTC'; COMMIT").await.unwrap();
-    let tz: String = a.query_one("SELECT current_setting('TimeZone')", &[]).await.unwrap().get(0);
+    a.batch_execute("BEGIN; SET LOCAL TimeZone = 'UTC'; COMMIT")
+        .await
+        .unwrap();
+    let tz: String = a
+        .query_one("SELECT current_setting('TimeZone')", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(tz, "Asia/Tokyo");
 }
 
@@ -260,7 +335,10 @@ async fn session_parameters_follow_the_client() {
 async fn prepared_statements_survive_server_changes() {
     let (u, db) = setup("prep", "default_pool_size = 3").await;
     let a = connect(u.port, "app", &db).await.unwrap();
-    let s = a.prepare("SELECT $1::int + 1, pg_backend_pid()").await.unwrap();
+    let s = a
+        .prepare("SELECT $1::int + 1, pg_backend_pid()")
+        .await
+        .unwrap();
     let mut pids = std::collections::HashSet::new();
     let mut holders = Vec::new();
     for i in 0..30i32 {
@@ -277,20 +355,42 @@ async fn prepared_statements_survive_server_changes() {
         assert_eq!(row.get::<_, i32>(0), i + 1);
         pids.insert(row.get::<_, i32>(1));
     }
-    assert!(pids.len() >= 2, "the statement should have run on several servers");
+    assert!(
+        pids.len() >= 2,
+        "the statement should have run on several servers"
+    );
     // Closing the statement (drop) then preparing the same text again works.
     drop(s);
-    let s2 = a.prepare("SELECT $1::int + 1, pg_backend_pid()").await.unwrap();
-    assert_eq!(a.query_one(&s2, &[&1i32]).await.unwrap().get::<_, i32>(0), 2);
+    let s2 = a
+        .prepare("SELECT $1::int + 1, pg_backend_pid()")
+        .await
+        .unwrap();
+    assert_eq!(
+        a.query_one(&s2, &[&1i32]).await.unwrap().get::<_, i32>(0),
+        2
+    );
     // Two clients preparing the same text share it on the server without clashing.
     let b = connect(u.port, "app", &db).await.unwrap();
-    let sb = b.prepare("SELECT $1::int + 1, pg_backend_pid()").await.unwrap();
-    assert_eq!(b.query_one(&sb, &[&41i32]).await.unwrap().get::<_, i32>(0), 42);
+    let sb = b
+        .prepare("SELECT $1::int + 1, pg_backend_pid()")
+        .await
+        .unwrap();
+    assert_eq!(
+        b.query_one(&sb, &[&41i32]).await.unwrap().get::<_, i32>(0),
+        42
+    );
     // DISCARD ALL from a client: its statements are gone, usher re-prepares for others.
     b.batch_execute("DISCARD ALL").await.unwrap();
-    assert_eq!(a.query_one(&s2, &[&9i32]).await.unwrap().get::<_, i32>(0), 10);
+    assert_eq!(
+        a.query_one(&s2, &[&9i32]).await.unwrap().get::<_, i32>(0),
+        10
+    );
     let err = b.query_one(&sb, &[&1i32]).await.unwrap_err();
-    assert_eq!(err.code(), Some(&SqlState::INVALID_SQL_STATEMENT_NAME), "{err}");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::INVALID_SQL_STATEMENT_NAME),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,26 +410,52 @@ async fn prepared_statement_lru_evicts_and_reprepares() {
     }
     let n = topology().primary.psql(
         "postgres",
-        &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND usename = 'app'"),
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND usename = 'app'"
+        ),
     );
     assert_eq!(n, "1");
-    let prepared: i64 = c.query_one("SELECT count(*) FROM pg_prepared_statements", &[]).await.unwrap().get(0);
-    assert!(prepared <= 3, "server holds {prepared} statements, LRU is 3");
+    let prepared: i64 = c
+        .query_one("SELECT count(*) FROM pg_prepared_statements", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        prepared <= 3,
+        "server holds {prepared} statements, LRU is 3"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_mode_resets_on_release() {
     let (u, db) = setup("sessmode", "pool_mode = \"session\"\ndefault_pool_size = 1").await;
     let a = connect(u.port, "app", &db).await.unwrap();
-    a.batch_execute("SET statement_timeout = 4321; PREPARE p AS SELECT 1").await.unwrap();
+    a.batch_execute("SET statement_timeout = 4321; PREPARE p AS SELECT 1")
+        .await
+        .unwrap();
     let pid = backend_pid(&a).await;
     drop(a);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let b = connect(u.port, "app", &db).await.unwrap();
-    assert_eq!(backend_pid(&b).await, pid, "the same server connection is reused");
-    let t: String = b.query_one("SELECT current_setting('statement_timeout')", &[]).await.unwrap().get(0);
+    assert_eq!(
+        backend_pid(&b).await,
+        pid,
+        "the same server connection is reused"
+    );
+    let t: String = b
+        .query_one("SELECT current_setting('statement_timeout')", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(t, "0", "DISCARD ALL ran on release");
-    let n: i64 = b.query_one("SELECT count(*) FROM pg_prepared_statements WHERE name = 'p'", &[]).await.unwrap().get(0);
+    let n: i64 = b
+        .query_one(
+            "SELECT count(*) FROM pg_prepared_statements WHERE name = 'p'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0);
 }
 
@@ -338,14 +464,24 @@ async fn reconnects_after_server_restart() {
     // Runs on its own cluster so the restart does not disturb other tests.
     let t = topology();
     let db = t.create_db("restart");
-    let u = start_usher(&config(&db, "default_pool_size = 2\nserver_connect_timeout = \"2s\"")).await;
+    let u = start_usher(&config(
+        &db,
+        "default_pool_size = 2\nserver_connect_timeout = \"2s\"",
+    ))
+    .await;
     let c = connect(u.port, "app", &db).await.unwrap();
     c.batch_execute("SELECT 1").await.unwrap();
     // Kill every server connection of this database (as a restart would) ...
-    t.primary.psql("postgres", &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"));
+    t.primary.psql(
+        "postgres",
+        &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     // ... the client keeps working on fresh connections.
     for _ in 0..3 {
-        assert_eq!(c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+        assert_eq!(
+            c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+            1
+        );
     }
 }

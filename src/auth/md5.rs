@@ -37,9 +37,24 @@ mod tests {
     fn matches_libpq() {
         let salt = [1, 2, 3, 4];
         let client = postgres_protocol::authentication::md5_hash(b"app", b"secret", salt);
-        assert!(md5_response_matches("secret", "app", salt, client.as_bytes()));
+        assert!(md5_response_matches(
+            "secret",
+            "app",
+            salt,
+            client.as_bytes()
+        ));
         let stored = postgres_protocol::password::md5(b"secret", "app");
-        assert!(md5_response_matches(&stored, "app", salt, client.as_bytes()));
-        assert!(!md5_response_matches("wrong", "app", salt, client.as_bytes()));
+        assert!(md5_response_matches(
+            &stored,
+            "app",
+            salt,
+            client.as_bytes()
+        ));
+        assert!(!md5_response_matches(
+            "wrong",
+            "app",
+            salt,
+            client.as_bytes()
+        ));
     }
 }

@@ -28,12 +28,26 @@ pub struct ScramVerifier {
 impl ScramVerifier {
     /// Parses the text form PostgreSQL stores in `pg_authid.rolpassword`.
     pub fn parse(text: &str) -> Result<ScramVerifier, AuthError> {
-        let bad = |why: &str| AuthError::BadVerifier(format!("{why} (expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>)"));
-        let rest = text.strip_prefix("SCRAM-SHA-256$").ok_or_else(|| bad("wrong prefix"))?;
+        let bad = |why: &str| {
+            AuthError::BadVerifier(format!(
+                "{why} (expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>)"
+            ))
+        };
+        let rest = text
+            .strip_prefix("SCRAM-SHA-256$")
+            .ok_or_else(|| bad("wrong prefix"))?;
         let (iter_salt, keys) = rest.split_once('$').ok_or_else(|| bad("missing keys"))?;
-        let (iterations, salt) = iter_salt.split_once(':').ok_or_else(|| bad("missing salt"))?;
-        let (stored, server) = keys.split_once(':').ok_or_else(|| bad("missing server key"))?;
-        let iterations: u32 = iterations.parse().ok().filter(|i| *i > 0).ok_or_else(|| bad("bad iteration count"))?;
+        let (iterations, salt) = iter_salt
+            .split_once(':')
+            .ok_or_else(|| bad("missing salt"))?;
+        let (stored, server) = keys
+            .split_once(':')
+            .ok_or_else(|| bad("missing server key"))?;
+        let iterations: u32 = iterations
+            .parse()
+            .ok()
+            .filter(|i| *i > 0)
+            .ok_or_else(|| bad("bad iteration count"))?;
         let salt = B64.decode(salt).map_err(|_| bad("salt is not base64"))?;
         let key = |s: &str| -> Result<[u8; 32], AuthError> {
             B64.decode(s)
@@ -84,16 +98,26 @@ pub struct ScramServer {
 
 impl ScramServer {
     /// Starts from the client-first-message; returns the exchange and the server-first-message.
-    pub fn start(verifier: ScramVerifier, client_first: &[u8]) -> Result<(ScramServer, String), AuthError> {
+    pub fn start(
+        verifier: ScramVerifier,
+        client_first: &[u8],
+    ) -> Result<(ScramServer, String), AuthError> {
         let bad = |why: &str| AuthError::BadExchange(why.to_string());
-        let text = std::str::from_utf8(client_first).map_err(|_| bad("client-first-message is not UTF-8"))?;
-        let (cbind, rest) = text.split_once(',').ok_or_else(|| bad("missing GS2 header"))?;
+        let text = std::str::from_utf8(client_first)
+            .map_err(|_| bad("client-first-message is not UTF-8"))?;
+        let (cbind, rest) = text
+            .split_once(',')
+            .ok_or_else(|| bad("missing GS2 header"))?;
         match cbind {
             "n" | "y" => {}
-            _ if cbind.starts_with("p=") => return Err(bad("channel binding is not supported by usher")),
+            _ if cbind.starts_with("p=") => {
+                return Err(bad("channel binding is not supported by usher"))
+            }
             _ => return Err(bad("bad channel-binding flag")),
         }
-        let (authzid, bare) = rest.split_once(',').ok_or_else(|| bad("missing GS2 header"))?;
+        let (authzid, bare) = rest
+            .split_once(',')
+            .ok_or_else(|| bad("missing GS2 header"))?;
         if !authzid.is_empty() {
             return Err(bad("authorization identity is not supported"));
         }
@@ -105,7 +129,11 @@ impl ScramServer {
         let mut raw = [0u8; 18];
         rand::rng().fill_bytes(&mut raw);
         let nonce = format!("{client_nonce}{}", B64.encode(raw));
-        let server_first = format!("r={nonce},s={},i={}", B64.encode(&verifier.salt), verifier.iterations);
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            B64.encode(&verifier.salt),
+            verifier.iterations
+        );
         Ok((
             ScramServer {
                 verifier,
@@ -121,8 +149,11 @@ impl ScramServer {
     /// Checks the client-final-message; on success returns the server-final-message.
     pub fn finish(self, client_final: &[u8], user: &str) -> Result<String, AuthError> {
         let bad = |why: &str| AuthError::BadExchange(why.to_string());
-        let text = std::str::from_utf8(client_final).map_err(|_| bad("client-final-message is not UTF-8"))?;
-        let (without_proof, proof) = text.rsplit_once(",p=").ok_or_else(|| bad("missing proof"))?;
+        let text = std::str::from_utf8(client_final)
+            .map_err(|_| bad("client-final-message is not UTF-8"))?;
+        let (without_proof, proof) = text
+            .rsplit_once(",p=")
+            .ok_or_else(|| bad("missing proof"))?;
         let mut channel = None;
         let mut nonce = None;
         for attr in without_proof.split(',') {
@@ -142,9 +173,16 @@ impl ScramServer {
         if proof.len() != 32 {
             return Err(bad("proof has the wrong length"));
         }
-        let auth_message = format!("{},{},{}", self.client_first_bare, self.server_first, without_proof);
+        let auth_message = format!(
+            "{},{},{}",
+            self.client_first_bare, self.server_first, without_proof
+        );
         let client_signature = hmac(&self.verifier.stored_key, &[auth_message.as_bytes()]);
-        let client_key: Vec<u8> = proof.iter().zip(client_signature).map(|(p, s)| p ^ s).collect();
+        let client_key: Vec<u8> = proof
+            .iter()
+            .zip(client_signature)
+            .map(|(p, s)| p ^ s)
+            .collect();
         let stored: [u8; 32] = Sha256::digest(&client_key).into();
         if !constant_time_eq(&stored, &self.verifier.stored_key) {
             return Err(AuthError::Failed(user.to_string()));
@@ -161,11 +199,16 @@ mod tests {
 
     fn exchange(stored: &str, client_password: &str) -> Result<(), AuthError> {
         let verifier = ScramVerifier::from_secret(stored)?;
-        let mut client = ScramSha256::new(client_password.as_bytes(), ChannelBinding::unsupported());
+        let mut client =
+            ScramSha256::new(client_password.as_bytes(), ChannelBinding::unsupported());
         let (server, first) = ScramServer::start(verifier, client.message())?;
-        client.update(first.as_bytes()).map_err(|e| AuthError::BadExchange(e.to_string()))?;
+        client
+            .update(first.as_bytes())
+            .map_err(|e| AuthError::BadExchange(e.to_string()))?;
         let last = server.finish(client.message(), "app")?;
-        client.finish(last.as_bytes()).map_err(|e| AuthError::BadExchange(e.to_string()))
+        client
+            .finish(last.as_bytes())
+            .map_err(|e| AuthError::BadExchange(e.to_string()))
     }
 
     #[test]
@@ -177,7 +220,10 @@ mod tests {
 
     #[test]
     fn wrong_password_fails() {
-        assert!(matches!(exchange("secret", "nope"), Err(AuthError::Failed(_))));
+        assert!(matches!(
+            exchange("secret", "nope"),
+            Err(AuthError::Failed(_))
+        ));
     }
 
     #[test]

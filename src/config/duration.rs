@@ -31,9 +31,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("bad duration {text:?}: expected a number with a unit, e.g. \"5s\""))?;
+    let value: f64 = num.parse().map_err(|_| {
+        format!("bad duration {text:?}: expected a number with a unit, e.g. \"5s\"")
+    })?;
     let scale = match unit.trim() {
         "" | "s" | "sec" | "secs" => 1.0,
         "ms" => 0.001,
@@ -100,7 +100,9 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert!(parse_duration("5 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("5 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
         assert!(parse_duration("soon").unwrap_err().contains("bad duration"));
         assert!(parse_duration("").is_err());
     }

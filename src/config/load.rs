@@ -94,7 +94,11 @@ pub fn load_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
     }
 }
 
-fn syntax_problem(text: &str, doc: Option<&Spanned<DeTable>>, e: &toml::de::Error) -> ConfigProblem {
+fn syntax_problem(
+    text: &str,
+    doc: Option<&Spanned<DeTable>>,
+    e: &toml::de::Error,
+) -> ConfigProblem {
     let span = e.span();
     let mut line = span.clone().map(|s| line_of(text, s.start)).unwrap_or(0);
     let mut key = String::from("(syntax)");
@@ -104,7 +108,11 @@ fn syntax_problem(text: &str, doc: Option<&Spanned<DeTable>>, e: &toml::de::Erro
         if let Some(at) = locate(doc, &path) {
             line = line_of(text, at.start);
         }
-        key = if path.is_empty() { "(top level)".into() } else { render_path(&path) };
+        key = if path.is_empty() {
+            "(top level)".into()
+        } else {
+            render_path(&path)
+        };
     }
     ConfigProblem {
         line,
@@ -141,7 +149,11 @@ fn render_path(path: &[Seg]) -> String {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
 }
 
 /// Span of the deepest element of `path` present in the document (the key itself when possible).
@@ -152,7 +164,9 @@ fn locate(doc: &Spanned<DeTable>, path: &[Seg]) -> Option<Range<usize>> {
     for seg in path {
         let value = match (seg, table, array) {
             (Seg::Key(key), Some(t), _) => {
-                let (kspan, v) = t.iter().find(|(kk, _)| kk.get_ref().as_ref() == key.as_str())?;
+                let (kspan, v) = t
+                    .iter()
+                    .find(|(kk, _)| kk.get_ref().as_ref() == key.as_str())?;
                 best = Some(kspan.span());
                 v
             }
@@ -248,7 +262,10 @@ fn validate(c: &Config) -> Vec<(Vec<Seg>, String)> {
         ));
     }
     if c.users.is_empty() {
-        out.push((vec![k("users")], "no [[users]] defined: nobody could log in".into()));
+        out.push((
+            vec![k("users")],
+            "no [[users]] defined: nobody could log in".into(),
+        ));
     }
     for (i, u) in c.users.iter().enumerate() {
         let at = |key: &str| vec![k("users"), Seg::Index(i), k(key)];
@@ -257,7 +274,13 @@ fn validate(c: &Config) -> Vec<(Vec<Seg>, String)> {
         }
         if let Some(first) = c.users.iter().position(|o| o.name == u.name) {
             if first < i {
-                out.push((at("name"), format!("duplicate user {:?} (first defined as users[{first}])", u.name)));
+                out.push((
+                    at("name"),
+                    format!(
+                        "duplicate user {:?} (first defined as users[{first}])",
+                        u.name
+                    ),
+                ));
             }
         }
         if u.pool_size == Some(0) {
@@ -287,7 +310,10 @@ fn validate(c: &Config) -> Vec<(Vec<Seg>, String)> {
         }
     }
     if c.databases.is_empty() {
-        out.push((vec![k("databases")], "no [databases.NAME] defined: nothing to connect to".into()));
+        out.push((
+            vec![k("databases")],
+            "no [databases.NAME] defined: nothing to connect to".into(),
+        ));
     }
     for (name, db) in &c.databases {
         let at = |rest: &[Seg]| {
@@ -352,7 +378,8 @@ shards = [
 
     #[test]
     fn unknown_key_names_line_and_key() {
-        let p = problems(&GOOD.replace("pool_mode = \"transaction\"", "pool_mood = \"transaction\""));
+        let p =
+            problems(&GOOD.replace("pool_mode = \"transaction\"", "pool_mood = \"transaction\""));
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].line, 4);
         assert!(p[0].message.contains("unknown field `pool_mood`"), "{p:?}");
@@ -361,9 +388,17 @@ shards = [
     #[test]
     fn bad_duration_and_type() {
         let p = problems(&GOOD.replace("\"5s\"", "\"5 parsecs\""));
-        assert_eq!((p[0].line, p[0].key.as_str()), (6, "general.reserve_pool_timeout"), "{p:?}");
+        assert_eq!(
+            (p[0].line, p[0].key.as_str()),
+            (6, "general.reserve_pool_timeout"),
+            "{p:?}"
+        );
         let p = problems(&GOOD.replace("= 25", "= \"many\""));
-        assert_eq!((p[0].line, p[0].key.as_str()), (5, "general.default_pool_size"), "{p:?}");
+        assert_eq!(
+            (p[0].line, p[0].key.as_str()),
+            (5, "general.default_pool_size"),
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -373,8 +408,18 @@ shards = [
             "[[users]]\nname = \"app\"\npassword = \"x\"\n\n[databases.other]\nshards = []\n\n[databases.app]",
         );
         let p = problems(&text);
-        assert!(p.iter().any(|p| p.key == "users[1].name" && p.message.contains("duplicate") && p.line == 13), "{p:?}");
-        assert!(p.iter().any(|p| p.key == "databases.other.shards" && p.message.contains("no shards") && p.line == 17), "{p:?}");
+        assert!(
+            p.iter().any(|p| p.key == "users[1].name"
+                && p.message.contains("duplicate")
+                && p.line == 13),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|p| p.key == "databases.other.shards"
+                && p.message.contains("no shards")
+                && p.line == 17),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -19,7 +19,9 @@ pub struct ServerAddr {
 impl ServerAddr {
     /// Parses `host:port/dbname`; the port defaults to 5432 when omitted.
     pub fn parse(text: &str) -> Result<ServerAddr, String> {
-        let bad = |why: &str| format!("invalid server address {text:?}: {why} (expected host:port/dbname)");
+        let bad = |why: &str| {
+            format!("invalid server address {text:?}: {why} (expected host:port/dbname)")
+        };
         let (hostport, dbname) = text.split_once('/').ok_or_else(|| bad("no /dbname"))?;
         if dbname.is_empty() || dbname.contains('/') {
             return Err(bad("bad database name"));
@@ -37,7 +39,11 @@ impl ServerAddr {
             return Err(bad("empty host"));
         }
         let port = match port {
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| bad("bad port"))?,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| bad("bad port"))?,
             None => 5432,
         };
         Ok(ServerAddr {
@@ -72,7 +78,10 @@ mod tests {
     #[test]
     fn parses_forms() {
         let a = ServerAddr::parse("127.0.0.1:5433/app").unwrap();
-        assert_eq!((a.host.as_str(), a.port, a.dbname.as_str()), ("127.0.0.1", 5433, "app"));
+        assert_eq!(
+            (a.host.as_str(), a.port, a.dbname.as_str()),
+            ("127.0.0.1", 5433, "app")
+        );
         assert_eq!(ServerAddr::parse("db/app").unwrap().port, 5432);
         let v6 = ServerAddr::parse("[::1]:6000/x").unwrap();
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 6000));
@@ -81,7 +90,13 @@ mod tests {
 
     #[test]
     fn rejects_bad() {
-        for bad in ["127.0.0.1:5432", "127.0.0.1:x/app", ":5432/app", "h:0/db", "h:1/"] {
+        for bad in [
+            "127.0.0.1:5432",
+            "127.0.0.1:x/app",
+            ":5432/app",
+            "h:0/db",
+            "h:1/",
+        ] {
             assert!(ServerAddr::parse(bad).is_err(), "{bad}");
         }
     }

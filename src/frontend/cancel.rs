@@ -74,7 +74,9 @@ impl CancelRegistry {
                 let _ = s.write_all(&buf).await;
                 tracing::info!(server = %target.addr, "forwarded cancel request");
             }
-            Err(e) => tracing::warn!(server = %target.addr, error = %e, "could not forward cancel request"),
+            Err(e) => {
+                tracing::warn!(server = %target.addr, error = %e, "could not forward cancel request")
+            }
         }
     }
 }

@@ -30,7 +30,11 @@ pub struct Login {
 }
 
 /// Runs the handshake. `Ok(None)` when the connection was a cancel request (already handled).
-pub async fn handshake(app: &App, io: &mut ClientIo, over_limit: bool) -> Result<Option<Login>, FrontendError> {
+pub async fn handshake(
+    app: &App,
+    io: &mut ClientIo,
+    over_limit: bool,
+) -> Result<Option<Login>, FrontendError> {
     let (minor, startup) = loop {
         let packet = loop {
             match split_startup(&mut io.rbuf) {
@@ -41,7 +45,8 @@ pub async fn handshake(app: &App, io: &mut ClientIo, over_limit: bool) -> Result
                     }
                 }
                 Err(e) => {
-                    io.fatal("08P01", &format!("invalid startup packet: {e}")).await;
+                    io.fatal("08P01", &format!("invalid startup packet: {e}"))
+                        .await;
                     return Err(e.into());
                 }
             }
@@ -49,7 +54,8 @@ pub async fn handshake(app: &App, io: &mut ClientIo, over_limit: bool) -> Result
         match packet {
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
                 if !io.rbuf.is_empty() {
-                    io.fatal("08P01", "received unencrypted data after SSL request").await;
+                    io.fatal("08P01", "received unencrypted data after SSL request")
+                        .await;
                     return Err(ProtocolError::Violation("data after SSLRequest".into()).into());
                 }
                 io.send(b"N").await?;
@@ -62,19 +68,36 @@ pub async fn handshake(app: &App, io: &mut ClientIo, over_limit: bool) -> Result
         }
     };
     if over_limit {
-        return refuse(io, "53300", "no more connections allowed (max_client_conn)".into()).await;
+        return refuse(
+            io,
+            "53300",
+            "no more connections allowed (max_client_conn)".into(),
+        )
+        .await;
     }
     let Some(user_name) = StartupPacket::param(&startup, "user").map(str::to_string) else {
-        return refuse(io, "28000", "no PostgreSQL user name specified in startup packet".into()).await;
+        return refuse(
+            io,
+            "28000",
+            "no PostgreSQL user name specified in startup packet".into(),
+        )
+        .await;
     };
-    let database = StartupPacket::param(&startup, "database").unwrap_or(&user_name).to_string();
+    let database = StartupPacket::param(&startup, "database")
+        .unwrap_or(&user_name)
+        .to_string();
     let mut params = BTreeMap::new();
     let mut unsupported_options = Vec::new();
     for (k, v) in &startup {
         match k.as_str() {
             "user" | "database" => {}
             "replication" => {
-                return refuse(io, "08P01", "replication connections are not supported by usher".into()).await;
+                return refuse(
+                    io,
+                    "08P01",
+                    "replication connections are not supported by usher".into(),
+                )
+                .await;
             }
             "options" => match parse_options(v) {
                 Ok(opts) => params.extend(opts),
@@ -94,15 +117,30 @@ pub async fn handshake(app: &App, io: &mut ClientIo, over_limit: bool) -> Result
     let config = app.config();
     let Some(user) = config.user(&user_name).cloned() else {
         // Same message as a wrong password: do not reveal which users exist.
-        return refuse(io, "28P01", format!("password authentication failed for user \"{user_name}\"")).await;
+        return refuse(
+            io,
+            "28P01",
+            format!("password authentication failed for user \"{user_name}\""),
+        )
+        .await;
     };
     if !config.databases.contains_key(&database) {
-        return refuse(io, "3D000", format!("database \"{database}\" does not exist")).await;
+        return refuse(
+            io,
+            "3D000",
+            format!("database \"{database}\" does not exist"),
+        )
+        .await;
     }
     match authenticate(&config, &user, io).await {
         Ok(()) => {}
         Err(AuthError::Failed(u)) => {
-            return refuse(io, "28P01", format!("password authentication failed for user \"{u}\"")).await;
+            return refuse(
+                io,
+                "28P01",
+                format!("password authentication failed for user \"{u}\""),
+            )
+            .await;
         }
         Err(e @ AuthError::BadExchange(_)) => return refuse(io, "08P01", e.to_string()).await,
         Err(e @ AuthError::BadVerifier(_)) => return refuse(io, "XX000", e.to_string()).await,
@@ -137,7 +175,11 @@ pub async fn handshake(app: &App, io: &mut ClientIo, over_limit: bool) -> Result
 }
 
 /// Tells the client why it is refused and ends the handshake.
-async fn refuse(io: &mut ClientIo, code: &str, msg: String) -> Result<Option<Login>, FrontendError> {
+async fn refuse(
+    io: &mut ClientIo,
+    code: &str,
+    msg: String,
+) -> Result<Option<Login>, FrontendError> {
     io.fatal(code, &msg).await;
     Err(FrontendError::Refused(msg))
 }
@@ -169,7 +211,9 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
         } else if let Some(rest) = w.strip_prefix("--").or_else(|| w.strip_prefix("-c")) {
             rest.to_string()
         } else {
-            return Err(format!("unsupported startup option {w:?}: usher accepts -c name=value"));
+            return Err(format!(
+                "unsupported startup option {w:?}: usher accepts -c name=value"
+            ));
         };
         let (k, v) = setting
             .split_once('=')
@@ -214,11 +258,17 @@ async fn authenticate(config: &Config, user: &User, io: &mut ClientIo) -> Result
                     String::from_utf8_lossy(mechanism)
                 )));
             }
-            let len = body.get(next..next + 4).ok_or_else(|| bad(ProtocolError::Malformed { what: "SASLInitialResponse" }))?;
+            let len = body.get(next..next + 4).ok_or_else(|| {
+                bad(ProtocolError::Malformed {
+                    what: "SASLInitialResponse",
+                })
+            })?;
             let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
             let data = &body[next + 4..];
             if len < 0 || len as usize != data.len() {
-                return Err(bad(ProtocolError::Malformed { what: "SASLInitialResponse" }));
+                return Err(bad(ProtocolError::Malformed {
+                    what: "SASLInitialResponse",
+                }));
             }
             let (server, first) = ScramServer::start(verifier, data)?;
             out.clear();
@@ -238,7 +288,9 @@ fn bad(e: ProtocolError) -> AuthError {
 }
 
 async fn send(io: &mut ClientIo, bytes: &[u8]) -> Result<(), AuthError> {
-    io.send(bytes).await.map_err(|e| AuthError::BadExchange(format!("client went away: {e}")))
+    io.send(bytes)
+        .await
+        .map_err(|e| AuthError::BadExchange(format!("client went away: {e}")))
 }
 
 /// Reads the client's next message, which must be a PasswordMessage/SASL response ('p').
@@ -249,7 +301,9 @@ async fn password_message(io: &mut ClientIo) -> Result<bytes::Bytes, AuthError> 
             "expected a password message, got message type {:?}",
             f.tag as char
         ))),
-        Ok(None) => Err(AuthError::BadExchange("client closed the connection during authentication".into())),
+        Ok(None) => Err(AuthError::BadExchange(
+            "client closed the connection during authentication".into(),
+        )),
         Err(e) => Err(AuthError::BadExchange(e.to_string())),
     }
 }

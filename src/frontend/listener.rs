@@ -42,21 +42,32 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
                 let over_limit = count > config.general.max_client_conn;
                 let mut io = ClientIo::new(stream, peer, config.general.max_message_size);
                 let login_timeout = config.general.client_login_timeout.0;
-                let login = match tokio::time::timeout(login_timeout, handshake(&app, &mut io, over_limit)).await {
-                    Ok(Ok(Some(login))) => login,
-                    Ok(Ok(None)) => return,
-                    Ok(Err(e)) => {
-                        tracing::info!(error = %e, "login failed");
-                        return;
-                    }
-                    Err(_) => {
-                        io.fatal("08P01", "client_login_timeout: startup and authentication took too long").await;
-                        tracing::info!("login timed out");
-                        return;
-                    }
-                };
-                let span = tracing::info_span!("session", user = %login.user, database = %login.database);
-                crate::session::Session::new(app, io, login).run().instrument(span).await;
+                let login =
+                    match tokio::time::timeout(login_timeout, handshake(&app, &mut io, over_limit))
+                        .await
+                    {
+                        Ok(Ok(Some(login))) => login,
+                        Ok(Ok(None)) => return,
+                        Ok(Err(e)) => {
+                            tracing::info!(error = %e, "login failed");
+                            return;
+                        }
+                        Err(_) => {
+                            io.fatal(
+                                "08P01",
+                                "client_login_timeout: startup and authentication took too long",
+                            )
+                            .await;
+                            tracing::info!("login timed out");
+                            return;
+                        }
+                    };
+                let span =
+                    tracing::info_span!("session", user = %login.user, database = %login.database);
+                crate::session::Session::new(app, io, login)
+                    .run()
+                    .instrument(span)
+                    .await;
             }
             .instrument(span),
         );

@@ -17,7 +17,10 @@ pub struct Lease {
 
 impl Lease {
     pub(super) fn new(conn: ServerConn, pool: Arc<Pool>) -> Lease {
-        Lease { conn: Some(conn), pool }
+        Lease {
+            conn: Some(conn),
+            pool,
+        }
     }
 
     /// The connection.

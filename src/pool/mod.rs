@@ -100,7 +100,11 @@ pub struct Pools {
 
 impl Pools {
     /// The pool for `key`, created with `settings` on first use.
-    pub fn get_or_create(&self, key: &PoolKey, settings: impl FnOnce() -> PoolSettings) -> Arc<Pool> {
+    pub fn get_or_create(
+        &self,
+        key: &PoolKey,
+        settings: impl FnOnce() -> PoolSettings,
+    ) -> Arc<Pool> {
         let mut map = self.map.lock();
         if let Some(p) = map.get(key) {
             return p.clone();

@@ -12,6 +12,7 @@ use super::{Lease, PoolError, PoolKey, PoolSettings};
 use crate::server::ServerConn;
 
 /// What a waiting client is given: a connection, or the right to open one.
+#[allow(clippy::large_enum_variant)] // moved once per hand-over; boxing would cost an allocation
 enum Grant {
     Conn(ServerConn),
     Slot,
@@ -127,7 +128,12 @@ impl Pool {
         self.wait(rx, settings, started).await
     }
 
-    async fn wait(self: &Arc<Self>, mut rx: oneshot::Receiver<Grant>, settings: PoolSettings, started: Instant) -> Result<Lease, PoolError> {
+    async fn wait(
+        self: &Arc<Self>,
+        mut rx: oneshot::Receiver<Grant>,
+        settings: PoolSettings,
+        started: Instant,
+    ) -> Result<Lease, PoolError> {
         let reserve_at = started + settings.reserve_timeout;
         let give_up_at = settings.wait_timeout.map(|t| started + t);
         let mut reserve_checked = settings.reserve == 0;
@@ -180,7 +186,11 @@ impl Pool {
         }
     }
 
-    async fn accept(self: &Arc<Self>, grant: Grant, settings: &PoolSettings) -> Result<Lease, PoolError> {
+    async fn accept(
+        self: &Arc<Self>,
+        grant: Grant,
+        settings: &PoolSettings,
+    ) -> Result<Lease, PoolError> {
         match grant {
             Grant::Conn(conn) => Ok(Lease::new(conn, self.clone())),
             Grant::Slot => self.open_new(settings).await,
@@ -211,7 +221,10 @@ impl Pool {
         }
     }
 
-    pub(super) async fn connect(&self, settings: &PoolSettings) -> Result<ServerConn, crate::server::ServerError> {
+    pub(super) async fn connect(
+        &self,
+        settings: &PoolSettings,
+    ) -> Result<ServerConn, crate::server::ServerError> {
         let conn = ServerConn::connect(
             self.key.server.clone(),
             &settings.server_user,
@@ -288,9 +301,9 @@ impl Pool {
         let mut closed = 0;
         let open_before = s.open;
         while let Some(conn) = s.idle.pop_front() {
-            let too_idle = settings
-                .idle_timeout
-                .is_some_and(|t| now.duration_since(conn.last_used) >= t && open_before - closed > settings.min);
+            let too_idle = settings.idle_timeout.is_some_and(|t| {
+                now.duration_since(conn.last_used) >= t && open_before - closed > settings.min
+            });
             if too_idle || !Self::reusable(&settings, &conn) {
                 closed += 1;
                 close(conn);
@@ -327,7 +340,11 @@ impl Pool {
     /// How long the oldest live waiter has waited is not tracked here; this is the idle age of
     /// the least recently used idle connection, for stats.
     pub fn oldest_idle(&self) -> Option<Duration> {
-        self.state.lock().idle.front().map(|c| c.last_used.elapsed())
+        self.state
+            .lock()
+            .idle
+            .front()
+            .map(|c| c.last_used.elapsed())
     }
 }
 

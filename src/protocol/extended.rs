@@ -28,19 +28,30 @@ impl NameSpan {
 pub fn parse_fields(body: &[u8]) -> Result<(NameSpan, &[u8]), ProtocolError> {
     let (name, next) = read_cstr(body, 0, "Parse")?;
     let (query, after) = read_cstr(body, next, "Parse")?;
-    let nparams = body.get(after..after + 2).ok_or(ProtocolError::Malformed { what: "Parse" })?;
+    let nparams = body
+        .get(after..after + 2)
+        .ok_or(ProtocolError::Malformed { what: "Parse" })?;
     let n = i16::from_be_bytes([nparams[0], nparams[1]]);
     if n < 0 || body.len() != after + 2 + 4 * n as usize {
         return Err(ProtocolError::Malformed { what: "Parse" });
     }
-    Ok((NameSpan { start: 0, end: name.len() }, query))
+    Ok((
+        NameSpan {
+            start: 0,
+            end: name.len(),
+        },
+        query,
+    ))
 }
 
 /// Bind: where the statement name (the second string, after the portal) is.
 pub fn bind_statement(body: &[u8]) -> Result<NameSpan, ProtocolError> {
     let (_, next) = read_cstr(body, 0, "Bind")?;
     let (name, _) = read_cstr(body, next, "Bind")?;
-    Ok(NameSpan { start: next, end: next + name.len() })
+    Ok(NameSpan {
+        start: next,
+        end: next + name.len(),
+    })
 }
 
 /// Describe or Close: `(kind, name)` where kind is `b'S'` (statement) or `b'P'` (portal).
@@ -53,7 +64,13 @@ pub fn target(body: &[u8], what: &'static str) -> Result<(u8, NameSpan), Protoco
     if end != body.len() {
         return Err(ProtocolError::Malformed { what });
     }
-    Ok((kind, NameSpan { start: 1, end: 1 + name.len() }))
+    Ok((
+        kind,
+        NameSpan {
+            start: 1,
+            end: 1 + name.len(),
+        },
+    ))
 }
 
 /// Appends `frame` to `out` with the name at `span` replaced by `name`.
@@ -97,9 +114,14 @@ mod tests {
         let mut out = BytesMut::new();
         put_renamed(&mut out, &f, span, b"usher_42");
         let mut buf = out.clone();
-        let g = super::super::split_frame(&mut buf, 1 << 20).unwrap().unwrap();
+        let g = super::super::split_frame(&mut buf, 1 << 20)
+            .unwrap()
+            .unwrap();
         let (span2, q2) = parse_fields(g.body()).unwrap();
-        assert_eq!((span2.of(g.body()), q2), (&b"usher_42"[..], &b"SELECT $1"[..]));
+        assert_eq!(
+            (span2.of(g.body()), q2),
+            (&b"usher_42"[..], &b"SELECT $1"[..])
+        );
         let rebuilt = parse_message(b"usher_42", b"SELECT $1", &f.body()[13..]);
         assert_eq!(rebuilt, g.raw);
     }

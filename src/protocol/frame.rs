@@ -95,7 +95,10 @@ mod tests {
     #[test]
     fn rejects_bad_lengths_before_body_arrives() {
         let mut neg = BytesMut::from(&[b'Q', 0xff, 0xff, 0xff, 0xff][..]);
-        assert!(matches!(split_frame(&mut neg, 100), Err(ProtocolError::BadLength { .. })));
+        assert!(matches!(
+            split_frame(&mut neg, 100),
+            Err(ProtocolError::BadLength { .. })
+        ));
         let mut small = BytesMut::from(&[b'Q', 0, 0, 0, 3][..]);
         assert!(split_frame(&mut small, 100).is_err());
         let mut huge = BytesMut::from(&[b'Q', 0x7f, 0, 0, 0][..]);

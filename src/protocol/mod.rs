@@ -38,7 +38,11 @@ pub enum ProtocolError {
 }
 
 /// Reads a NUL-terminated string starting at `pos`; returns it and the position after the NUL.
-pub fn read_cstr<'a>(buf: &'a [u8], pos: usize, what: &'static str) -> Result<(&'a [u8], usize), ProtocolError> {
+pub fn read_cstr<'a>(
+    buf: &'a [u8],
+    pos: usize,
+    what: &'static str,
+) -> Result<(&'a [u8], usize), ProtocolError> {
     let rest = buf.get(pos..).ok_or(ProtocolError::Malformed { what })?;
     let end = rest
         .iter()

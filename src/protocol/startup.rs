@@ -38,7 +38,10 @@ pub enum StartupPacket {
 impl StartupPacket {
     /// Value of a startup parameter.
     pub fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-        params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -82,7 +85,8 @@ pub fn split_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, Protoc
                 }
                 let (value, next) = read_cstr(&packet, next, "startup")?;
                 let text = |b: &[u8]| {
-                    String::from_utf8(b.to_vec()).map_err(|_| ProtocolError::Malformed { what: "startup" })
+                    String::from_utf8(b.to_vec())
+                        .map_err(|_| ProtocolError::Malformed { what: "startup" })
                 };
                 params.push((text(name)?, text(value)?));
                 pos = next;
@@ -127,7 +131,10 @@ mod tests {
 
     #[test]
     fn ssl_and_cancel() {
-        assert_eq!(split_startup(&mut packet(SSL_REQUEST, b"")).unwrap(), Some(StartupPacket::SslRequest));
+        assert_eq!(
+            split_startup(&mut packet(SSL_REQUEST, b"")).unwrap(),
+            Some(StartupPacket::SslRequest)
+        );
         let mut body = Vec::new();
         body.extend_from_slice(&7i32.to_be_bytes());
         body.extend_from_slice(&(-9i32).to_be_bytes());

@@ -44,15 +44,25 @@ impl RouteError {
 
 /// Routes the start of a transaction; `first` is the first message (raw frame) of it.
 pub fn route(_db: &Database, _first: &[u8]) -> Target {
-    Target { shard: 0, role: Role::Primary }
+    Target {
+        shard: 0,
+        role: Role::Primary,
+    }
 }
 
 /// The server address for a target.
-pub fn server_for<'a>(name: &str, db: &'a Database, target: Target) -> Result<&'a ServerAddr, RouteError> {
-    let shard = db.shards.get(target.shard).ok_or_else(|| RouteError::NoSuchShard {
-        database: name.to_string(),
-        shard: target.shard,
-    })?;
+pub fn server_for<'a>(
+    name: &str,
+    db: &'a Database,
+    target: Target,
+) -> Result<&'a ServerAddr, RouteError> {
+    let shard = db
+        .shards
+        .get(target.shard)
+        .ok_or_else(|| RouteError::NoSuchShard {
+            database: name.to_string(),
+            shard: target.shard,
+        })?;
     Ok(match target.role {
         Role::Primary => &shard.primary,
         Role::Replica => shard.replicas.first().unwrap_or(&shard.primary),
@@ -67,13 +77,30 @@ mod tests {
     #[test]
     fn shard_zero_primary() {
         let db = Database {
-            shards: vec![Shard { primary: ServerAddr::parse("h:1/d").unwrap(), replicas: vec![] }],
+            shards: vec![Shard {
+                primary: ServerAddr::parse("h:1/d").unwrap(),
+                replicas: vec![],
+            }],
             pool_size: None,
             pool_mode: None,
         };
         let t = route(&db, b"Q");
-        assert_eq!(t, Target { shard: 0, role: Role::Primary });
+        assert_eq!(
+            t,
+            Target {
+                shard: 0,
+                role: Role::Primary
+            }
+        );
         assert_eq!(server_for("d", &db, t).unwrap().port, 1);
-        assert!(server_for("d", &db, Target { shard: 3, role: Role::Primary }).is_err());
+        assert!(server_for(
+            "d",
+            &db,
+            Target {
+                shard: 3,
+                role: Role::Primary
+            }
+        )
+        .is_err());
     }
 }

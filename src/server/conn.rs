@@ -46,7 +46,9 @@ impl ServerState {
         ServerState {
             reported: BTreeMap::new(),
             applied: BTreeMap::new(),
-            prepared: LruCache::new(NonZeroUsize::new(max_prepared.max(1)).expect("max(1) is non-zero")),
+            prepared: LruCache::new(
+                NonZeroUsize::new(max_prepared.max(1)).expect("max(1) is non-zero"),
+            ),
             to_close: Vec::new(),
             unnamed_owner: None,
         }
@@ -96,9 +98,17 @@ impl ServerConn {
         max_prepared: usize,
     ) -> Result<ServerConn, ServerError> {
         let server = addr.to_string();
-        match tokio::time::timeout(timeout, Self::connect_inner(addr, user, password, max_prepared)).await {
+        match tokio::time::timeout(
+            timeout,
+            Self::connect_inner(addr, user, password, max_prepared),
+        )
+        .await
+        {
             Ok(r) => r,
-            Err(_) => Err(ServerError::ConnectTimeout { server, after: timeout }),
+            Err(_) => Err(ServerError::ConnectTimeout {
+                server,
+                after: timeout,
+            }),
         }
     }
 
@@ -111,7 +121,10 @@ impl ServerConn {
         let server = addr.to_string();
         let stream = TcpStream::connect((addr.host.as_str(), addr.port))
             .await
-            .map_err(|source| ServerError::Connect { server: server.clone(), source })?;
+            .map_err(|source| ServerError::Connect {
+                server: server.clone(),
+                source,
+            })?;
         let _ = stream.set_nodelay(true);
         let mut conn = ServerConn {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -126,8 +139,11 @@ impl ServerConn {
             last_error: None,
         };
         let mut out = BytesMut::new();
-        frontend::startup_message([("user", user), ("database", addr.dbname.as_str())], &mut out)
-            .map_err(|e| conn.protocol(e.to_string()))?;
+        frontend::startup_message(
+            [("user", user), ("database", addr.dbname.as_str())],
+            &mut out,
+        )
+        .map_err(|e| conn.protocol(e.to_string()))?;
         conn.write(&out).await?;
         conn.login(user, password).await?;
         Ok(conn)
@@ -142,12 +158,18 @@ impl ServerConn {
                 backend::Message::AuthenticationOk => {}
                 backend::Message::AuthenticationCleartextPassword => {
                     let pw = self.need_password(password, user, "a cleartext password")?;
-                    frontend::password_message(pw.as_bytes(), &mut out).map_err(|e| self.protocol(e.to_string()))?;
+                    frontend::password_message(pw.as_bytes(), &mut out)
+                        .map_err(|e| self.protocol(e.to_string()))?;
                 }
                 backend::Message::AuthenticationMd5Password(body) => {
                     let pw = self.need_password(password, user, "an md5 password")?;
-                    let hash = postgres_protocol::authentication::md5_hash(user.as_bytes(), pw.as_bytes(), body.salt());
-                    frontend::password_message(hash.as_bytes(), &mut out).map_err(|e| self.protocol(e.to_string()))?;
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        user.as_bytes(),
+                        pw.as_bytes(),
+                        body.salt(),
+                    );
+                    frontend::password_message(hash.as_bytes(), &mut out)
+                        .map_err(|e| self.protocol(e.to_string()))?;
                 }
                 backend::Message::AuthenticationSasl(body) => {
                     let mut mechanisms = body.mechanisms();
@@ -156,7 +178,9 @@ impl ServerConn {
                         found |= m == SCRAM_SHA_256;
                     }
                     if !found {
-                        return Err(self.unsupported("a SASL mechanism other than SCRAM-SHA-256", ""));
+                        return Err(
+                            self.unsupported("a SASL mechanism other than SCRAM-SHA-256", "")
+                        );
                     }
                     let pw = self.need_password(password, user, "SCRAM-SHA-256")?;
                     let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
@@ -165,21 +189,30 @@ impl ServerConn {
                     scram = Some(s);
                 }
                 backend::Message::AuthenticationSaslContinue(body) => {
-                    let s = scram.as_mut().ok_or_else(|| self.protocol("unexpected SASLContinue".into()))?;
-                    s.update(body.data()).map_err(|e| self.protocol(format!("SCRAM: {e}")))?;
-                    frontend::sasl_response(s.message(), &mut out).map_err(|e| self.protocol(e.to_string()))?;
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| self.protocol("unexpected SASLContinue".into()))?;
+                    s.update(body.data())
+                        .map_err(|e| self.protocol(format!("SCRAM: {e}")))?;
+                    frontend::sasl_response(s.message(), &mut out)
+                        .map_err(|e| self.protocol(e.to_string()))?;
                 }
                 backend::Message::AuthenticationSaslFinal(body) => {
-                    let s = scram.as_mut().ok_or_else(|| self.protocol("unexpected SASLFinal".into()))?;
-                    s.finish(body.data())
-                        .map_err(|e| self.protocol(format!("SCRAM server signature did not verify: {e}")))?;
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| self.protocol("unexpected SASLFinal".into()))?;
+                    s.finish(body.data()).map_err(|e| {
+                        self.protocol(format!("SCRAM server signature did not verify: {e}"))
+                    })?;
                 }
                 backend::Message::ParameterStatus(body) => {
                     let (name, value) = (
                         body.name().map_err(|e| self.protocol(e.to_string()))?,
                         body.value().map_err(|e| self.protocol(e.to_string()))?,
                     );
-                    self.state.reported.insert(name.to_string(), value.to_string());
+                    self.state
+                        .reported
+                        .insert(name.to_string(), value.to_string());
                 }
                 backend::Message::BackendKeyData(body) => {
                     self.backend_key = (body.process_id(), body.secret_key());
@@ -192,7 +225,9 @@ impl ServerConn {
                     })
                 }
                 backend::Message::NoticeResponse(_) => {}
-                _ => return Err(self.unsupported("an authentication method (GSS/SSPI/Kerberos)", "")),
+                _ => {
+                    return Err(self.unsupported("an authentication method (GSS/SSPI/Kerberos)", ""))
+                }
             }
             if !out.is_empty() {
                 self.write(&out).await?;
@@ -200,7 +235,12 @@ impl ServerConn {
         }
     }
 
-    fn need_password<'a>(&self, password: Option<&'a str>, user: &str, method: &str) -> Result<&'a str, ServerError> {
+    fn need_password<'a>(
+        &self,
+        password: Option<&'a str>,
+        user: &str,
+        method: &str,
+    ) -> Result<&'a str, ServerError> {
         password.ok_or_else(|| {
             self.unsupported(
                 method,
@@ -213,12 +253,16 @@ impl ServerConn {
     async fn read_message(&mut self) -> Result<backend::Message, ServerError> {
         loop {
             if self.rbuf.first() == Some(&b'E') && self.rbuf.len() >= 5 {
-                let len = i32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize;
+                let len =
+                    i32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]])
+                        as usize;
                 if self.rbuf.len() > len {
                     self.last_error = Some(ErrorFields::parse(&self.rbuf[5..len + 1]));
                 }
             }
-            if let Some(msg) = backend::Message::parse(&mut self.rbuf).map_err(|e| self.protocol(e.to_string()))? {
+            if let Some(msg) =
+                backend::Message::parse(&mut self.rbuf).map_err(|e| self.protocol(e.to_string()))?
+            {
                 return Ok(msg);
             }
             self.fill().await?;
@@ -239,7 +283,10 @@ impl ServerConn {
 
     /// Writes all of `bytes` to the server.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), ServerError> {
-        self.stream.write_all(bytes).await.map_err(|e| self.io(&e.to_string()))
+        self.stream
+            .write_all(bytes)
+            .await
+            .map_err(|e| self.io(&e.to_string()))
     }
 
     /// True when an idle connection was closed by the server or has unexpected bytes waiting
@@ -253,11 +300,17 @@ impl ServerConn {
     }
 
     pub(crate) fn io(&self, reason: &str) -> ServerError {
-        ServerError::Io { server: self.addr.to_string(), reason: reason.to_string() }
+        ServerError::Io {
+            server: self.addr.to_string(),
+            reason: reason.to_string(),
+        }
     }
 
     pub(crate) fn protocol(&self, reason: String) -> ServerError {
-        ServerError::Protocol { server: self.addr.to_string(), reason }
+        ServerError::Protocol {
+            server: self.addr.to_string(),
+            reason,
+        }
     }
 
     fn unsupported(&self, method: &str, hint: &str) -> ServerError {

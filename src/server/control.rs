@@ -21,13 +21,20 @@ pub fn quote_literal(s: &str) -> String {
 
 /// True for names usher will put into SQL as a quoted identifier (GUC names).
 pub fn valid_param_name(name: &str) -> bool {
-    !name.is_empty() && name.len() < 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+    !name.is_empty()
+        && name.len() < 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
 }
 
 impl ServerConn {
     /// Runs `sql` with the simple protocol and returns the rows as text. Parameter reports are
     /// recorded; an ErrorResponse makes the whole call fail once the server is ready again.
-    pub async fn control_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, ServerError> {
+    pub async fn control_query(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, ServerError> {
         let mut out = BytesMut::new();
         messages::query(&mut out, sql);
         self.write(&out).await?;
@@ -45,7 +52,10 @@ impl ServerConn {
             };
             let body = frame.body();
             match frame.tag {
-                b'D' => rows.push(parse_data_row(body).ok_or_else(|| self.protocol("malformed DataRow".into()))?),
+                b'D' => rows.push(
+                    parse_data_row(body)
+                        .ok_or_else(|| self.protocol("malformed DataRow".into()))?,
+                ),
                 b'E' => error = Some(ErrorFields::parse(body)),
                 b'S' => {
                     if let Some((k, v)) = parse_param_status(body) {
@@ -54,7 +64,10 @@ impl ServerConn {
                 }
                 b'Z' => {
                     return match error {
-                        Some(fields) => Err(ServerError::Query { server: self.addr.to_string(), fields }),
+                        Some(fields) => Err(ServerError::Query {
+                            server: self.addr.to_string(),
+                            fields,
+                        }),
                         None => Ok(rows),
                     }
                 }
@@ -67,11 +80,18 @@ impl ServerConn {
     /// client changed and this one did not ask for. Returns nothing to do in the common case
     /// without a round trip. Values the server reports back canonically are copied into
     /// `desired`, so the next comparison matches.
-    pub async fn sync_params(&mut self, desired: &mut BTreeMap<String, String>) -> Result<(), ServerError> {
+    pub async fn sync_params(
+        &mut self,
+        desired: &mut BTreeMap<String, String>,
+    ) -> Result<(), ServerError> {
         let mut sets = Vec::new();
         let mut resets = Vec::new();
         for (name, value) in desired.iter() {
-            let current = self.state.applied.get(name).or_else(|| self.state.reported.get(name));
+            let current = self
+                .state
+                .applied
+                .get(name)
+                .or_else(|| self.state.reported.get(name));
             if current != Some(value) && valid_param_name(name) {
                 sets.push((name.clone(), value.clone()));
             }
@@ -89,7 +109,13 @@ impl ServerConn {
             sql.push_str("SELECT ");
             let calls: Vec<String> = sets
                 .iter()
-                .map(|(n, v)| format!("pg_catalog.set_config({}, {}, false)", quote_literal(n), quote_literal(v)))
+                .map(|(n, v)| {
+                    format!(
+                        "pg_catalog.set_config({}, {}, false)",
+                        quote_literal(n),
+                        quote_literal(v)
+                    )
+                })
                 .collect();
             sql.push_str(&calls.join(", "));
             sql.push(';');
@@ -111,7 +137,10 @@ impl ServerConn {
     }
 
     /// Reads the current value of each named setting (`None` for unknown custom settings).
-    pub async fn current_settings(&mut self, names: &[String]) -> Result<Vec<Option<String>>, ServerError> {
+    pub async fn current_settings(
+        &mut self,
+        names: &[String],
+    ) -> Result<Vec<Option<String>>, ServerError> {
         let names: Vec<&String> = names.iter().filter(|n| valid_param_name(n)).collect();
         if names.is_empty() {
             return Ok(Vec::new());
@@ -120,7 +149,9 @@ impl ServerConn {
             .iter()
             .map(|n| format!("pg_catalog.current_setting({}, true)", quote_literal(n)))
             .collect();
-        let rows = self.control_query(&format!("SELECT {}", cols.join(", "))).await?;
+        let rows = self
+            .control_query(&format!("SELECT {}", cols.join(", ")))
+            .await?;
         Ok(rows.into_iter().next().unwrap_or_default())
     }
 }

@@ -78,14 +78,18 @@ impl ServerError {
     pub fn retry_safe(&self) -> bool {
         matches!(
             self,
-            ServerError::Connect { .. } | ServerError::ConnectTimeout { .. } | ServerError::Login { .. }
+            ServerError::Connect { .. }
+                | ServerError::ConnectTimeout { .. }
+                | ServerError::Login { .. }
         )
     }
 
     /// SQLSTATE to report to the client.
     pub fn sqlstate(&self) -> &str {
         match self {
-            ServerError::Login { fields, .. } | ServerError::Query { fields, .. } if !fields.code.is_empty() => {
+            ServerError::Login { fields, .. } | ServerError::Query { fields, .. }
+                if !fields.code.is_empty() =>
+            {
                 &fields.code
             }
             ServerError::Protocol { .. } => "08P01",

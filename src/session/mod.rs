@@ -164,7 +164,9 @@ impl Session {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
-                    self.io.fatal("08P01", &format!("invalid message: {e}")).await;
+                    self.io
+                        .fatal("08P01", &format!("invalid message: {e}"))
+                        .await;
                     return Err(e.into());
                 }
             };
@@ -172,7 +174,9 @@ impl Session {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Stop) => return Ok(Flow::Stop),
                 Err(SessionError::Client(FrontendError::Protocol(e))) => {
-                    self.io.fatal("08P01", &format!("invalid message: {e}")).await;
+                    self.io
+                        .fatal("08P01", &format!("invalid message: {e}"))
+                        .await;
                     return Err(e.into());
                 }
                 Err(e) => return Err(e),
@@ -214,7 +218,8 @@ impl Session {
                 b'H' | b'd' | b'c' | b'f' => return Ok(Flow::Continue),
                 b'P' if self.mode == PoolMode::Transaction && !frame.body().starts_with(b"\0") => {
                     self.stmts.remember(&frame)?;
-                    self.tracker.push(Expect::Local(Bytes::from_static(prepared::PARSE_COMPLETE)));
+                    self.tracker
+                        .push(Expect::Local(Bytes::from_static(prepared::PARSE_COMPLETE)));
                     self.client_out.append(&mut self.tracker.ready);
                     return Ok(Flow::Continue);
                 }
@@ -222,7 +227,8 @@ impl Session {
                     let (kind, span) = extended::target(frame.body(), "Close")?;
                     if kind == b'S' && span.start != span.end {
                         self.stmts.remove(span.of(frame.body()));
-                        self.client_out.push(Bytes::from_static(&[b'3', 0, 0, 0, 4]));
+                        self.client_out
+                            .push(Bytes::from_static(&[b'3', 0, 0, 0, 4]));
                         return Ok(Flow::Continue);
                     }
                 }
@@ -265,7 +271,10 @@ impl Session {
                         }
                     }
                 }
-                if changes.iter().any(|c| matches!(c, SessionChange::DeallocateAll | SessionChange::DiscardAll)) {
+                if changes
+                    .iter()
+                    .any(|c| matches!(c, SessionChange::DeallocateAll | SessionChange::DiscardAll))
+                {
                     self.stmts.clear();
                     self.dropped_statements = true;
                     state.prepared.clear();
@@ -276,12 +285,20 @@ impl Session {
                 self.tracker.push(Expect::Query);
             }
             b'P' | b'B' | b'D' | b'C' if rewrite => {
-                self.stmts
-                    .translate(self.id, &frame, state, &mut self.tracker, &mut self.server_out)?;
+                self.stmts.translate(
+                    self.id,
+                    &frame,
+                    state,
+                    &mut self.tracker,
+                    &mut self.server_out,
+                )?;
             }
             b'P' | b'B' | b'D' | b'C' => {
                 let expect = match frame.tag {
-                    b'P' => Expect::Parse { injected: false, name: None },
+                    b'P' => Expect::Parse {
+                        injected: false,
+                        name: None,
+                    },
                     b'B' => Expect::Bind,
                     b'C' => Expect::Close,
                     _ => match extended::target(frame.body(), "Describe")?.0 {
@@ -331,16 +348,31 @@ impl Session {
         let config = self.app.config();
         let db = &config.databases[&self.login.database];
         let user = config.user(&self.login.user).ok_or_else(|| {
-            ("28000".to_string(), format!("user {:?} was removed from the configuration", self.login.user))
+            (
+                "28000".to_string(),
+                format!(
+                    "user {:?} was removed from the configuration",
+                    self.login.user
+                ),
+            )
         })?;
         let target = router::route(db, &first.raw);
-        let addr = router::server_for(&self.login.database, db, target).map_err(|e| (e.sqlstate().to_string(), e.to_string()))?;
+        let addr = router::server_for(&self.login.database, db, target)
+            .map_err(|e| (e.sqlstate().to_string(), e.to_string()))?;
         let pool = self.app.pool(&config, &self.login.database, user, addr);
-        let mut lease = pool.checkout().await.map_err(|e| (e.sqlstate().to_string(), e.to_string()))?;
+        let mut lease = pool
+            .checkout()
+            .await
+            .map_err(|e| (e.sqlstate().to_string(), e.to_string()))?;
         let conn = lease.conn();
         let prep = async {
             if !conn.state.to_close.is_empty() {
-                let sql: String = conn.state.to_close.iter().map(|n| format!("DEALLOCATE \"{}\";", String::from_utf8_lossy(n))).collect();
+                let sql: String = conn
+                    .state
+                    .to_close
+                    .iter()
+                    .map(|n| format!("DEALLOCATE \"{}\";", String::from_utf8_lossy(n)))
+                    .collect();
                 conn.control_query(&sql).await?;
                 conn.state.to_close.clear();
             }
@@ -354,14 +386,25 @@ impl Session {
             }
             return Err((code, message));
         }
-        *self.login.cancel_slot.lock() = Some(CancelTarget { addr: conn.addr.clone(), key: conn.backend_key });
+        *self.login.cancel_slot.lock() = Some(CancelTarget {
+            addr: conn.addr.clone(),
+            key: conn.backend_key,
+        });
         self.server = Some(lease);
         Ok(())
     }
 
     /// Reads what the server sent, forwards it and releases the server when the transaction is over.
     async fn on_server_data(&mut self) -> Result<(), SessionError> {
-        let Session { server, tracker, params, pass, client_out, txn_status, .. } = self;
+        let Session {
+            server,
+            tracker,
+            params,
+            pass,
+            client_out,
+            txn_status,
+            ..
+        } = self;
         let conn = server.as_mut().expect("attached").conn();
         relay::scan(conn, tracker, params, pass, client_out, txn_status)?;
         self.flush_client().await?;
@@ -371,14 +414,23 @@ impl Session {
 
     async fn flush_client(&mut self) -> Result<(), SessionError> {
         for chunk in self.client_out.drain(..) {
-            self.io.stream.write_all(&chunk).await.map_err(FrontendError::Io)?;
+            self.io
+                .stream
+                .write_all(&chunk)
+                .await
+                .map_err(FrontendError::Io)?;
         }
         Ok(())
     }
 
     /// In transaction mode, gives the server back once the transaction is over and nothing is owed.
     async fn maybe_release(&mut self) {
-        if self.mode != PoolMode::Transaction || self.server.is_none() || self.txn_status != b'I' || !self.tracker.is_idle() || self.pass.is_some() {
+        if self.mode != PoolMode::Transaction
+            || self.server.is_none()
+            || self.txn_status != b'I'
+            || !self.tracker.is_idle()
+            || self.pass.is_some()
+        {
             return;
         }
         self.release().await;
@@ -386,7 +438,9 @@ impl Session {
 
     /// Brings the server's bookkeeping up to date and returns it to the pool.
     async fn release(&mut self) {
-        let Some(mut lease) = self.server.take() else { return };
+        let Some(mut lease) = self.server.take() else {
+            return;
+        };
         *self.login.cancel_slot.lock() = None;
         let conn = lease.conn();
         for name in self.tracker.unprepared.drain(..) {
@@ -408,7 +462,10 @@ impl Session {
             ok = conn.control_query("DEALLOCATE ALL").await.is_ok();
             conn.state.prepared.clear();
         }
-        if ok && config.general.server_reset_query_always && !config.general.server_reset_query.is_empty() {
+        if ok
+            && config.general.server_reset_query_always
+            && !config.general.server_reset_query.is_empty()
+        {
             ok = reset(conn, &config.general.server_reset_query).await;
         }
         if ok {
@@ -419,7 +476,9 @@ impl Session {
     /// Cleanup when the client is gone: roll back, reset (session mode) and return the server,
     /// or close it when it is in the middle of something.
     async fn finish(&mut self) {
-        let Some(mut lease) = self.server.take() else { return };
+        let Some(mut lease) = self.server.take() else {
+            return;
+        };
         *self.login.cancel_slot.lock() = None;
         if !self.tracker.is_idle() || self.pass.is_some() {
             return; // Dropping the lease closes the connection: a query may still be running.
@@ -432,11 +491,17 @@ impl Session {
             }
             Ok::<(), crate::server::ServerError>(())
         };
-        let cleaned = matches!(tokio::time::timeout(Duration::from_secs(5), work).await, Ok(Ok(())));
+        let cleaned = matches!(
+            tokio::time::timeout(Duration::from_secs(5), work).await,
+            Ok(Ok(()))
+        );
         if !cleaned {
             return;
         }
-        if self.mode == PoolMode::Session && !config.general.server_reset_query.is_empty() && !reset(conn, &config.general.server_reset_query).await {
+        if self.mode == PoolMode::Session
+            && !config.general.server_reset_query.is_empty()
+            && !reset(conn, &config.general.server_reset_query).await
+        {
             return;
         }
         lease.release();

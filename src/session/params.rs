@@ -92,7 +92,12 @@ impl ClientParams {
     }
 
     /// Records values read back with `current_setting` (`None`: the setting does not exist).
-    pub fn on_read_back(&mut self, names: &[String], values: Vec<Option<String>>, server: &mut ServerState) {
+    pub fn on_read_back(
+        &mut self,
+        names: &[String],
+        values: Vec<Option<String>>,
+        server: &mut ServerState,
+    ) {
         for (name, value) in names.iter().zip(values) {
             match value {
                 Some(v) => {

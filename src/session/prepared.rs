@@ -107,7 +107,10 @@ impl ClientStatements {
                     ));
                     server.unnamed_owner = Some((client_id, self.unnamed_generation));
                     out.put_slice(&frame.raw);
-                    tracker.push(Expect::Parse { injected: false, name: None });
+                    tracker.push(Expect::Parse {
+                        injected: false,
+                        name: None,
+                    });
                     return Ok(());
                 }
                 let global = self.remember(frame)?;
@@ -116,7 +119,10 @@ impl ClientStatements {
                 } else {
                     extended::put_renamed(out, frame, span, &global);
                     server.remember_prepared(global.clone());
-                    tracker.push(Expect::Parse { injected: false, name: Some(global) });
+                    tracker.push(Expect::Parse {
+                        injected: false,
+                        name: Some(global),
+                    });
                 }
             }
             b'B' => {
@@ -163,8 +169,15 @@ impl ClientStatements {
         if span.start == span.end {
             if let Some((generation, stmt)) = &self.unnamed {
                 if server.unnamed_owner != Some((client_id, *generation)) {
-                    out.put_slice(&extended::parse_message(b"", &stmt.query, &stmt.param_types));
-                    tracker.push(Expect::Parse { injected: true, name: None });
+                    out.put_slice(&extended::parse_message(
+                        b"",
+                        &stmt.query,
+                        &stmt.param_types,
+                    ));
+                    tracker.push(Expect::Parse {
+                        injected: true,
+                        name: None,
+                    });
                     server.unnamed_owner = Some((client_id, *generation));
                 }
             }
@@ -177,9 +190,16 @@ impl ClientStatements {
             return;
         };
         if server.prepared.get(&stmt.global).is_none() {
-            out.put_slice(&extended::parse_message(&stmt.global, &stmt.query, &stmt.param_types));
+            out.put_slice(&extended::parse_message(
+                &stmt.global,
+                &stmt.query,
+                &stmt.param_types,
+            ));
             server.remember_prepared(stmt.global.clone());
-            tracker.push(Expect::Parse { injected: true, name: Some(stmt.global.clone()) });
+            tracker.push(Expect::Parse {
+                injected: true,
+                name: Some(stmt.global.clone()),
+            });
         }
         extended::put_renamed(out, frame, span, &stmt.global);
     }
@@ -204,7 +224,9 @@ mod tests {
         let mut t = Tracker::default();
         let mut out = BytesMut::new();
         let parse = Frame::new(b'P', b"s1\0SELECT 1\0\0\0");
-        stmts.translate(1, &parse, &mut a, &mut t, &mut out).unwrap();
+        stmts
+            .translate(1, &parse, &mut a, &mut t, &mut out)
+            .unwrap();
         assert!(out.windows(6).any(|w| w == b"usher_"));
         assert_eq!(a.prepared.len(), 1);
         out.clear();
@@ -223,10 +245,20 @@ mod tests {
         let mut s = state();
         let mut t = Tracker::default();
         let mut out = BytesMut::new();
-        stmts.translate(1, &Frame::new(b'C', b"Sx\0"), &mut s, &mut t, &mut out).unwrap();
+        stmts
+            .translate(1, &Frame::new(b'C', b"Sx\0"), &mut s, &mut t, &mut out)
+            .unwrap();
         assert!(out.is_empty());
         assert_eq!(t.ready, vec![Bytes::from_static(CLOSE_COMPLETE)]);
-        stmts.translate(1, &Frame::new(b'B', b"\0nope\0\0\0\0\0\0\0"), &mut s, &mut t, &mut out).unwrap();
+        stmts
+            .translate(
+                1,
+                &Frame::new(b'B', b"\0nope\0\0\0\0\0\0\0"),
+                &mut s,
+                &mut t,
+                &mut out,
+            )
+            .unwrap();
         assert_eq!(&out[5..10], b"\0nope");
     }
 

@@ -50,7 +50,8 @@ pub fn scan(
             }
             continue;
         }
-        let header = peek_header(&conn.rbuf[run..], MAX_SERVER_FRAME).map_err(|e| conn.protocol(e.to_string()))?;
+        let header = peek_header(&conn.rbuf[run..], MAX_SERVER_FRAME)
+            .map_err(|e| conn.protocol(e.to_string()))?;
         let Some((tag, total)) = header else { break };
         let available = conn.rbuf.len() - run;
         if matches!(tag, b'Z' | b'S') {
@@ -59,7 +60,9 @@ pub fn scan(
             }
             let body = &conn.rbuf[run + 5..run + total];
             if tag == b'Z' {
-                *txn_status = *body.first().ok_or_else(|| conn.protocol("empty ReadyForQuery".into()))?;
+                *txn_status = *body
+                    .first()
+                    .ok_or_else(|| conn.protocol("empty ReadyForQuery".into()))?;
             } else if let Some((name, value)) = crate::server::parse_param_status(body) {
                 params.on_report(&name, &value, &mut conn.state);
             }
@@ -75,7 +78,10 @@ pub fn scan(
             }
         }
         if take < total {
-            *pass = Some(Pass { remaining: total - take, forward: decision == Decision::Forward });
+            *pass = Some(Pass {
+                remaining: total - take,
+                forward: decision == Decision::Forward,
+            });
         }
         if !tracker.ready.is_empty() {
             flush_run(&mut conn.rbuf, &mut run, out);

@@ -153,7 +153,11 @@ impl Tracker {
             }
             _ => match (self.queue.front(), tag) {
                 (Some(Expect::Parse { injected, .. }), b'1') => {
-                    let d = if *injected { Decision::Swallow } else { Decision::Forward };
+                    let d = if *injected {
+                        Decision::Swallow
+                    } else {
+                        Decision::Forward
+                    };
                     self.queue.pop_front();
                     d
                 }
@@ -183,7 +187,10 @@ impl Tracker {
     }
 
     fn forget(&mut self, e: Expect) {
-        if let Expect::Parse { name: Some(name), .. } = e {
+        if let Expect::Parse {
+            name: Some(name), ..
+        } = e
+        {
             self.unprepared.push(name);
         }
     }
@@ -224,14 +231,23 @@ mod tests {
     #[test]
     fn injected_parse_is_swallowed_in_order() {
         let mut t = Tracker::default();
-        t.push(Expect::Parse { injected: false, name: None });
+        t.push(Expect::Parse {
+            injected: false,
+            name: None,
+        });
         t.push(Expect::Sync);
-        t.push(Expect::Parse { injected: true, name: Some(Bytes::from_static(b"g")) });
+        t.push(Expect::Parse {
+            injected: true,
+            name: Some(Bytes::from_static(b"g")),
+        });
         t.push(Expect::Bind);
         t.push(Expect::Execute);
         t.push(Expect::Sync);
         let seen: Vec<Decision> = b"1Z12DCZ".iter().map(|t2| t.on_frame(*t2)).collect();
-        assert_eq!(seen, vec![Forward, Forward, Swallow, Forward, Forward, Forward, Forward]);
+        assert_eq!(
+            seen,
+            vec![Forward, Forward, Swallow, Forward, Forward, Forward, Forward]
+        );
         assert!(t.is_idle());
         assert!(t.unprepared.is_empty());
     }
@@ -257,7 +273,10 @@ mod tests {
     fn error_skips_to_sync_and_reports_unprepared() {
         let mut t = Tracker::default();
         t.push(Expect::Bind);
-        t.push(Expect::Parse { injected: false, name: Some(Bytes::from_static(b"g1")) });
+        t.push(Expect::Parse {
+            injected: false,
+            name: Some(Bytes::from_static(b"g1")),
+        });
         t.push(local(b"3"));
         t.push(Expect::Execute);
         t.push(Expect::Sync);
@@ -295,7 +314,11 @@ mod tests {
         t.push(Expect::Sync);
         t.on_frame(b'C');
         t.on_frame(b'Z');
-        assert_eq!(t.ready, vec![Bytes::from_static(b"3")], "CloseComplete follows the first ReadyForQuery");
+        assert_eq!(
+            t.ready,
+            vec![Bytes::from_static(b"3")],
+            "CloseComplete follows the first ReadyForQuery"
+        );
         t.on_frame(b'Z');
         assert!(t.is_idle());
         // Same, with the client's CopyDone pipelined before the server's CopyInResponse.
@@ -313,7 +336,10 @@ mod tests {
     #[test]
     fn unsynced_blocks_release() {
         let mut t = Tracker::default();
-        t.push(Expect::Parse { injected: false, name: None });
+        t.push(Expect::Parse {
+            injected: false,
+            name: None,
+        });
         t.on_frame(b'1');
         assert!(!t.is_idle());
         t.push(Expect::Sync);

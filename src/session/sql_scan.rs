@@ -35,16 +35,28 @@ pub fn scan(sql: &str) -> (Vec<SessionChange>, usize) {
         let change = match t.as_slice() {
             ["set", "local", ..] | ["set", "transaction", ..] => None,
             ["set", "session", "characteristics", ..] => None,
-            ["set", "session", "authorization", ..] => Some(SessionChange::Set("session_authorization".into())),
-            ["set", "time", "zone", ..] | ["set", "session", "time", "zone"] => Some(SessionChange::Set("timezone".into())),
-            ["set", "session", name, ..] | ["set", name, ..] => Some(SessionChange::Set(name.to_string())),
+            ["set", "session", "authorization", ..] => {
+                Some(SessionChange::Set("session_authorization".into()))
+            }
+            ["set", "time", "zone", ..] | ["set", "session", "time", "zone"] => {
+                Some(SessionChange::Set("timezone".into()))
+            }
+            ["set", "session", name, ..] | ["set", name, ..] => {
+                Some(SessionChange::Set(name.to_string()))
+            }
             ["reset", "all", ..] => Some(SessionChange::ResetAll),
             ["reset", "time", "zone", ..] => Some(SessionChange::Reset("timezone".into())),
-            ["reset", "session", "authorization", ..] => Some(SessionChange::Reset("session_authorization".into())),
+            ["reset", "session", "authorization", ..] => {
+                Some(SessionChange::Reset("session_authorization".into()))
+            }
             ["reset", name, ..] => Some(SessionChange::Reset(name.to_string())),
             ["discard", "all", ..] => Some(SessionChange::DiscardAll),
-            ["deallocate", "prepare", "all", ..] | ["deallocate", "all", ..] => Some(SessionChange::DeallocateAll),
-            ["deallocate", "prepare", name, ..] | ["deallocate", name, ..] => Some(SessionChange::Deallocate(name.to_string())),
+            ["deallocate", "prepare", "all", ..] | ["deallocate", "all", ..] => {
+                Some(SessionChange::DeallocateAll)
+            }
+            ["deallocate", "prepare", name, ..] | ["deallocate", name, ..] => {
+                Some(SessionChange::Deallocate(name.to_string()))
+            }
             _ => None,
         };
         changes.extend(change);
@@ -99,15 +111,21 @@ fn statements_first_tokens(s: &[u8], n: usize) -> Vec<Vec<String>> {
             }
             b'"' => {
                 let end = skip_quoted(s, i, b'"', false);
-                let inner = String::from_utf8_lossy(&s[i + 1..end.saturating_sub(1).max(i + 1)]).replace("\"\"", "\"");
+                let inner = String::from_utf8_lossy(&s[i + 1..end.saturating_sub(1).max(i + 1)])
+                    .replace("\"\"", "\"");
                 push(&mut out, inner);
                 i = end;
             }
             b'$' => {
                 // $tag$ ... $tag$ or a parameter $1.
-                let tag_end = s[i + 1..].iter().position(|b| !(b.is_ascii_alphanumeric() || *b == b'_')).map(|p| i + 1 + p);
+                let tag_end = s[i + 1..]
+                    .iter()
+                    .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+                    .map(|p| i + 1 + p);
                 match tag_end {
-                    Some(e) if s[e] == b'$' && !s[i + 1..e].first().is_some_and(u8::is_ascii_digit) => {
+                    Some(e)
+                        if s[e] == b'$' && !s[i + 1..e].first().is_some_and(u8::is_ascii_digit) =>
+                    {
                         let tag = &s[i..=e];
                         let body = e + 1;
                         let close = s[body..].windows(tag.len()).position(|w| w == tag);
@@ -119,13 +137,25 @@ fn statements_first_tokens(s: &[u8], n: usize) -> Vec<Vec<String>> {
             }
             _ if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
                 let start = i;
-                while i < s.len() && (s[i].is_ascii_alphanumeric() || s[i] == b'_' || s[i] == b'$' || s[i] == b'.' || s[i] >= 0x80) {
+                while i < s.len()
+                    && (s[i].is_ascii_alphanumeric()
+                        || s[i] == b'_'
+                        || s[i] == b'$'
+                        || s[i] == b'.'
+                        || s[i] >= 0x80)
+                {
                     i += 1;
                 }
-                if (s[i - 1] == b'e' || s[i - 1] == b'E') && i - start == 1 && s.get(i) == Some(&b'\'') {
+                if (s[i - 1] == b'e' || s[i - 1] == b'E')
+                    && i - start == 1
+                    && s.get(i) == Some(&b'\'')
+                {
                     continue; // E'...' string: handled by the quote arm.
                 }
-                push(&mut out, String::from_utf8_lossy(&s[start..i]).to_lowercase());
+                push(
+                    &mut out,
+                    String::from_utf8_lossy(&s[start..i]).to_lowercase(),
+                );
             }
             _ if c.is_ascii_whitespace() => i += 1,
             _ => {
@@ -166,10 +196,14 @@ mod tests {
 
     #[test]
     fn finds_changes() {
-        let (c, n) = scan("SET search_path TO app, public; select 1; RESET TimeZone; set local x = 1");
+        let (c, n) =
+            scan("SET search_path TO app, public; select 1; RESET TimeZone; set local x = 1");
         assert_eq!(c, vec![Set("search_path".into()), Reset("timezone".into())]);
         assert_eq!(n, 4);
-        assert_eq!(scan("SET SESSION \"MyVar.X\" = 1").0, vec![Set("MyVar.X".into())]);
+        assert_eq!(
+            scan("SET SESSION \"MyVar.X\" = 1").0,
+            vec![Set("MyVar.X".into())]
+        );
         assert_eq!(scan("set time zone 'UTC'").0, vec![Set("timezone".into())]);
         assert_eq!(scan("DISCARD ALL").0, vec![DiscardAll]);
         assert_eq!(scan("deallocate prepare all").0, vec![DeallocateAll]);
@@ -180,10 +214,16 @@ mod tests {
     #[test]
     fn ignores_quoted_and_commented() {
         assert_eq!(scan("select 'x; SET a = 1'").0, vec![]);
-        assert_eq!(scan("select $$; SET a = 1$$; /* ; set b = 2 */ -- ; set c = 3\n").0, vec![]);
+        assert_eq!(
+            scan("select $$; SET a = 1$$; /* ; set b = 2 */ -- ; set c = 3\n").0,
+            vec![]
+        );
         assert_eq!(scan("select E'\\'; set a = 1'").0, vec![]);
         assert_eq!(scan("select $tag$ $$ ; set x=1 $tag$").0, vec![]);
-        assert_eq!(scan("/* c */ SET application_name = 'a;b'").0, vec![Set("application_name".into())]);
+        assert_eq!(
+            scan("/* c */ SET application_name = 'a;b'").0,
+            vec![Set("application_name".into())]
+        );
         assert_eq!(scan("").1, 0);
     }
 }

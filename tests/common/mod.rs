@@ -57,7 +57,10 @@ fn pg_user_ids() -> Option<(u32, u32)> {
     }
     let name = std::ffi::CString::new("postgres").unwrap();
     let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    assert!(!pw.is_null(), "running as root needs the 'postgres' OS user (apt-get install postgresql)");
+    assert!(
+        !pw.is_null(),
+        "running as root needs the 'postgres' OS user (apt-get install postgresql)"
+    );
     Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
 }
 
@@ -72,7 +75,10 @@ fn pg_command(program: &str) -> Command {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Output {
-    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         out.status.success(),
         "{what} failed: {}\n{}",
@@ -90,7 +96,11 @@ fn chown_to_pg(path: &Path) {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 const HBA: &str = "\
@@ -123,18 +133,37 @@ impl Pg {
                 .and_then(|mut f| f.write_all(conf.as_bytes()))
                 .unwrap();
             chown_to_pg(&data.join("postgresql.auto.conf"));
-            let log = data.parent().unwrap().join(format!("{}.log", data.file_name().unwrap().to_string_lossy()));
+            let log = data.parent().unwrap().join(format!(
+                "{}.log",
+                data.file_name().unwrap().to_string_lossy()
+            ));
             let status = pg_command("pg_ctl")
-                .args(["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"])
+                .args([
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-l",
+                    log.to_str().unwrap(),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
                 .unwrap();
             if status.success() {
-                return Pg { port, data, socket_dir };
+                return Pg {
+                    port,
+                    data,
+                    socket_dir,
+                };
             }
-            eprintln!("postgres did not start on port {port} (attempt {attempt}): {}", std::fs::read_to_string(&log).unwrap_or_default());
+            eprintln!(
+                "postgres did not start on port {port} (attempt {attempt}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         }
         panic!("could not start postgres in {}", data.display());
     }
@@ -143,7 +172,18 @@ impl Pg {
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = run(
             Command::new(bin_dir().join("psql"))
-                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+                .args([
+                    "-X",
+                    "-q",
+                    "-A",
+                    "-t",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                ])
                 .args(["-p", &self.port.to_string(), "-d", db, "-c", sql]),
             &format!("psql {sql}"),
         );
@@ -152,14 +192,31 @@ impl Pg {
 
     /// Stops the server (fast mode).
     pub fn stop(&self) {
-        run(pg_command("pg_ctl").args(["-D", self.data.to_str().unwrap(), "-m", "fast", "-w", "stop"]), "pg_ctl stop");
+        run(
+            pg_command("pg_ctl").args([
+                "-D",
+                self.data.to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ]),
+            "pg_ctl stop",
+        );
     }
 
     /// Starts it again on the same port.
     pub fn restart(&self) {
         let log = self.data.parent().unwrap().join("restart.log");
         run(
-            pg_command("pg_ctl").args(["-D", self.data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "start"]),
+            pg_command("pg_ctl").args([
+                "-D",
+                self.data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ]),
             "pg_ctl start",
         );
     }
@@ -172,8 +229,20 @@ impl Topology {
             let data = self.root.join("replica");
             run(
                 pg_command("pg_basebackup").args([
-                    "-h", "127.0.0.1", "-p", &self.primary.port.to_string(), "-U", "postgres",
-                    "-D", data.to_str().unwrap(), "-R", "-X", "stream", "--no-sync",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.primary.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-R",
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                    "--no-sync",
                 ]),
                 "pg_basebackup",
             );
@@ -190,8 +259,13 @@ impl Topology {
     /// Creates a fresh database owned by `app` on the primary and returns its name.
     pub fn create_db(&self, prefix: &str) -> String {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!("{prefix}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-        self.primary.psql("postgres", &format!("CREATE DATABASE {name} OWNER app"));
+        let name = format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        self.primary
+            .psql("postgres", &format!("CREATE DATABASE {name} OWNER app"));
         name
     }
 }
@@ -224,10 +298,15 @@ pub fn topology() -> &'static Topology {
 }
 
 /// Stops every server under `root` and removes it once this process exits.
+#[allow(clippy::zombie_processes)] // the reaper must outlive this process; init reaps it
 fn spawn_reaper(root: &Path) {
     let pid = std::process::id();
     let pg_ctl = bin_dir().join("pg_ctl");
-    let as_pg = if pg_user_ids().is_some() { "runuser -u postgres -- " } else { "" };
+    let as_pg = if pg_user_ids().is_some() {
+        "runuser -u postgres -- "
+    } else {
+        ""
+    };
     let script = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
          for d in {root}/*/; do [ -f \"$d/PG_VERSION\" ] && {as_pg}{pg_ctl} -D \"$d\" -m immediate stop >/dev/null 2>&1; done; \
@@ -236,7 +315,10 @@ fn spawn_reaper(root: &Path) {
         pg_ctl = pg_ctl.display(),
     );
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", &script]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     unsafe {
         cmd.pre_exec(|| {
             libc::setsid();
@@ -299,9 +381,13 @@ pub async fn start_usher(config_text: &str) -> Usher {
     static TRACING: std::sync::Once = std::sync::Once::new();
     TRACING.call_once(|| {
         let filter = std::env::var("USHER_LOG").unwrap_or_else(|_| "warn".into());
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
     });
-    let config = usher::config::load_str(config_text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let config = usher::config::load_str(config_text, Path::new("test.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let app = usher::App::new(config);
@@ -315,7 +401,11 @@ pub fn dsn(port: u16, user: &str, db: &str) -> String {
 }
 
 /// Connects with tokio-postgres and drives the connection in a task.
-pub async fn connect(port: u16, user: &str, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+pub async fn connect(
+    port: u16,
+    user: &str,
+    db: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     connect_dsn(&dsn(port, user, db)).await
 }
 
