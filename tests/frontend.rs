@@ -316,3 +316,17 @@ fn usher_check_names_file_line_and_key() {
         assert!(stderr.contains(expect), "{to}: {stderr}");
     }
 }
+
+#[test]
+fn example_configs_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            usher::config::load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2);
+}
