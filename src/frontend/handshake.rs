@@ -10,7 +10,7 @@ use rand::RngCore;
 use super::cancel::CancelSlot;
 use super::{ClientIo, FrontendError};
 use crate::app::App;
-use crate::auth::{md5_response_matches, AuthError, ScramServer, ScramVerifier};
+use crate::auth::{md5_response_matches, AuthError, ScramServer};
 use crate::config::{AuthMethod, Config, User};
 use crate::protocol::startup::{split_startup, StartupPacket};
 use crate::protocol::{messages, read_cstr, ProtocolError};
@@ -132,7 +132,7 @@ pub async fn handshake(
         )
         .await;
     }
-    match authenticate(&config, &user, io).await {
+    match authenticate(app, &config, &user, io).await {
         Ok(()) => {}
         Err(AuthError::Failed(u)) => {
             return refuse(
@@ -223,7 +223,12 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-async fn authenticate(config: &Config, user: &User, io: &mut ClientIo) -> Result<(), AuthError> {
+async fn authenticate(
+    app: &App,
+    config: &Config,
+    user: &User,
+    io: &mut ClientIo,
+) -> Result<(), AuthError> {
     let method = config.auth_method(user);
     let secret = match (method, user.password.as_deref()) {
         (AuthMethod::Trust, _) => return Ok(()),
@@ -247,7 +252,7 @@ async fn authenticate(config: &Config, user: &User, io: &mut ClientIo) -> Result
             }
         }
         AuthMethod::ScramSha256 => {
-            let verifier = ScramVerifier::from_secret(secret)?;
+            let verifier = app.scram_verifier(&user.name, secret)?;
             messages::auth_sasl(&mut out);
             send(io, &out).await?;
             let body = password_message(io).await?;
@@ -270,7 +275,7 @@ async fn authenticate(config: &Config, user: &User, io: &mut ClientIo) -> Result
                     what: "SASLInitialResponse",
                 }));
             }
-            let (server, first) = ScramServer::start(verifier, data)?;
+            let (server, first) = ScramServer::start((*verifier).clone(), data)?;
             out.clear();
             messages::auth_sasl_data(&mut out, false, first.as_bytes());
             send(io, &out).await?;
