@@ -47,8 +47,9 @@ impl App {
         self.config.read().clone()
     }
 
-    /// The SCRAM verifier for a user's configured secret (derived once, then cached).
-    pub fn scram_verifier(
+    /// The SCRAM verifier for a user's configured secret, derived once (on a blocking thread:
+    /// PBKDF2 must not stall the runtime) and then cached.
+    pub async fn scram_verifier(
         &self,
         user: &str,
         secret: &str,
@@ -57,7 +58,11 @@ impl App {
         if let Some(v) = self.verifiers.lock().get(&key) {
             return Ok(v.clone());
         }
-        let v = Arc::new(ScramVerifier::from_secret(secret)?);
+        let owned = secret.to_string();
+        let derived = tokio::task::spawn_blocking(move || ScramVerifier::from_secret(&owned))
+            .await
+            .map_err(|e| AuthError::BadVerifier(format!("verifier derivation failed: {e}")))?;
+        let v = Arc::new(derived?);
         self.verifiers.lock().insert(key, v.clone());
         Ok(v)
     }

@@ -252,7 +252,7 @@ async fn authenticate(
             }
         }
         AuthMethod::ScramSha256 => {
-            let verifier = app.scram_verifier(&user.name, secret)?;
+            let verifier = app.scram_verifier(&user.name, secret).await?;
             messages::auth_sasl(&mut out);
             send(io, &out).await?;
             let body = password_message(io).await?;

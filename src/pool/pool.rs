@@ -100,7 +100,7 @@ impl Pool {
             let mut s = self.state.lock();
             let mut found = None;
             while let Some(conn) = s.idle.pop_back() {
-                if Self::reusable(&s.settings, &conn) {
+                if Self::reusable(&s.settings, &conn, true) {
                     s.lent += 1;
                     found = Some(conn);
                     break;
@@ -252,17 +252,21 @@ impl Pool {
         s.open -= 1;
     }
 
-    fn reusable(settings: &PoolSettings, conn: &ServerConn) -> bool {
+    /// May `conn` serve another client? `probe_socket` also asks the socket whether the server
+    /// closed it while idle (one non-blocking read); a connection coming straight back from a
+    /// client has just finished a full exchange and needs only the cheap checks.
+    fn reusable(settings: &PoolSettings, conn: &ServerConn, probe_socket: bool) -> bool {
         !conn.dirty
-            && !conn.is_broken()
+            && conn.rbuf.is_empty()
             && settings.lifetime.is_none_or(|l| conn.created.elapsed() < l)
+            && !(probe_socket && conn.is_broken())
     }
 
     /// Takes a connection back from a client.
     pub(super) fn checkin(&self, mut conn: ServerConn) {
         let mut s = self.state.lock();
         s.lent -= 1;
-        if !Self::reusable(&s.settings, &conn) {
+        if !Self::reusable(&s.settings, &conn, false) {
             drop(s);
             self.discard_counted(conn);
             return;
@@ -304,7 +308,7 @@ impl Pool {
             let too_idle = settings.idle_timeout.is_some_and(|t| {
                 now.duration_since(conn.last_used) >= t && open_before - closed > settings.min
             });
-            if too_idle || !Self::reusable(&settings, &conn) {
+            if too_idle || !Self::reusable(&settings, &conn, true) {
                 closed += 1;
                 close(conn);
             } else {

@@ -8,6 +8,9 @@ pub mod frame;
 pub mod messages;
 pub mod startup;
 
+#[cfg(test)]
+mod robustness;
+
 pub use frame::{split_frame, Frame};
 
 /// Something in a message was not valid protocol.

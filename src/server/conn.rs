@@ -189,13 +189,21 @@ impl ServerConn {
                     scram = Some(s);
                 }
                 backend::Message::AuthenticationSaslContinue(body) => {
-                    let s = scram
-                        .as_mut()
+                    let mut s = scram
+                        .take()
                         .ok_or_else(|| self.protocol("unexpected SASLContinue".into()))?;
-                    s.update(body.data())
-                        .map_err(|e| self.protocol(format!("SCRAM: {e}")))?;
+                    // The client proof costs 4096 PBKDF2 rounds: keep it off the runtime threads.
+                    let data = body.data().to_vec();
+                    let (s, result) = tokio::task::spawn_blocking(move || {
+                        let r = s.update(&data);
+                        (s, r)
+                    })
+                    .await
+                    .map_err(|e| self.protocol(format!("SCRAM task failed: {e}")))?;
+                    result.map_err(|e| self.protocol(format!("SCRAM: {e}")))?;
                     frontend::sasl_response(s.message(), &mut out)
                         .map_err(|e| self.protocol(e.to_string()))?;
+                    scram = Some(s);
                 }
                 backend::Message::AuthenticationSaslFinal(body) => {
                     let s = scram

@@ -79,6 +79,13 @@ pub struct Session {
     server_out: BytesMut,
     /// A server frame being streamed or skipped across reads.
     pass: Option<Pass>,
+    /// The pool last used and the target it serves, so a transaction does not rebuild the
+    /// pool key; dropped when the config changes.
+    pool_cache: Option<(
+        Arc<crate::config::Config>,
+        router::Target,
+        Arc<crate::pool::Pool>,
+    )>,
 }
 
 impl Session {
@@ -104,6 +111,7 @@ impl Session {
             client_out: Vec::new(),
             server_out: BytesMut::new(),
             pass: None,
+            pool_cache: None,
         }
     }
 
@@ -357,9 +365,16 @@ impl Session {
             )
         })?;
         let target = router::route(db, &first.raw);
-        let addr = router::server_for(&self.login.database, db, target)
-            .map_err(|e| (e.sqlstate().to_string(), e.to_string()))?;
-        let pool = self.app.pool(&config, &self.login.database, user, addr);
+        let pool = match &self.pool_cache {
+            Some((c, t, pool)) if Arc::ptr_eq(c, &config) && *t == target => pool.clone(),
+            _ => {
+                let addr = router::server_for(&self.login.database, db, target)
+                    .map_err(|e| (e.sqlstate().to_string(), e.to_string()))?;
+                let pool = self.app.pool(&config, &self.login.database, user, addr);
+                self.pool_cache = Some((config.clone(), target, pool.clone()));
+                pool
+            }
+        };
         let mut lease = pool
             .checkout()
             .await
@@ -520,6 +535,19 @@ async fn reset(conn: &mut crate::server::ServerConn, sql: &str) -> bool {
         }
         _ => false,
     }
+}
+
+/// Runs the prepared-statement translation on an arbitrary client frame body (for the
+/// robustness tests): it must return an error or a translation, never panic.
+#[cfg(test)]
+pub(crate) fn probe_translate(tag: u8, body: &[u8]) {
+    let frame = Frame::new(tag, body);
+    let mut stmts = ClientStatements::default();
+    let mut state = crate::server::ServerState::default();
+    let mut tracker = Tracker::default();
+    let mut out = BytesMut::new();
+    let _ = stmts.remember(&frame);
+    let _ = stmts.translate(1, &frame, &mut state, &mut tracker, &mut out);
 }
 
 enum Event {
