@@ -13,6 +13,9 @@ use crate::auth::{AuthError, ScramVerifier};
 use crate::config::{Config, ServerAddr, User};
 use crate::frontend::cancel::CancelRegistry;
 use crate::pool::{Pool, PoolError, PoolKey, PoolSettings, Pools};
+use crate::router::cache::QueryCache;
+use crate::router::monitor::Probes;
+use crate::router::topology::Topology;
 
 /// Shared state of one usher process.
 pub struct App {
@@ -27,12 +30,23 @@ pub struct App {
     /// SCRAM verifiers derived from plain passwords, by (user, secret): deriving one costs
     /// 4096 PBKDF2 rounds, too much to repeat on every login.
     verifiers: parking_lot::Mutex<HashMap<(String, String), Arc<ScramVerifier>>>,
+    topology: RwLock<Arc<Topology>>,
+    /// Routing classifications by query text.
+    pub query_cache: QueryCache,
+    /// Control-plane connections for probes and catalog lookups.
+    pub probes: Probes,
+    /// Whether a user-defined function is VOLATILE, by (database, name).
+    volatile: parking_lot::Mutex<HashMap<(String, String), bool>>,
 }
 
 impl App {
     /// A new proxy state for `config`.
     pub fn new(config: Config) -> Arc<App> {
         Arc::new(App {
+            topology: RwLock::new(Arc::new(Topology::new(&config))),
+            query_cache: QueryCache::new(config.general.query_cache_size),
+            probes: Probes::default(),
+            volatile: parking_lot::Mutex::new(HashMap::new()),
             config: RwLock::new(Arc::new(config)),
             pools: Arc::new(Pools::default()),
             cancels: CancelRegistry::default(),
@@ -40,6 +54,60 @@ impl App {
             next_client_id: AtomicU64::new(1),
             verifiers: parking_lot::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Run-time state of the servers (roles, bans, lag).
+    pub fn topology(&self) -> Arc<Topology> {
+        self.topology.read().clone()
+    }
+
+    /// True when one of `functions` (called by a statement on `database`) is a user-defined
+    /// VOLATILE function; looked up in pg_proc on the shard-0 primary once per name. A failed
+    /// lookup counts as a write (the safe side) and is retried next time.
+    pub async fn calls_volatile(
+        &self,
+        config: &Config,
+        database: &str,
+        functions: &[String],
+    ) -> bool {
+        for f in functions {
+            let key = (database.to_string(), f.clone());
+            if let Some(v) = self.volatile.lock().get(&key) {
+                if *v {
+                    return true;
+                }
+                continue;
+            }
+            let (schema, name) = match f.rsplit_once('.') {
+                Some((s, n)) => (Some(s.to_string()), n.to_string()),
+                None => (None, f.clone()),
+            };
+            let Some(db) = config.databases.get(database) else {
+                return true;
+            };
+            let sql = "SELECT coalesce(bool_or(p.provolatile = 'v'), false) FROM pg_catalog.pg_proc p \
+                       JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+                       WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.proname = $1 \
+                       AND ($2::text IS NULL OR n.nspname = $2)";
+            match self
+                .probes
+                .query(config, &db.shards[0].primary.addr, sql, &[&name, &schema])
+                .await
+            {
+                Ok(rows) => {
+                    let volatile: bool = rows.first().map(|r| r.get(0)).unwrap_or(false);
+                    self.volatile.lock().insert(key, volatile);
+                    if volatile {
+                        return true;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(function = %f, error = %e, "could not look up function volatility; routing to the primary");
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// The config in force.
@@ -98,7 +166,7 @@ impl App {
         user: &User,
     ) -> Result<BTreeMap<String, String>, PoolError> {
         let db = &config.databases[database];
-        let pool = self.pool(config, database, user, &db.shards[0].primary);
+        let pool = self.pool(config, database, user, &db.shards[0].primary.addr);
         if let Some(p) = pool.server_params() {
             return Ok(p);
         }
@@ -124,6 +192,8 @@ pub fn pool_settings(config: &Config, database: &str, user: &User) -> PoolSettin
         lifetime: g.server_lifetime.enabled(),
         connect_timeout: g.server_connect_timeout.0,
         max_prepared: g.max_prepared_statements,
+        check_delay: g.server_check_delay.enabled(),
+        check_query: g.server_check_query.clone(),
         server_user: user.server_user().to_string(),
         server_password: user.server_password().map(str::to_string),
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use super::{is_md5_hash, AuthMethod, Config};
+use super::{is_md5_hash, AuthMethod, Config, RoleSpec};
 
 /// One problem found in a config file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -261,6 +261,26 @@ fn validate(c: &Config) -> Vec<(Vec<Seg>, String)> {
             ),
         ));
     }
+    if let Some(u) = &g.health_check_user {
+        if c.user(u).is_none() {
+            out.push((
+                vec![k("general"), k("health_check_user")],
+                format!("no [[users]] entry named {u:?}"),
+            ));
+        }
+    }
+    if g.lag_check_interval.0.is_zero() {
+        out.push((
+            vec![k("general"), k("lag_check_interval")],
+            "must be greater than zero".into(),
+        ));
+    }
+    if g.query_cache_size == 0 {
+        out.push((
+            vec![k("general"), k("query_cache_size")],
+            "must be at least 1".into(),
+        ));
+    }
     if c.users.is_empty() {
         out.push((
             vec![k("users")],
@@ -328,11 +348,26 @@ fn validate(c: &Config) -> Vec<(Vec<Seg>, String)> {
             out.push((at(&[k("pool_size")]), "must be at least 1".into()));
         }
         for (i, shard) in db.shards.iter().enumerate() {
+            if shard.primary.role == RoleSpec::Replica {
+                out.push((
+                    at(&[k("shards"), Seg::Index(i), k("primary")]),
+                    "the primary cannot have role = \"replica\" (use \"auto\" to discover it)"
+                        .into(),
+                ));
+            }
             for (j, r) in shard.replicas.iter().enumerate() {
-                if *r == shard.primary || shard.replicas[..j].contains(r) {
+                if r.role == RoleSpec::Primary {
                     out.push((
                         at(&[k("shards"), Seg::Index(i), k("replicas"), Seg::Index(j)]),
-                        format!("server {r} is listed twice in shard {i}"),
+                        "a replica cannot have role = \"primary\" (use \"auto\" to follow promotions)".into(),
+                    ));
+                }
+                if r.addr == shard.primary.addr
+                    || shard.replicas[..j].iter().any(|o| o.addr == r.addr)
+                {
+                    out.push((
+                        at(&[k("shards"), Seg::Index(i), k("replicas"), Seg::Index(j)]),
+                        format!("server {} is listed twice in shard {i}", r.addr),
                     ));
                 }
             }
@@ -373,7 +408,7 @@ shards = [
     fn good_config_loads() {
         let c = load_str(GOOD, Path::new("u.toml")).unwrap();
         assert_eq!(c.general.default_pool_size, 25);
-        assert_eq!(c.databases["app"].shards[0].primary.port, 5432);
+        assert_eq!(c.databases["app"].shards[0].primary.addr.port, 5432);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod duration;
 mod load;
 mod server_addr;
+mod server_spec;
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,7 @@ use serde::Deserialize;
 pub use duration::{parse_duration, ConfigDuration};
 pub use load::{load_file, load_str, ConfigError, ConfigProblem};
 pub use server_addr::ServerAddr;
+pub use server_spec::{RoleSpec, ServerSpec};
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize)]
@@ -100,6 +102,19 @@ pub struct General {
     pub auth_type: AuthMethod,
     /// Worker threads of the runtime; `0` uses one per core.
     pub worker_threads: usize,
+    /// A server whose connection failed gets no traffic for this long.
+    pub ban_time: ConfigDuration,
+    /// How often replica lag and server roles are measured.
+    pub lag_check_interval: ConfigDuration,
+    /// A pooled connection idle longer than this is checked with `server_check_query` before it
+    /// is handed out; `0` disables the check.
+    pub server_check_delay: ConfigDuration,
+    /// Query used for that check (`;` is the cheapest: an empty query).
+    pub server_check_query: String,
+    /// User whose server credentials the lag and role probes use; defaults to the first user.
+    pub health_check_user: Option<String>,
+    /// Parsed statements kept in the routing cache (keyed by query text).
+    pub query_cache_size: usize,
 }
 
 impl Default for General {
@@ -123,6 +138,12 @@ impl Default for General {
             max_message_size: 256 * 1024 * 1024,
             auth_type: AuthMethod::ScramSha256,
             worker_threads: 0,
+            ban_time: ConfigDuration::secs(60),
+            lag_check_interval: ConfigDuration(std::time::Duration::from_millis(500)),
+            server_check_delay: ConfigDuration::secs(30),
+            server_check_query: ";".into(),
+            health_check_user: None,
+            query_cache_size: 10_000,
         }
     }
 }
@@ -186,17 +207,96 @@ pub struct Database {
     /// Pool mode for this database; defaults to `general.pool_mode`.
     #[serde(default)]
     pub pool_mode: Option<PoolMode>,
+    /// Send reads to replicas (`true`) or everything to the primary (`false`, the default).
+    #[serde(default)]
+    pub read_write_split: bool,
+    /// Whether the primary takes reads: `"never"`, `"fallback"` (when no replica is usable, the
+    /// default) or `"always"` (as one more read server).
+    #[serde(default)]
+    pub primary_reads: PrimaryReads,
+    /// How reads are spread over replicas.
+    #[serde(default)]
+    pub load_balancing: LoadBalancing,
+    /// Replicas further behind the primary than this get no reads; `0` disables the check.
+    #[serde(default = "default_max_replica_lag")]
+    pub max_replica_lag: ConfigDuration,
+    /// After a client commits a write, its reads go only to replicas that replayed it.
+    #[serde(default = "default_true")]
+    pub read_your_writes: bool,
+    /// `"conservative"`: explicit transactions go to the primary unless READ ONLY.
+    /// `"aggressive"`: a transaction is routed by its first statement after BEGIN.
+    #[serde(default)]
+    pub read_write_strategy: ReadWriteStrategy,
+    /// Functions (name or schema.name) whose calls make a statement a write.
+    #[serde(default)]
+    pub write_functions: Vec<String>,
+    /// Treat calls of user-defined functions that Postgres marks VOLATILE as writes (looked up
+    /// in pg_proc once per function and cached).
+    #[serde(default = "default_true")]
+    pub volatile_functions_are_writes: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_max_replica_lag() -> ConfigDuration {
+    ConfigDuration::secs(1)
+}
+
+/// `primary_reads`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PrimaryReads {
+    /// Reads never go to the primary; without a usable replica they fail.
+    Never,
+    /// Reads go to the primary only when no replica is usable.
+    #[default]
+    Fallback,
+    /// The primary takes its share of reads like a replica.
+    Always,
+}
+
+/// `load_balancing`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancing {
+    /// The replica with the fewest server connections in use (per weight).
+    #[default]
+    LeastConnections,
+    /// Each replica in turn, weighted.
+    RoundRobin,
+    /// A random replica, weighted.
+    Random,
+}
+
+/// `read_write_strategy`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadWriteStrategy {
+    /// Explicit transactions go to the primary unless declared READ ONLY.
+    #[default]
+    Conservative,
+    /// BEGIN is held back and the transaction routed by its first statement.
+    Aggressive,
 }
 
 /// One shard: a primary and its streaming replicas.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Shard {
-    /// The read-write server, `"host:port/dbname"`.
-    pub primary: ServerAddr,
-    /// Read-only replicas of the primary, `"host:port/dbname"` each.
+    /// The read-write server: `"host:port/dbname"` or `{ addr = "...", role = "auto" }`.
+    pub primary: ServerSpec,
+    /// Read-only replicas of the primary, in the same two forms.
     #[serde(default)]
-    pub replicas: Vec<ServerAddr>,
+    pub replicas: Vec<ServerSpec>,
+}
+
+impl Shard {
+    /// Every server of the shard, the configured primary first.
+    pub fn servers(&self) -> impl Iterator<Item = &ServerSpec> {
+        std::iter::once(&self.primary).chain(self.replicas.iter())
+    }
 }
 
 impl Config {

@@ -58,6 +58,10 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     /// Per-connection prepared statement LRU size.
     pub max_prepared: usize,
+    /// Connections idle longer than this are checked before being handed out.
+    pub check_delay: Option<Duration>,
+    /// The check query.
+    pub check_query: String,
     /// User name for the server.
     pub server_user: String,
     /// Password for the server.

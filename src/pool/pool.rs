@@ -89,8 +89,39 @@ impl Pool {
         }
     }
 
-    /// Gets a connection: an idle one, a new one if under the size, or waits in line.
+    /// Gets a connection: an idle one, a new one if under the size, or waits in line. A
+    /// connection idle longer than `server_check_delay` is first checked with
+    /// `server_check_query`; one that fails the check is closed and another one taken.
     pub async fn checkout(self: &Arc<Self>) -> Result<Lease, PoolError> {
+        loop {
+            let mut lease = self.checkout_unchecked().await?;
+            let settings = self.settings();
+            let conn = lease.conn();
+            let Some(delay) = settings.check_delay else {
+                return Ok(lease);
+            };
+            if conn.last_used.elapsed() < delay || conn.created.elapsed() < delay {
+                return Ok(lease);
+            }
+            match tokio::time::timeout(
+                settings.connect_timeout,
+                conn.control_query(&settings.check_query),
+            )
+            .await
+            {
+                Ok(Ok(_)) => return Ok(lease),
+                Ok(Err(e)) => {
+                    tracing::info!(pool = %self.key, error = %e, "idle server connection failed its check; closing it")
+                }
+                Err(_) => {
+                    tracing::info!(pool = %self.key, "idle server connection check timed out; closing it")
+                }
+            }
+            drop(lease);
+        }
+    }
+
+    async fn checkout_unchecked(self: &Arc<Self>) -> Result<Lease, PoolError> {
         let started = Instant::now();
         enum Next {
             Open(PoolSettings),

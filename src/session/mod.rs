@@ -11,6 +11,7 @@ mod params;
 mod prepared;
 mod relay;
 mod responses;
+mod route;
 pub mod sql_scan;
 
 use std::sync::Arc;
@@ -79,13 +80,8 @@ pub struct Session {
     server_out: BytesMut,
     /// A server frame being streamed or skipped across reads.
     pass: Option<Pass>,
-    /// The pool last used and the target it serves, so a transaction does not rebuild the
-    /// pool key; dropped when the config changes.
-    pool_cache: Option<(
-        Arc<crate::config::Config>,
-        router::Target,
-        Arc<crate::pool::Pool>,
-    )>,
+    /// Routing state between transactions (role override, read-your-writes LSN, pools).
+    route: route::RouteState,
 }
 
 impl Session {
@@ -111,7 +107,7 @@ impl Session {
             client_out: Vec::new(),
             server_out: BytesMut::new(),
             pass: None,
-            pool_cache: None,
+            route: route::RouteState::default(),
         }
     }
 
@@ -267,6 +263,12 @@ impl Session {
             b'Q' => {
                 let sql = frame.body().strip_suffix(b"\0").unwrap_or(frame.body());
                 let (changes, statements) = sql_scan::scan(&String::from_utf8_lossy(sql));
+                if changes.iter().any(|c| matches!(c, SessionChange::Set(n) | SessionChange::Reset(n) if n == "usher.role")) {
+                    let class = self.app.query_cache.classify(&frame.raw.slice(5..frame.raw.len() - 1), &[]);
+                    if let Some(role) = class.set_role {
+                        self.route.role_override = Some(role);
+                    }
+                }
                 if rewrite && statements == 1 {
                     if let [SessionChange::Deallocate(name)] = changes.as_slice() {
                         if self.stmts.remove(name.as_bytes()) {
@@ -354,31 +356,7 @@ impl Session {
     /// SQLSTATE and message for the client.
     async fn attach(&mut self, first: &Frame) -> Result<(), (String, String)> {
         let config = self.app.config();
-        let db = &config.databases[&self.login.database];
-        let user = config.user(&self.login.user).ok_or_else(|| {
-            (
-                "28000".to_string(),
-                format!(
-                    "user {:?} was removed from the configuration",
-                    self.login.user
-                ),
-            )
-        })?;
-        let target = router::route(db, &first.raw);
-        let pool = match &self.pool_cache {
-            Some((c, t, pool)) if Arc::ptr_eq(c, &config) && *t == target => pool.clone(),
-            _ => {
-                let addr = router::server_for(&self.login.database, db, target)
-                    .map_err(|e| (e.sqlstate().to_string(), e.to_string()))?;
-                let pool = self.app.pool(&config, &self.login.database, user, addr);
-                self.pool_cache = Some((config.clone(), target, pool.clone()));
-                pool
-            }
-        };
-        let mut lease = pool
-            .checkout()
-            .await
-            .map_err(|e| (e.sqlstate().to_string(), e.to_string()))?;
+        let (mut lease, _target) = self.route_and_checkout(first, &config).await?;
         let conn = lease.conn();
         let prep = async {
             if !conn.state.to_close.is_empty() {
@@ -469,6 +447,31 @@ impl Session {
                 Ok(values) => self.params.on_read_back(&names, values, &mut conn.state),
                 Err(e) => {
                     tracing::warn!(error = %e, "could not read back session settings; closing server connection");
+                    ok = false;
+                }
+            }
+        }
+        if ok
+            && std::mem::take(&mut self.route.txn_writes)
+            && self.route.attached_role == Some(router::Role::Primary)
+        {
+            // Read-your-writes: remember how far the primary's WAL is after this commit.
+            match conn
+                .control_query("SELECT pg_catalog.pg_current_wal_lsn()::text")
+                .await
+            {
+                Ok(rows) => {
+                    if let Some(lsn) = rows
+                        .first()
+                        .and_then(|r| r.first())
+                        .and_then(|v| v.as_deref())
+                        .and_then(router::topology::parse_lsn)
+                    {
+                        self.route.min_lsn = self.route.min_lsn.max(lsn);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the commit LSN; closing server connection");
                     ok = false;
                 }
             }

@@ -59,6 +59,15 @@ impl ClientStatements {
         self.named.remove(name).is_some()
     }
 
+    /// The query text a Bind or Describe-statement body refers to (for routing).
+    pub fn query_of(&self, name: &[u8]) -> Option<Bytes> {
+        if name.is_empty() {
+            self.unnamed.as_ref().map(|(_, s)| s.query.clone())
+        } else {
+            self.named.get(name).map(|s| s.query.clone())
+        }
+    }
+
     /// Records a named Parse without sending it anywhere: outside a transaction no server is
     /// needed until the statement is used, and each server gets it lazily at first Bind or
     /// Describe. (A client blocked in a synchronous prepare therefore never waits for a pool

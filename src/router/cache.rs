@@ -1,0 +1,67 @@
+//! A bounded cache of classifications keyed by query text, so a repeated query costs a hash
+//! lookup instead of a parse.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use lru::LruCache;
+use parking_lot::Mutex;
+
+use super::classify::{classify, Classification};
+
+/// Classifications by query text (LRU).
+pub struct QueryCache {
+    map: Mutex<LruCache<Bytes, Arc<Classification>>>,
+    /// Lookups answered from the cache.
+    pub hits: AtomicU64,
+    /// Lookups that parsed.
+    pub misses: AtomicU64,
+}
+
+impl QueryCache {
+    /// A cache holding `capacity` classifications.
+    pub fn new(capacity: usize) -> QueryCache {
+        QueryCache {
+            map: Mutex::new(LruCache::new(
+                NonZeroUsize::new(capacity.max(1)).expect("max(1)"),
+            )),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// The classification of `sql` (parsed on a miss, outside the lock).
+    pub fn classify(&self, sql: &Bytes, write_functions: &[String]) -> Arc<Classification> {
+        if let Some(c) = self.map.lock().get(sql) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return c.clone();
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let text = String::from_utf8_lossy(sql);
+        let c = Arc::new(classify(&text, write_functions));
+        self.map.lock().put(sql.clone(), c.clone());
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hits_after_first_parse() {
+        let cache = QueryCache::new(2);
+        let q = Bytes::from_static(b"SELECT 1");
+        assert!(!cache.classify(&q, &[]).write);
+        assert!(!cache.classify(&q, &[]).write);
+        assert_eq!(
+            (
+                cache.hits.load(Ordering::Relaxed),
+                cache.misses.load(Ordering::Relaxed)
+            ),
+            (1, 1)
+        );
+    }
+}

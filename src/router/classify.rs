@@ -1,0 +1,343 @@
+//! Statement classification on the real PostgreSQL grammar (libpg_query via the `pg_query`
+//! crate): does a statement (or multi-statement string) need the primary, does it open a
+//! transaction, which functions does it call, and which routing hints does it carry.
+//!
+//! The rule is "primary unless provably read-only": anything unknown, unparsable or
+//! side-effecting goes to the primary, so a misparse costs a replica's share, never a write
+//! sent to a replica.
+
+use pg_query::protobuf::TransactionStmtKind;
+use pg_query::{Context, NodeEnum, NodeRef};
+
+/// A role asked for by a hint or `SET usher.role`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleHint {
+    /// Force the primary.
+    Primary,
+    /// Prefer a replica (a write still goes to the primary).
+    Replica,
+    /// Decide from the SQL (the default).
+    Auto,
+}
+
+impl RoleHint {
+    fn parse(v: &str) -> Option<RoleHint> {
+        match v
+            .trim()
+            .trim_matches('\'')
+            .trim_matches('"')
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "primary" => Some(RoleHint::Primary),
+            "replica" => Some(RoleHint::Replica),
+            "auto" => Some(RoleHint::Auto),
+            _ => None,
+        }
+    }
+}
+
+/// What routing needs to know about a query string.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Classification {
+    /// Must run on the primary.
+    pub write: bool,
+    /// Opens an explicit transaction: `Some(read_only)`.
+    pub begins: Option<bool>,
+    /// Functions called that are neither known writes nor known built-ins; user-defined
+    /// VOLATILE ones among them make the statement a write (checked against pg_proc).
+    pub functions: Vec<String>,
+    /// `/* usher: role=... */` on the statement.
+    pub hint: Option<RoleHint>,
+    /// `SET usher.role = ...` (Some) or `RESET usher.role` (Some(Auto)).
+    pub set_role: Option<RoleHint>,
+    /// The whole string is only `SET/RESET usher.*` statements (answered by usher itself).
+    pub only_usher_settings: bool,
+    /// libpg_query could not parse it (routed to the primary).
+    pub parse_error: bool,
+}
+
+/// Built-in functions with side effects: a call sends the statement to the primary.
+const WRITE_FUNCTIONS: &[&str] = &[
+    "nextval",
+    "setval",
+    "pg_notify",
+    "txid_current",
+    "pg_current_xact_id",
+    "pg_switch_wal",
+    "pg_create_restore_point",
+    "pg_backup_start",
+    "pg_backup_stop",
+    "pg_start_backup",
+    "pg_stop_backup",
+    "pg_create_physical_replication_slot",
+    "pg_create_logical_replication_slot",
+    "pg_drop_replication_slot",
+    "lo_create",
+    "lo_creat",
+    "lo_import",
+    "lo_unlink",
+    "lo_put",
+    "lo_from_bytea",
+    "lo_open",
+    "lowrite",
+    "lo_write",
+    "lo_truncate",
+    "lo_truncate64",
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_advisory_xact_lock",
+    "pg_advisory_xact_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared",
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_shared",
+    "pg_advisory_unlock_all",
+    "pg_logical_emit_message",
+    "pg_replication_origin_create",
+    "pg_replication_origin_drop",
+    "pg_import_system_collations",
+];
+
+fn is_write_function(name: &str, extra: &[String]) -> bool {
+    let base = name.strip_prefix("pg_catalog.").unwrap_or(name);
+    WRITE_FUNCTIONS.contains(&base)
+        || extra
+            .iter()
+            .any(|w| w.eq_ignore_ascii_case(name) || w.eq_ignore_ascii_case(base))
+}
+
+/// Reads `/* usher: role=primary */` style hints; the last one wins.
+pub fn parse_hint(sql: &str) -> Option<RoleHint> {
+    let mut hint = None;
+    let mut rest = sql;
+    while let Some(start) = rest.find("/*") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("*/") else { break };
+        let body = after[..end].trim();
+        if let Some(kv) = body.strip_prefix("usher:") {
+            for pair in kv.split([',', ' ']).filter(|p| !p.is_empty()) {
+                if let Some(v) = pair.trim().strip_prefix("role=") {
+                    hint = RoleHint::parse(v).or(hint);
+                }
+            }
+        }
+        rest = &after[end + 2..];
+    }
+    hint
+}
+
+/// Classifies `sql`; `write_functions` are the configured extra write functions.
+pub fn classify(sql: &str, write_functions: &[String]) -> Classification {
+    let mut c = Classification {
+        hint: parse_hint(sql),
+        ..Classification::default()
+    };
+    let parsed = match pg_query::parse(sql, pg_query::ParserOptions::default()) {
+        Ok(p) => p,
+        Err(_) => {
+            c.write = true;
+            c.parse_error = true;
+            return c;
+        }
+    };
+    let mut statements = 0;
+    let mut usher_settings = 0;
+    for raw in &parsed.protobuf.stmts {
+        let Some(node) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
+            continue;
+        };
+        statements += 1;
+        match node {
+            NodeEnum::SelectStmt(_) | NodeEnum::VariableShowStmt(_) | NodeEnum::ExplainStmt(_) => {}
+            NodeEnum::DeclareCursorStmt(_)
+            | NodeEnum::FetchStmt(_)
+            | NodeEnum::ClosePortalStmt(_) => {}
+            NodeEnum::CopyStmt(copy) => c.write |= copy.is_from,
+            NodeEnum::VariableSetStmt(set) => {
+                if set.name.eq_ignore_ascii_case("usher.role") {
+                    usher_settings += 1;
+                    c.set_role = match set.args.first().and_then(|a| a.node.as_ref()) {
+                        Some(NodeEnum::AConst(k)) => match &k.val {
+                            Some(pg_query::protobuf::a_const::Val::Sval(s)) => {
+                                RoleHint::parse(&s.sval)
+                            }
+                            _ => None,
+                        },
+                        None => Some(RoleHint::Auto),
+                        _ => None,
+                    }
+                    .or(Some(RoleHint::Auto));
+                } else if set.name.to_ascii_lowercase().starts_with("usher.") {
+                    usher_settings += 1;
+                }
+            }
+            NodeEnum::TransactionStmt(t) => match TransactionStmtKind::try_from(t.kind) {
+                Ok(TransactionStmtKind::TransStmtBegin | TransactionStmtKind::TransStmtStart) => {
+                    c.begins = Some(read_only_option(&t.options));
+                }
+                Ok(TransactionStmtKind::TransStmtPrepare)
+                | Ok(TransactionStmtKind::TransStmtCommitPrepared)
+                | Ok(TransactionStmtKind::TransStmtRollbackPrepared) => c.write = true,
+                _ => {}
+            },
+            // Everything else (DML, DDL, VACUUM, ANALYZE, LOCK, LISTEN, NOTIFY, CALL, DO, ...).
+            _ => c.write = true,
+        }
+    }
+    // Nested writes: writable CTEs, SELECT INTO, locking clauses, EXPLAIN ANALYZE of DML.
+    for (node, _, _, _) in parsed.protobuf.nodes() {
+        match node {
+            NodeRef::InsertStmt(_)
+            | NodeRef::UpdateStmt(_)
+            | NodeRef::DeleteStmt(_)
+            | NodeRef::MergeStmt(_) => c.write = true,
+            NodeRef::SelectStmt(s) if s.into_clause.is_some() || !s.locking_clause.is_empty() => {
+                c.write = true
+            }
+            _ => {}
+        }
+    }
+    for (name, context) in &parsed.functions {
+        if *context != Context::Call {
+            continue;
+        }
+        if is_write_function(name, write_functions) {
+            c.write = true;
+        } else if !name.starts_with("pg_catalog.") && !c.functions.contains(name) {
+            c.functions.push(name.clone());
+        }
+    }
+    c.only_usher_settings = statements > 0 && usher_settings == statements;
+    c
+}
+
+/// True when BEGIN/START TRANSACTION options say READ ONLY.
+fn read_only_option(options: &[pg_query::protobuf::Node]) -> bool {
+    let mut read_only = false;
+    for opt in options {
+        if let Some(NodeEnum::DefElem(d)) = opt.node.as_ref() {
+            if d.defname == "transaction_read_only" {
+                if let Some(NodeEnum::AConst(k)) = d.arg.as_ref().and_then(|a| a.node.as_ref()) {
+                    read_only = match &k.val {
+                        Some(pg_query::protobuf::a_const::Val::Ival(i)) => i.ival != 0,
+                        Some(pg_query::protobuf::a_const::Val::Boolval(b)) => b.boolval,
+                        _ => read_only,
+                    };
+                }
+            }
+        }
+    }
+    read_only
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(sql: &str) -> bool {
+        classify(sql, &["audit_log".to_string()]).write
+    }
+
+    #[test]
+    fn writes() {
+        for sql in [
+            "INSERT INTO t VALUES (1)",
+            "UPDATE t SET a = 1",
+            "DELETE FROM t",
+            "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+            "COPY t FROM STDIN",
+            "TRUNCATE t",
+            "CREATE TABLE x (a int)",
+            "ALTER TABLE x ADD COLUMN b int",
+            "DROP TABLE x",
+            "CREATE INDEX ON x (a)",
+            "SELECT * FROM t FOR UPDATE",
+            "SELECT * FROM t FOR SHARE",
+            "SELECT * FROM t FOR NO KEY UPDATE",
+            "SELECT * FROM t FOR KEY SHARE",
+            "SELECT * INTO y FROM t",
+            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+            "LOCK TABLE t",
+            "LISTEN c",
+            "NOTIFY c",
+            "UNLISTEN *",
+            "SELECT nextval('s')",
+            "SELECT pg_catalog.setval('s', 1)",
+            "SELECT pg_advisory_lock(1)",
+            "SELECT pg_notify('c', 'x')",
+            "SELECT lo_create(0)",
+            "SELECT txid_current()",
+            "SELECT audit_log('x')",
+            "VACUUM t",
+            "ANALYZE t",
+            "PREPARE TRANSACTION 'x'",
+            "COMMIT PREPARED 'x'",
+            "SELECT 1; INSERT INTO t VALUES (1)",
+            "SELEC broken",
+            "EXPLAIN ANALYZE INSERT INTO t VALUES (1)",
+            "SELECT * FROM (SELECT * FROM t FOR UPDATE) s",
+            "DO $$ BEGIN END $$",
+            "CALL p()",
+        ] {
+            assert!(w(sql), "should be a write: {sql}");
+        }
+    }
+
+    #[test]
+    fn reads() {
+        for sql in [
+            "SELECT 1",
+            "SELECT * FROM t WHERE a = $1",
+            "VALUES (1), (2)",
+            "TABLE t",
+            "SHOW search_path",
+            "EXPLAIN SELECT * FROM t",
+            "COPY t TO STDOUT",
+            "COPY (SELECT 1) TO STDOUT",
+            "SELECT random(), clock_timestamp(), gen_random_uuid(), pg_is_in_recovery(), now()",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "SELECT 1; SELECT 2",
+        ] {
+            assert!(!w(sql), "should be a read: {sql}");
+        }
+    }
+
+    #[test]
+    fn transactions_and_hints() {
+        assert_eq!(classify("BEGIN", &[]).begins, Some(false));
+        assert_eq!(classify("BEGIN READ ONLY", &[]).begins, Some(true));
+        assert_eq!(
+            classify(
+                "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+                &[]
+            )
+            .begins,
+            Some(true)
+        );
+        assert_eq!(classify("BEGIN READ WRITE", &[]).begins, Some(false));
+        assert_eq!(
+            classify("/* usher: role=primary */ SELECT 1", &[]).hint,
+            Some(RoleHint::Primary)
+        );
+        assert_eq!(
+            classify("SELECT /* usher: role=replica */ 1", &[]).hint,
+            Some(RoleHint::Replica)
+        );
+        let set = classify("SET usher.role = 'primary'", &[]);
+        assert_eq!(
+            (set.set_role, set.only_usher_settings, set.write),
+            (Some(RoleHint::Primary), true, false)
+        );
+        assert_eq!(
+            classify("RESET usher.role", &[]).set_role,
+            Some(RoleHint::Auto)
+        );
+        assert_eq!(
+            classify("SELECT my_fn(1)", &[]).functions,
+            vec!["my_fn".to_string()]
+        );
+    }
+}

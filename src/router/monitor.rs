@@ -1,0 +1,197 @@
+//! Background probes, every `lag_check_interval`: each server's role (`pg_is_in_recovery()`,
+//! followed for `role = "auto"`), the primary's WAL position, each replica's replay position and
+//! from those its lag. Unreachable servers are banned for `ban_time`.
+//!
+//! Lag is measured against a short history of the primary's WAL positions: a replica that has
+//! replayed position P is as fresh as the primary was at the latest sample not past P, so its lag
+//! is the age of that sample (within one interval). An idle primary therefore never makes a
+//! caught-up replica look late, and a replica delayed by 2 s shows about 2 s.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::app::App;
+use crate::config::{Config, ServerAddr, User};
+
+use super::topology::{parse_lsn, ShardRuntime, LAG_UNKNOWN};
+
+const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
+    (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text";
+
+/// How long the primary's WAL history is kept (a replica further behind is simply "very late").
+const HISTORY: Duration = Duration::from_secs(600);
+
+/// Control-plane connections to servers, for probes and catalog lookups.
+#[derive(Default)]
+pub struct Probes {
+    clients: tokio::sync::Mutex<HashMap<ServerAddr, Arc<tokio_postgres::Client>>>,
+}
+
+/// The credentials probes use: `health_check_user`, else the first user.
+pub fn probe_user(config: &Config) -> Option<&User> {
+    match &config.general.health_check_user {
+        Some(name) => config.user(name),
+        None => config.users.first(),
+    }
+}
+
+impl Probes {
+    /// Runs a query on `addr` over a cached control connection (reconnecting once if it broke).
+    pub async fn query(
+        &self,
+        config: &Config,
+        addr: &ServerAddr,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, String> {
+        let timeout = config.general.server_connect_timeout.0;
+        for attempt in 0..2 {
+            let client = {
+                let mut map = self.clients.lock().await;
+                match map.get(addr) {
+                    Some(c) if !c.is_closed() && attempt == 0 => c.clone(),
+                    _ => {
+                        let user = probe_user(config).ok_or("no user to probe with")?;
+                        let mut pg = tokio_postgres::Config::new();
+                        pg.host(&addr.host)
+                            .port(addr.port)
+                            .dbname(&addr.dbname)
+                            .user(user.server_user())
+                            .application_name("usher-monitor")
+                            .connect_timeout(timeout);
+                        if let Some(p) = user.server_password() {
+                            pg.password(p);
+                        }
+                        let (client, conn) =
+                            tokio::time::timeout(timeout, pg.connect(tokio_postgres::NoTls))
+                                .await
+                                .map_err(|_| format!("timed out connecting to {addr}"))?
+                                .map_err(|e| format!("{addr}: {e}"))?;
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                        let client = Arc::new(client);
+                        map.insert(addr.clone(), client.clone());
+                        client
+                    }
+                }
+            };
+            match tokio::time::timeout(timeout, client.query(sql, params)).await {
+                Ok(Ok(rows)) => return Ok(rows),
+                Ok(Err(e)) if attempt == 0 && client.is_closed() => {
+                    tracing::debug!(server = %addr, error = %e, "probe connection broke, reconnecting")
+                }
+                Ok(Err(e)) => return Err(format!("{addr}: {e}")),
+                Err(_) => return Err(format!("{addr}: probe timed out")),
+            }
+        }
+        Err(format!("{addr}: unreachable"))
+    }
+}
+
+/// Probes forever (spawn it).
+pub async fn run(app: Arc<App>) {
+    let mut history: HashMap<(String, usize), VecDeque<(Instant, u64)>> = HashMap::new();
+    loop {
+        let config = app.config();
+        let topology = app.topology();
+        for (name, shards) in &topology.databases {
+            for (i, shard) in shards.iter().enumerate() {
+                let h = history.entry((name.clone(), i)).or_default();
+                probe_shard(&app, &config, shard, h).await;
+            }
+        }
+        tokio::time::sleep(config.general.lag_check_interval.0).await;
+    }
+}
+
+async fn probe_shard(
+    app: &App,
+    config: &Config,
+    shard: &ShardRuntime,
+    history: &mut VecDeque<(Instant, u64)>,
+) {
+    let results = futures_util::future::join_all(shard.servers.iter().map(|s| async move {
+        let rows = app.probes.query(config, &s.addr, PROBE_SQL, &[]).await?;
+        let row = rows.first().ok_or("no row")?;
+        let in_recovery: bool = row.get(0);
+        let lsn: Option<String> = row.get(1);
+        Ok::<_, String>((in_recovery, lsn.as_deref().and_then(parse_lsn).unwrap_or(0)))
+    }))
+    .await;
+    let now = Instant::now();
+    for (s, r) in shard.servers.iter().zip(&results) {
+        match r {
+            Ok((in_recovery, lsn)) => {
+                s.unban();
+                s.observe_role(*in_recovery);
+                s.lsn.store(*lsn, Ordering::Relaxed);
+            }
+            Err(e) => {
+                s.lose_role();
+                s.lag_ms.store(LAG_UNKNOWN, Ordering::Relaxed);
+                if !s.is_banned() {
+                    s.ban(config.general.ban_time.0, e);
+                }
+            }
+        }
+    }
+    let Some(p) = shard.primary() else { return };
+    if results[p].is_err() {
+        return;
+    }
+    let primary_lsn = shard.servers[p].lsn.load(Ordering::Relaxed);
+    if history.back().is_none_or(|(_, l)| *l != primary_lsn) {
+        history.push_back((now, primary_lsn));
+    }
+    while history.len() > 1
+        && history
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > HISTORY)
+    {
+        history.pop_front();
+    }
+    shard.servers[p].lag_ms.store(0, Ordering::Relaxed);
+    for (i, (s, r)) in shard.servers.iter().zip(&results).enumerate() {
+        if i == p || r.is_err() || !s.is_replica() {
+            continue;
+        }
+        let replay = s.lsn.load(Ordering::Relaxed);
+        let lag = lag_ms(history, replay, now);
+        s.lag_ms.store(lag, Ordering::Relaxed);
+    }
+}
+
+/// Lag of a replica at `replay` given the primary's position history (oldest first).
+fn lag_ms(history: &VecDeque<(Instant, u64)>, replay: u64, now: Instant) -> u64 {
+    if history.back().is_none_or(|(_, l)| replay >= *l) {
+        return 0;
+    }
+    // The first sample the replica has not reached: it has been behind since then.
+    match history.iter().find(|(_, l)| *l > replay) {
+        Some((t, _)) => now.duration_since(*t).as_millis() as u64,
+        None => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_from_history() {
+        let now = Instant::now();
+        let h: VecDeque<(Instant, u64)> = [
+            (now - Duration::from_secs(10), 100),
+            (now - Duration::from_secs(3), 200),
+            (now - Duration::from_secs(1), 300),
+        ]
+        .into();
+        assert_eq!(lag_ms(&h, 300, now), 0);
+        assert!((2900..=3100).contains(&lag_ms(&h, 150, now)));
+        assert!((900..=1100).contains(&lag_ms(&h, 250, now)));
+        assert!(lag_ms(&h, 50, now) >= 9900);
+    }
+}

@@ -1,0 +1,221 @@
+//! Choosing the server for a transaction that is starting: classify what the client sent
+//! (the first message and whatever it pipelined up to Sync), ask the router for a target, and
+//! check a connection out of that server's pool, banning servers that fail and retrying reads
+//! elsewhere while nothing has reached the client yet.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::Session;
+use crate::config::{Config, PoolMode};
+use crate::pool::{Lease, Pool, PoolError};
+use crate::protocol::frame::peek_header;
+use crate::protocol::{extended, Frame};
+use crate::router::{self, Classification, Role, RoleHint, Target};
+
+/// Pools by server index for shard 0, and the config they were made for.
+type PoolSlots = Option<(Arc<Config>, Vec<Option<Arc<Pool>>>)>;
+
+/// Routing state a session keeps between transactions.
+#[derive(Default)]
+pub struct RouteState {
+    /// `SET usher.role` for the session.
+    pub role_override: Option<RoleHint>,
+    /// Read-your-writes: the WAL position of the client's last committed write.
+    pub min_lsn: u64,
+    /// The attached transaction may write on the primary (its commit LSN is read at release).
+    pub txn_writes: bool,
+    /// Role of the attached server.
+    pub attached_role: Option<Role>,
+    /// Pools by server index for shard 0, valid for one config.
+    pools: PoolSlots,
+}
+
+/// Where a query text sits in a message, if it carries one routing should look at.
+fn query_text(session: &Session, tag: u8, raw: &Bytes) -> Option<Bytes> {
+    let body = &raw[5..];
+    match tag {
+        b'Q' => Some(raw.slice(5..raw.len().saturating_sub(1))),
+        b'P' => {
+            let (span, query) = extended::parse_fields(body).ok()?;
+            let start = 5 + span.end + 1;
+            Some(raw.slice(start..start + query.len()))
+        }
+        b'B' => {
+            let span = extended::bind_statement(body).ok()?;
+            session.stmts.query_of(span.of(body))
+        }
+        b'D' => match extended::target(body, "Describe").ok()? {
+            (b'S', span) => session.stmts.query_of(span.of(body)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+impl Session {
+    /// Classification of the transaction starting with `first`, merged over the messages the
+    /// client already pipelined behind it (up to its Sync).
+    fn classify_batch(&self, first: &Frame, config: &Config) -> Classification {
+        let db = &config.databases[&self.login.database];
+        let mut merged = Classification::default();
+        let mut merge = |c: &Classification| {
+            merged.write |= c.write;
+            merged.begins = merged.begins.or(c.begins);
+            merged.hint = merged.hint.or(c.hint);
+            merged.set_role = c.set_role.or(merged.set_role);
+            merged.parse_error |= c.parse_error;
+            merged.functions.extend(c.functions.iter().cloned());
+        };
+        let mut frames = vec![(first.tag, first.raw.clone())];
+        if first.tag != b'Q' && first.tag != b'S' {
+            let buf = &self.io.rbuf;
+            let mut pos = 0;
+            while let Ok(Some((tag, total))) = peek_header(&buf[pos..], self.io.max_message) {
+                if buf.len() < pos + total || tag == b'S' || tag == b'Q' {
+                    break;
+                }
+                frames.push((tag, Bytes::copy_from_slice(&buf[pos..pos + total])));
+                pos += total;
+            }
+        }
+        for (tag, raw) in frames {
+            if let Some(sql) = query_text(self, tag, &raw) {
+                merge(&self.app.query_cache.classify(&sql, &db.write_functions));
+            }
+        }
+        merged
+    }
+
+    /// Routes and checks out a server for the transaction starting with `first`.
+    pub(super) async fn route_and_checkout(
+        &mut self,
+        first: &Frame,
+        config: &Arc<Config>,
+    ) -> Result<(Lease, Target), (String, String)> {
+        let name = self.login.database.clone();
+        let db = &config.databases[&name];
+        let user = config.user(&self.login.user).ok_or_else(|| {
+            (
+                "28000".to_string(),
+                format!(
+                    "user {:?} was removed from the configuration",
+                    self.login.user
+                ),
+            )
+        })?;
+        let split = db.read_write_split && self.mode == PoolMode::Transaction;
+        let mut wants_primary = true;
+        self.route.txn_writes = false;
+        if split {
+            let class = self.classify_batch(first, config);
+            if let Some(role) = class.set_role {
+                self.route.role_override = Some(role);
+            }
+            let volatile = db.volatile_functions_are_writes
+                && !class.functions.is_empty()
+                && self
+                    .app
+                    .calls_volatile(config, &name, &class.functions)
+                    .await;
+            wants_primary = router::wants_primary(
+                db,
+                &class,
+                self.route.role_override.unwrap_or(RoleHint::Auto),
+                volatile,
+            );
+            self.route.txn_writes =
+                db.read_your_writes && (class.write || volatile || class.begins == Some(false));
+        }
+        let topology = self.app.topology();
+        let shard = topology
+            .databases
+            .get(&name)
+            .and_then(|s| s.first())
+            .ok_or_else(|| {
+                (
+                    "08006".to_string(),
+                    format!("database {name:?} has no shards"),
+                )
+            })?;
+        let mut exclude = Vec::new();
+        loop {
+            let pools = self.pools_for(config);
+            let target = if wants_primary {
+                router::primary_of(&name, 0, shard)
+            } else {
+                let min_lsn = if db.read_your_writes {
+                    self.route.min_lsn
+                } else {
+                    0
+                };
+                router::pick_reader(&name, db, 0, shard, min_lsn, &exclude, |i| {
+                    pools
+                        .get(i)
+                        .and_then(|p| p.as_ref())
+                        .map(|p| {
+                            let c = p.counts();
+                            c.active + c.waiting
+                        })
+                        .unwrap_or(0)
+                })
+            }
+            .map_err(|e| (e.sqlstate().to_string(), e.to_string()))?;
+            let server = &shard.servers[target.server];
+            let pool = self.pool_at(config, user, target.server, &server.addr);
+            match pool.checkout().await {
+                Ok(lease) => {
+                    self.route.attached_role = Some(target.role);
+                    return Ok((lease, target));
+                }
+                Err(PoolError::Server(e)) if e.retry_safe() => {
+                    server.ban(config.general.ban_time.0, &e.to_string());
+                    if wants_primary || exclude.len() >= shard.servers.len() {
+                        return Err((e.sqlstate().to_string(), e.to_string()));
+                    }
+                    tracing::warn!(server = %server.addr, error = %e, "read retried on another server");
+                    exclude.push(target.server);
+                }
+                Err(e) => return Err((e.sqlstate().to_string(), e.to_string())),
+            }
+        }
+    }
+
+    fn pools_for(&mut self, config: &Arc<Config>) -> Vec<Option<Arc<Pool>>> {
+        match &self.route.pools {
+            Some((c, pools)) if Arc::ptr_eq(c, config) => pools.clone(),
+            _ => {
+                self.route.pools = Some((config.clone(), Vec::new()));
+                Vec::new()
+            }
+        }
+    }
+
+    fn pool_at(
+        &mut self,
+        config: &Arc<Config>,
+        user: &crate::config::User,
+        index: usize,
+        addr: &crate::config::ServerAddr,
+    ) -> Arc<Pool> {
+        let pools = match &mut self.route.pools {
+            Some((c, pools)) if Arc::ptr_eq(c, config) => pools,
+            _ => {
+                self.route.pools = Some((config.clone(), Vec::new()));
+                &mut self.route.pools.as_mut().expect("just set").1
+            }
+        };
+        if pools.len() <= index {
+            pools.resize(index + 1, None);
+        }
+        if let Some(p) = &pools[index] {
+            if *p.key.server == *addr {
+                return p.clone();
+            }
+        }
+        let pool = self.app.pool(config, &self.login.database, user, addr);
+        pools[index] = Some(pool.clone());
+        pool
+    }
+}
