@@ -110,6 +110,14 @@ impl App {
         false
     }
 
+    /// What an earlier lookup found about `function` on `database`, without a new lookup.
+    pub fn volatile_cached(&self, database: &str, function: &str) -> Option<bool> {
+        self.volatile
+            .lock()
+            .get(&(database.to_string(), function.to_string()))
+            .copied()
+    }
+
     /// The config in force.
     pub fn config(&self) -> Arc<Config> {
         self.config.read().clone()
@@ -199,12 +207,22 @@ pub fn pool_settings(config: &Config, database: &str, user: &User) -> PoolSettin
     }
 }
 
-/// Serves clients on `listener` until the task is dropped; also runs pool maintenance.
+/// Aborts a background task when dropped, so dropping `serve` stops everything it started.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Serves clients on `listener` until the future is dropped; also runs pool maintenance and
+/// the server monitor (roles, lag), which stop with it.
 pub async fn serve(app: Arc<App>, listener: TcpListener) {
-    let maintenance = tokio::spawn(crate::pool::maintenance::run(
+    let _maintenance = AbortOnDrop(tokio::spawn(crate::pool::maintenance::run(
         app.pools.clone(),
         Duration::from_secs(1),
-    ));
+    )));
+    let _monitor = AbortOnDrop(tokio::spawn(crate::router::monitor::run(app.clone())));
     crate::frontend::listener::accept_loop(app, listener).await;
-    maintenance.abort();
 }

@@ -18,7 +18,7 @@ use crate::config::{Config, ServerAddr, User};
 use super::topology::{parse_lsn, ShardRuntime, LAG_UNKNOWN};
 
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
-    (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text";
+    (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END)::text";
 
 /// How long the primary's WAL history is kept (a replica further behind is simply "very late").
 const HISTORY: Duration = Duration::from_secs(600);
@@ -97,6 +97,7 @@ pub async fn run(app: Arc<App>) {
     loop {
         let config = app.config();
         let topology = app.topology();
+        tracing::trace!(databases = topology.databases.len(), "probing servers");
         for (name, shards) in &topology.databases {
             for (i, shard) in shards.iter().enumerate() {
                 let h = history.entry((name.clone(), i)).or_default();
@@ -123,6 +124,7 @@ async fn probe_shard(
     .await;
     let now = Instant::now();
     for (s, r) in shard.servers.iter().zip(&results) {
+        tracing::trace!(server = %s.addr, result = ?r, "probe");
         match r {
             Ok((in_recovery, lsn)) => {
                 s.unban();

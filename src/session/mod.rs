@@ -256,6 +256,9 @@ impl Session {
 
     /// Appends a client frame to the server batch and records what it expects back.
     fn forward(&mut self, frame: Frame) -> Result<(), SessionError> {
+        if matches!(frame.tag, b'Q' | b'P' | b'B') {
+            self.note_write(&frame);
+        }
         let lease = self.server.as_mut().expect("attached");
         let state = &mut lease.conn().state;
         let rewrite = self.mode == PoolMode::Transaction;
@@ -457,7 +460,7 @@ impl Session {
         {
             // Read-your-writes: remember how far the primary's WAL is after this commit.
             match conn
-                .control_query("SELECT pg_catalog.pg_current_wal_lsn()::text")
+                .control_query("SELECT pg_catalog.pg_current_wal_insert_lsn()::text")
                 .await
             {
                 Ok(rows) => {

@@ -24,8 +24,11 @@ pub struct RouteState {
     pub role_override: Option<RoleHint>,
     /// Read-your-writes: the WAL position of the client's last committed write.
     pub min_lsn: u64,
-    /// The attached transaction may write on the primary (its commit LSN is read at release).
+    /// The attached transaction wrote on the primary (its commit LSN is read at release).
     pub txn_writes: bool,
+    /// Statements of the attached transaction are checked for writes (read-your-writes on a
+    /// primary): the query-cache lookup per statement is the only cost.
+    pub track_writes: bool,
     /// Role of the attached server.
     pub attached_role: Option<Role>,
     /// Pools by server index for shard 0, valid for one config.
@@ -55,6 +58,27 @@ fn query_text(session: &Session, tag: u8, raw: &Bytes) -> Option<Bytes> {
 }
 
 impl Session {
+    /// Read-your-writes inside a transaction on the primary: notes whether `frame` writes.
+    /// Calls of functions not already known to be non-volatile count as writes here (no catalog
+    /// lookup in the middle of a transaction); that only costs an extra LSN read at commit.
+    pub(super) fn note_write(&mut self, frame: &Frame) {
+        if !self.route.track_writes || self.route.txn_writes {
+            return;
+        }
+        if let Some(sql) = query_text(self, frame.tag, &frame.raw) {
+            let config = self.app.config();
+            let Some(db) = config.databases.get(&self.login.database) else {
+                return;
+            };
+            let c = self.app.query_cache.classify(&sql, &db.write_functions);
+            let name = &self.login.database;
+            self.route.txn_writes = c.write
+                || c.functions
+                    .iter()
+                    .any(|f| self.app.volatile_cached(name, f) != Some(false));
+        }
+    }
+
     /// Classification of the transaction starting with `first`, merged over the messages the
     /// client already pipelined behind it (up to its Sync).
     fn classify_batch(&self, first: &Frame, config: &Config) -> Classification {
@@ -108,6 +132,7 @@ impl Session {
         let split = db.read_write_split && self.mode == PoolMode::Transaction;
         let mut wants_primary = true;
         self.route.txn_writes = false;
+        self.route.track_writes = false;
         if split {
             let class = self.classify_batch(first, config);
             if let Some(role) = class.set_role {
@@ -125,8 +150,8 @@ impl Session {
                 self.route.role_override.unwrap_or(RoleHint::Auto),
                 volatile,
             );
-            self.route.txn_writes =
-                db.read_your_writes && (class.write || volatile || class.begins == Some(false));
+            self.route.txn_writes = db.read_your_writes && (class.write || volatile);
+            self.route.track_writes = db.read_your_writes && wants_primary;
         }
         let topology = self.app.topology();
         let shard = topology

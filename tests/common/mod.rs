@@ -36,6 +36,8 @@ pub struct Topology {
     /// The primary.
     pub primary: Pg,
     replica: OnceLock<Pg>,
+    replica2: OnceLock<Pg>,
+    delayed: OnceLock<Pg>,
 }
 
 fn bin_dir() -> PathBuf {
@@ -225,35 +227,70 @@ impl Pg {
 impl Topology {
     /// The streaming replica of the primary, created on first use.
     pub fn replica(&self) -> &Pg {
-        self.replica.get_or_init(|| {
-            let data = self.root.join("replica");
-            run(
-                pg_command("pg_basebackup").args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &self.primary.port.to_string(),
-                    "-U",
-                    "postgres",
-                    "-D",
-                    data.to_str().unwrap(),
-                    "-R",
-                    "-X",
-                    "stream",
-                    "-c",
-                    "fast",
-                    "--no-sync",
-                ]),
-                "pg_basebackup",
-            );
-            let pg = Pg::start(data, self.root.clone(), "");
+        self.replica
+            .get_or_init(|| self.make_replica("replica", ""))
+    }
+
+    /// A second streaming replica.
+    pub fn replica2(&self) -> &Pg {
+        self.replica2
+            .get_or_init(|| self.make_replica("replica2", ""))
+    }
+
+    /// A replica that applies WAL 2 s late (`recovery_min_apply_delay`).
+    pub fn delayed_replica(&self) -> &Pg {
+        self.delayed
+            .get_or_init(|| self.make_replica("delayed", "recovery_min_apply_delay = '2s'"))
+    }
+
+    /// Makes a streaming replica with pg_basebackup -R into `root/name`.
+    pub fn make_replica(&self, name: &str, extra_conf: &str) -> Pg {
+        let data = self.root.join(name);
+        run(
+            pg_command("pg_basebackup").args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                data.to_str().unwrap(),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ]),
+            "pg_basebackup",
+        );
+        let pg = Pg::start(data, self.root.clone(), extra_conf);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pg.psql("postgres", "SELECT pg_is_in_recovery()") != "t" {
+            assert!(Instant::now() < deadline, "replica never entered recovery");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        pg
+    }
+
+    /// Waits until every replica made so far has replayed everything the primary has.
+    pub fn wait_replicas_caught_up(&self) {
+        let target = self.primary.psql("postgres", "SELECT pg_current_wal_lsn()");
+        for r in [self.replica.get(), self.replica2.get()]
+            .into_iter()
+            .flatten()
+        {
             let deadline = Instant::now() + Duration::from_secs(30);
-            while pg.psql("postgres", "SELECT pg_is_in_recovery()") != "t" {
-                assert!(Instant::now() < deadline, "replica never entered recovery");
-                std::thread::sleep(Duration::from_millis(100));
+            while r.psql(
+                "postgres",
+                &format!("SELECT pg_last_wal_replay_lsn() >= '{target}'"),
+            ) != "t"
+            {
+                assert!(Instant::now() < deadline, "replica did not catch up");
+                std::thread::sleep(Duration::from_millis(50));
             }
-            pg
-        })
+        }
     }
 
     /// Creates a fresh database owned by `app` on the primary and returns its name.
@@ -293,7 +330,13 @@ pub fn topology() -> &'static Topology {
                  SET password_encryption = 'md5'; CREATE ROLE md5_user LOGIN PASSWORD '{PASSWORD}';"
             ),
         );
-        Topology { root, primary, replica: OnceLock::new() }
+        Topology {
+            root,
+            primary,
+            replica: OnceLock::new(),
+            replica2: OnceLock::new(),
+            delayed: OnceLock::new(),
+        }
     })
 }
 
@@ -373,6 +416,23 @@ password = "{PASSWORD}"
 shards = [ {{ primary = "127.0.0.1:{port}/{db}" }} ]
 "#,
         port = t.primary.port
+    )
+}
+
+/// A config for `db` on the primary with `replicas` (ports) and extra `[databases.db]` keys.
+pub fn split_config(db: &str, replicas: &[u16], general_extra: &str, db_extra: &str) -> String {
+    let t = topology();
+    let reps: Vec<String> = replicas
+        .iter()
+        .map(|p| format!("\"127.0.0.1:{p}/{db}\""))
+        .collect();
+    config(db, general_extra).replace(
+        &format!("[databases.{db}]\nshards = [ {{ primary = \"127.0.0.1:{port}/{db}\" }} ]", port = t.primary.port),
+        &format!(
+            "[databases.{db}]\nread_write_split = true\n{db_extra}\nshards = [ {{ primary = \"127.0.0.1:{port}/{db}\", replicas = [{}] }} ]",
+            reps.join(", "),
+            port = t.primary.port
+        ),
     )
 }
 
