@@ -203,21 +203,21 @@ async fn min_pool_size_kept_warm_and_idle_retired() {
     let live = topology().primary.psql(
         "postgres",
         &format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND usename = 'app'"
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND usename = 'app' AND application_name <> 'usher-monitor'"
         ),
     );
     assert_eq!(live, "2");
     // Kill the warm ones from the server side: usher notices and reopens up to min_pool_size.
     topology().primary.psql(
         "postgres",
-        &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND usename = 'app'"),
+        &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND usename = 'app' AND application_name <> 'usher-monitor'"),
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let live = topology().primary.psql(
             "postgres",
             &format!(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND usename = 'app'"
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND usename = 'app' AND application_name <> 'usher-monitor'"
             ),
         );
         if live == "2" && counts(&u).idle == 2 {
@@ -411,7 +411,7 @@ async fn prepared_statement_lru_evicts_and_reprepares() {
     let n = topology().primary.psql(
         "postgres",
         &format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND usename = 'app'"
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND usename = 'app' AND application_name <> 'usher-monitor'"
         ),
     );
     assert_eq!(n, "1");

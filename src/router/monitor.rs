@@ -100,6 +100,10 @@ pub async fn run(app: Arc<App>) {
         tracing::trace!(databases = topology.databases.len(), "probing servers");
         for (name, shards) in &topology.databases {
             for (i, shard) in shards.iter().enumerate() {
+                // A lone server with a fixed role has nothing to route between.
+                if shard.servers.len() == 1 && shard.servers[0].spec_role != crate::config::RoleSpec::Auto {
+                    continue;
+                }
                 let h = history.entry((name.clone(), i)).or_default();
                 probe_shard(&app, &config, shard, h).await;
             }
