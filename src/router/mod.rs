@@ -154,11 +154,7 @@ pub fn pick_reader(
                 shard: shard_index,
             }),
             (_, Some(p)) => {
-                tracing::debug!(
-                    database = name,
-                    shard = shard_index,
-                    "no usable replica, reading from the primary"
-                );
+                shard.note_fallback(name, shard_index);
                 Ok(Target {
                     shard: shard_index,
                     server: p,

@@ -101,7 +101,9 @@ pub async fn run(app: Arc<App>) {
         for (name, shards) in &topology.databases {
             for (i, shard) in shards.iter().enumerate() {
                 // A lone server with a fixed role has nothing to route between.
-                if shard.servers.len() == 1 && shard.servers[0].spec_role != crate::config::RoleSpec::Auto {
+                if shard.servers.len() == 1
+                    && shard.servers[0].spec_role != crate::config::RoleSpec::Auto
+                {
                     continue;
                 }
                 let h = history.entry((name.clone(), i)).or_default();

@@ -95,9 +95,29 @@ pub struct ShardRuntime {
     pub servers: Vec<ServerRuntime>,
     /// Round-robin cursor.
     pub next: AtomicUsize,
+    /// Reads sent to the primary because no replica was usable.
+    pub fallback_reads: AtomicU64,
+    /// When the last "no usable replica" warning was logged (ms since `epoch`).
+    last_fallback_log: AtomicU64,
+    epoch: Instant,
 }
 
 impl ShardRuntime {
+    /// Counts a read sent to the primary for want of a replica; logs it at most every 10 s.
+    pub fn note_fallback(&self, database: &str, shard: usize) {
+        self.fallback_reads.fetch_add(1, Ordering::Relaxed);
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.last_fallback_log.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= 10_000)
+            && self
+                .last_fallback_log
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(database, shard, "no usable replica (banned, lagging or behind this client's writes): reads go to the primary");
+        }
+    }
+
     /// Index of the current primary.
     pub fn primary(&self) -> Option<usize> {
         self.servers.iter().position(|s| s.is_primary())
@@ -148,6 +168,9 @@ impl Topology {
                             })
                             .collect(),
                         next: AtomicUsize::new(0),
+                        fallback_reads: AtomicU64::new(0),
+                        last_fallback_log: AtomicU64::new(0),
+                        epoch: Instant::now(),
                     })
                     .collect();
                 (name.clone(), shards)

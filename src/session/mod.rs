@@ -11,6 +11,7 @@ mod params;
 mod prepared;
 mod relay;
 mod responses;
+mod retry;
 mod route;
 pub mod sql_scan;
 
@@ -82,6 +83,12 @@ pub struct Session {
     pass: Option<Pass>,
     /// Routing state between transactions (role override, read-your-writes LSN, pools).
     route: route::RouteState,
+    /// Client frames of a read transaction nothing of whose answer reached the client yet.
+    replay: Option<Vec<Frame>>,
+    /// Their size.
+    replay_bytes: usize,
+    /// Length of `client_out` when recording started: anything past it is part of the answer.
+    replay_mark: usize,
 }
 
 impl Session {
@@ -108,6 +115,9 @@ impl Session {
             server_out: BytesMut::new(),
             pass: None,
             route: route::RouteState::default(),
+            replay: None,
+            replay_bytes: 0,
+            replay_mark: 0,
         }
     }
 
@@ -148,6 +158,9 @@ impl Session {
                 Event::Client(Err(e)) => return Err(FrontendError::Io(e).into()),
                 Event::Server(Ok(_)) => self.on_server_data().await?,
                 Event::Server(Err(e)) => {
+                    if self.retry_read(&e.to_string()).await? {
+                        continue;
+                    }
                     self.tracker.clear();
                     // Deliver whatever the server said last (often a FATAL explaining why).
                     let _ = self.flush_client().await;
@@ -248,7 +261,9 @@ impl Session {
                 }
                 return Ok(Flow::Continue);
             }
+            self.start_replay();
         }
+        self.record(&frame);
         self.forward(frame)?;
         self.client_out.append(&mut self.tracker.ready);
         Ok(Flow::Continue)
@@ -392,6 +407,13 @@ impl Session {
 
     /// Reads what the server sent, forwards it and releases the server when the transaction is over.
     async fn on_server_data(&mut self) -> Result<(), SessionError> {
+        if self.server_says_fatal()
+            && self
+                .retry_read("server sent FATAL before answering")
+                .await?
+        {
+            return Ok(());
+        }
         let Session {
             server,
             tracker,
@@ -403,12 +425,16 @@ impl Session {
         } = self;
         let conn = server.as_mut().expect("attached").conn();
         relay::scan(conn, tracker, params, pass, client_out, txn_status)?;
+        if !self.client_out.is_empty() {
+            self.replay = None;
+        }
         self.flush_client().await?;
         self.maybe_release().await;
         Ok(())
     }
 
     async fn flush_client(&mut self) -> Result<(), SessionError> {
+        self.replay_mark = 0;
         for chunk in self.client_out.drain(..) {
             self.io
                 .stream

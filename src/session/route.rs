@@ -31,6 +31,12 @@ pub struct RouteState {
     pub track_writes: bool,
     /// Role of the attached server.
     pub attached_role: Option<Role>,
+    /// Index (in shard 0) of the attached server.
+    pub attached_server: usize,
+    /// Servers a read being retried must avoid.
+    pub exclude: Vec<usize>,
+    /// The attached transaction is a read that may be replayed elsewhere.
+    pub retryable: bool,
     /// Pools by server index for shard 0, valid for one config.
     pools: PoolSlots,
 }
@@ -164,7 +170,7 @@ impl Session {
                     format!("database {name:?} has no shards"),
                 )
             })?;
-        let mut exclude = Vec::new();
+        let mut exclude = std::mem::take(&mut self.route.exclude);
         loop {
             let pools = self.pools_for(config);
             let target = if wants_primary {
@@ -192,6 +198,8 @@ impl Session {
             match pool.checkout().await {
                 Ok(lease) => {
                     self.route.attached_role = Some(target.role);
+                    self.route.attached_server = target.server;
+                    self.route.retryable = !wants_primary;
                     return Ok((lease, target));
                 }
                 Err(PoolError::Server(e)) if e.retry_safe() => {

@@ -207,6 +207,29 @@ impl Pg {
         );
     }
 
+    /// Stops the server immediately (as a crash would).
+    pub fn kill(&self) {
+        run(
+            pg_command("pg_ctl").args([
+                "-D",
+                self.data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ]),
+            "pg_ctl stop -m immediate",
+        );
+    }
+
+    /// Promotes a replica to primary.
+    pub fn promote(&self) {
+        run(
+            pg_command("pg_ctl").args(["-D", self.data.to_str().unwrap(), "-w", "promote"]),
+            "pg_ctl promote",
+        );
+    }
+
     /// Starts it again on the same port.
     pub fn restart(&self) {
         let log = self.data.parent().unwrap().join("restart.log");

@@ -1,0 +1,99 @@
+//! Transparent retry of reads: while nothing of a read transaction's answer has reached the
+//! client, the client frames it sent are kept (as cheap `Bytes` handles); if its server fails
+//! (connection lost, or a FATAL such as an administrator shutdown as the first answer), the
+//! server is banned and the same frames are replayed on another replica or the primary.
+
+use super::{Session, SessionError};
+use crate::protocol::messages::ErrorFields;
+use crate::protocol::Frame;
+
+/// Frames kept for replay beyond this many bytes make the transaction non-retryable.
+const MAX_REPLAY_BYTES: usize = 1 << 20;
+
+impl Session {
+    /// Starts recording a read transaction's frames (called right after attaching).
+    pub(super) fn start_replay(&mut self) {
+        self.replay = self.route.retryable.then(Vec::new);
+        self.replay_bytes = 0;
+        self.replay_mark = self.client_out.len();
+    }
+
+    /// Keeps `frame` for a possible replay.
+    pub(super) fn record(&mut self, frame: &Frame) {
+        if self.client_out.len() > self.replay_mark {
+            // usher already answered part of this transaction itself: a replay would repeat it.
+            self.replay = None;
+        }
+        if let Some(frames) = &mut self.replay {
+            self.replay_bytes += frame.raw.len();
+            if self.replay_bytes > MAX_REPLAY_BYTES {
+                self.replay = None;
+            } else {
+                frames.push(frame.clone());
+            }
+        }
+    }
+
+    /// True when the server's first answer is a FATAL error (the server is going away).
+    pub(super) fn server_says_fatal(&mut self) -> bool {
+        if self.replay.is_none() {
+            return false;
+        }
+        let Some(lease) = self.server.as_mut() else {
+            return false;
+        };
+        let buf = &lease.conn().rbuf;
+        if buf.len() < 5 || buf[0] != b'E' {
+            return false;
+        }
+        let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if buf.len() < len + 1 {
+            return false;
+        }
+        let fields = ErrorFields::parse(&buf[5..len + 1]);
+        fields.severity == "FATAL" || fields.severity == "PANIC"
+    }
+
+    /// Replays the current read on another server after its server failed. Returns false when
+    /// the read cannot be retried (something already reached the client, or no other server).
+    pub(super) async fn retry_read(&mut self, why: &str) -> Result<bool, SessionError> {
+        let Some(frames) = self.replay.take() else {
+            return Ok(false);
+        };
+        if frames.is_empty() {
+            return Ok(false);
+        }
+        let config = self.app.config();
+        let topology = self.app.topology();
+        if let Some(server) = topology
+            .databases
+            .get(&self.login.database)
+            .and_then(|s| s.first())
+            .and_then(|s| s.servers.get(self.route.attached_server))
+        {
+            server.ban(config.general.ban_time.0, why);
+        }
+        tracing::warn!(
+            reason = why,
+            "server failed before answering a read; retrying it on another server"
+        );
+        self.route.exclude.push(self.route.attached_server);
+        self.server = None;
+        self.tracker.clear();
+        self.pass = None;
+        self.txn_status = b'I';
+        if self.attach(&frames[0]).await.is_err() {
+            return Ok(false);
+        }
+        self.start_replay();
+        for frame in frames {
+            self.record(&frame);
+            self.forward(frame)?;
+        }
+        let out = self.server_out.split().freeze();
+        if let Some(lease) = &mut self.server {
+            lease.conn().write(&out).await?;
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,117 @@
+//! Replica failures under load: a replica stopped in the middle of a pgbench -S run costs no
+//! failed transaction (reads are retried on another server before any byte reached the client),
+//! and with every replica gone reads fall back to the primary and are counted. Its own test
+//! binary: it stops servers of its topology.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_die_under_load_without_failed_transactions() {
+    let t = topology();
+    let (r1, r2) = (t.replica(), t.replica2());
+    let db = t.create_db("failover");
+    let init = std::process::Command::new(pg_bin("pgbench"))
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            "2",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &t.primary.port.to_string(),
+            "-U",
+            "postgres",
+            &db,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    t.primary
+        .psql(&db, "GRANT ALL ON ALL TABLES IN SCHEMA public TO app");
+    t.wait_replicas_caught_up();
+    let u = start_usher(&split_config(
+        &db,
+        &[r1.port, r2.port],
+        "default_pool_size = 10\nmax_client_conn = 200\nlag_check_interval = \"200ms\"\nban_time = \"60s\"",
+        "max_replica_lag = \"0\"",
+    ))
+    .await;
+    // Wait for the first lag measurements so replicas take reads.
+    let c = connect(u.port, "app", &db).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get::<_, i32>(0)
+        == t.primary.port as i32
+    {
+        assert!(Instant::now() < deadline, "replicas never took reads");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let port = u.port.to_string();
+    let db2 = db.clone();
+    let bench = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(pg_bin("pgbench"))
+            .args([
+                "-S",
+                "-M",
+                "simple",
+                "-c",
+                "20",
+                "-j",
+                "2",
+                "-T",
+                "30",
+                "-n",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "app",
+                &db2,
+            ])
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    r2.stop();
+    let out = bench.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pgbench failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("number of failed transactions: 0 ")),
+        "{stdout}\n{stderr}"
+    );
+    assert!(!stderr.contains("error"), "{stderr}");
+
+    // With every replica gone, reads fall back to the primary and are counted.
+    r1.stop();
+    let topology = u.app.topology();
+    let shard = &topology.databases[&db][0];
+    let before = shard.fallback_reads.load(Ordering::Relaxed);
+    for _ in 0..5 {
+        let port: i32 = c
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(port, t.primary.port as i32);
+    }
+    assert!(shard.fallback_reads.load(Ordering::Relaxed) >= before + 5);
+}
