@@ -398,3 +398,51 @@ async fn replicas_past_max_lag_get_no_reads() {
     }
     assert!(saw_primary);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggressive_strategy_routes_by_first_statement() {
+    let s = setup("aggressive", "read_write_strategy = \"aggressive\"").await;
+    // A transaction that starts with a read runs on a replica, all of it.
+    s.client.batch_execute("BEGIN").await.unwrap();
+    let first = s.simple("SELECT inet_server_port()").await;
+    assert!(s.replicas.contains(&first), "ran on {first}");
+    assert_eq!(s.extended("SELECT inet_server_port()").await, first);
+    s.client.batch_execute("COMMIT").await.unwrap();
+    // One that starts with a write runs on the primary.
+    s.client.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(
+        s.simple("INSERT INTO t (v) VALUES (1) RETURNING inet_server_port()")
+            .await,
+        s.primary
+    );
+    assert_eq!(s.simple("SELECT inet_server_port()").await, s.primary);
+    s.client.batch_execute("COMMIT").await.unwrap();
+    // (Read-your-writes keeps this client's reads on the primary until the replicas replay it.)
+    topology().wait_replicas_caught_up();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A read-started transaction that then writes gets a clear error naming the setting.
+    s.client.batch_execute("BEGIN").await.unwrap();
+    assert!(s
+        .replicas
+        .contains(&s.simple("SELECT inet_server_port()").await));
+    let err = s
+        .client
+        .simple_query("INSERT INTO t (v) VALUES (1)")
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "25006");
+    assert!(
+        db.message()
+            .contains("read_write_strategy = \"aggressive\""),
+        "{}",
+        db.message()
+    );
+    s.client.batch_execute("ROLLBACK").await.unwrap();
+    // An empty transaction is answered without a server; the session stays usable.
+    s.client.batch_execute("BEGIN").await.unwrap();
+    s.client.batch_execute("COMMIT").await.unwrap();
+    assert!(s
+        .replicas
+        .contains(&s.simple("SELECT inet_server_port()").await));
+}

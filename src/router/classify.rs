@@ -55,6 +55,10 @@ pub struct Classification {
     pub only_usher_settings: bool,
     /// libpg_query could not parse it (routed to the primary).
     pub parse_error: bool,
+    /// Number of statements in the string.
+    pub statements: usize,
+    /// The string is a single COMMIT/END (`Some(true)`) or ROLLBACK/ABORT (`Some(false)`).
+    pub ends: Option<bool>,
 }
 
 /// Built-in functions with side effects: a call sends the statement to the primary.
@@ -178,6 +182,8 @@ pub fn classify(sql: &str, write_functions: &[String]) -> Classification {
                 Ok(TransactionStmtKind::TransStmtBegin | TransactionStmtKind::TransStmtStart) => {
                     c.begins = Some(read_only_option(&t.options));
                 }
+                Ok(TransactionStmtKind::TransStmtCommit) => c.ends = Some(true),
+                Ok(TransactionStmtKind::TransStmtRollback) => c.ends = Some(false),
                 Ok(TransactionStmtKind::TransStmtPrepare)
                 | Ok(TransactionStmtKind::TransStmtCommitPrepared)
                 | Ok(TransactionStmtKind::TransStmtRollbackPrepared) => c.write = true,
@@ -211,6 +217,10 @@ pub fn classify(sql: &str, write_functions: &[String]) -> Classification {
         }
     }
     c.only_usher_settings = statements > 0 && usher_settings == statements;
+    c.statements = statements;
+    if statements != 1 {
+        c.ends = None;
+    }
     c
 }
 

@@ -7,6 +7,7 @@
 //! header only and forwarded as raw bytes in runs (a 100 MB row streams through without being
 //! held whole); only ReadyForQuery and ParameterStatus bodies are read.
 
+mod aggressive;
 mod params;
 mod prepared;
 mod relay;
@@ -89,6 +90,11 @@ pub struct Session {
     replay_bytes: usize,
     /// Length of `client_out` when recording started: anything past it is part of the answer.
     replay_mark: usize,
+    /// A BEGIN held back by the aggressive strategy until the first real statement.
+    held_begin: Option<Frame>,
+    /// The attached transaction was routed to a replica by the aggressive strategy: its
+    /// read-only errors are rewritten to name the setting.
+    rewrite_read_only: bool,
 }
 
 impl Session {
@@ -118,6 +124,8 @@ impl Session {
             replay: None,
             replay_bytes: 0,
             replay_mark: 0,
+            held_begin: None,
+            rewrite_read_only: false,
         }
     }
 
@@ -251,6 +259,9 @@ impl Session {
                 }
                 _ => {}
             }
+            if self.hold_begin(&frame) {
+                return Ok(Flow::Continue);
+            }
             if let Err((code, message)) = self.attach(&frame).await {
                 let e = messages::error_response("ERROR", &code, &message, None);
                 self.client_out.push(e);
@@ -262,6 +273,7 @@ impl Session {
                 return Ok(Flow::Continue);
             }
             self.start_replay();
+            self.release_held_begin();
         }
         self.record(&frame);
         self.forward(frame)?;
@@ -424,7 +436,15 @@ impl Session {
             ..
         } = self;
         let conn = server.as_mut().expect("attached").conn();
-        relay::scan(conn, tracker, params, pass, client_out, txn_status)?;
+        relay::scan(
+            conn,
+            tracker,
+            params,
+            pass,
+            client_out,
+            txn_status,
+            self.rewrite_read_only,
+        )?;
         if !self.client_out.is_empty() {
             self.replay = None;
         }

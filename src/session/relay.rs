@@ -7,6 +7,7 @@ use bytes::{Buf, Bytes};
 use super::params::ClientParams;
 use super::responses::{Decision, Tracker};
 use crate::protocol::frame::peek_header;
+use crate::protocol::messages::ErrorFields;
 use crate::server::{ServerConn, ServerError};
 
 /// A server frame partly passed through: how much of it remains and whether it is forwarded.
@@ -30,6 +31,7 @@ pub fn scan(
     pass: &mut Option<Pass>,
     out: &mut Vec<Bytes>,
     txn_status: &mut u8,
+    rewrite_read_only: bool,
 ) -> Result<(), ServerError> {
     let mut run = 0usize;
     loop {
@@ -54,6 +56,19 @@ pub fn scan(
             .map_err(|e| conn.protocol(e.to_string()))?;
         let Some((tag, total)) = header else { break };
         let available = conn.rbuf.len() - run;
+        if tag == b'E' && rewrite_read_only {
+            if available < total {
+                break;
+            }
+            let fields = ErrorFields::parse(&conn.rbuf[run + 5..run + total]);
+            if fields.code == "25006" {
+                tracker.on_frame(tag);
+                flush_run(&mut conn.rbuf, &mut run, out);
+                conn.rbuf.advance(total);
+                out.push(super::aggressive::read_only_error(&fields.message));
+                continue;
+            }
+        }
         if matches!(tag, b'Z' | b'S') {
             if available < total {
                 break;

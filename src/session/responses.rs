@@ -40,6 +40,8 @@ pub enum Expect {
     Local(Bytes),
     /// The client ended a COPY IN (CopyDone/CopyFail) before the server said it started one.
     CopyEnd,
+    /// A simple query usher sent itself (a held-back BEGIN): its whole answer is swallowed.
+    HiddenQuery,
 }
 
 /// What to do with one server frame.
@@ -79,7 +81,9 @@ impl Tracker {
             return;
         }
         match expect {
-            Expect::Sync | Expect::Query | Expect::FunctionCall => self.unsynced = false,
+            Expect::Sync | Expect::Query | Expect::FunctionCall | Expect::HiddenQuery => {
+                self.unsynced = false
+            }
             // Answered by usher: the server is not inside an implicit transaction because of it.
             Expect::Local(_) | Expect::CopyEnd => {}
             _ => self.unsynced = true,
@@ -128,6 +132,13 @@ impl Tracker {
 
     /// Decides what to do with a server frame of type `tag`.
     pub fn on_frame(&mut self, tag: u8) -> Decision {
+        if self.queue.front() == Some(&Expect::HiddenQuery) && tag != b'A' && tag != b'S' {
+            if tag == b'Z' {
+                self.queue.pop_front();
+                self.release_local();
+            }
+            return Decision::Swallow;
+        }
         let decision = match tag {
             b'N' | b'A' | b'S' => return Decision::Forward,
             b'E' => {
@@ -330,6 +341,19 @@ mod tests {
         t.on_frame(b'G');
         t.on_frame(b'C');
         t.on_frame(b'Z');
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn hidden_query_is_swallowed_whole() {
+        let mut t = Tracker::default();
+        t.push(Expect::HiddenQuery);
+        t.push(Expect::Query);
+        let got: Vec<Decision> = b"CZTDCZ".iter().map(|x| t.on_frame(*x)).collect();
+        assert_eq!(
+            got,
+            vec![Swallow, Swallow, Forward, Forward, Forward, Forward]
+        );
         assert!(t.is_idle());
     }
 
