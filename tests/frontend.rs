@@ -183,21 +183,6 @@ fn sqlstate_of(bytes: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(&body[c + 1..c + 1 + end]).into_owned())
 }
 
-fn startup(user: &str, db: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&196608u32.to_be_bytes());
-    for (k, v) in [("user", user), ("database", db)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_input_gets_08p01_and_others_are_unaffected() {
     let (u, db) = setup("badinput", "max_message_size = 1048576").await;
@@ -228,18 +213,7 @@ async fn malformed_input_gets_08p01_and_others_are_unaffected() {
         vec![b'P', 0, 0, 0, 8, b's', 0, b'x', b'x'],
     ];
     for case in cases {
-        let mut s = TcpStream::connect(("127.0.0.1", u.port)).await.unwrap();
-        s.write_all(&startup("trust_user", &db)).await.unwrap();
-        let mut buf = vec![0u8; 4096];
-        let mut got = Vec::new();
-        while !got.windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I']) {
-            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(n > 0, "closed during login");
-            got.extend_from_slice(&buf[..n]);
-        }
+        let mut s = raw_login(u.port, "trust_user", &db).await;
         s.write_all(&case).await.unwrap();
         s.write_all(&[b'S', 0, 0, 0, 4]).await.unwrap();
         let reply = read_all(&mut s).await;

@@ -485,3 +485,53 @@ async fn reconnects_after_server_restart() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syntax_errors_surface_at_prepare() {
+    let (u, db) = setup("prepsyntax", "default_pool_size = 1").await;
+    let c = connect(u.port, "app", &db).await.unwrap();
+    let err = c.prepare("SELEC 1").await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::SYNTAX_ERROR), "{err:?}");
+    // A bare named Parse + Sync (no Describe) is answered by usher when it parses, and gets the
+    // server's syntax error when it does not.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = raw_login(u.port, "trust_user", &db).await;
+    let parse = |name: &str, sql: &str| {
+        let body = format!("{name}\0{sql}\0\0\0");
+        let mut m = vec![b'P'];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(body.as_bytes());
+        m
+    };
+    raw.write_all(
+        &[
+            parse("ok", "SELECT 1"),
+            parse("bad", "SELEC 1"),
+            vec![b'S', 0, 0, 0, 4],
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
+        let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(
+        &got[..5],
+        &[b'1', 0, 0, 0, 4],
+        "ParseComplete for the good statement first: {got:?}"
+    );
+    assert_eq!(got[5], b'E', "then the syntax error: {got:?}");
+    assert!(got.windows(6).any(|w| w == b"C42601"), "{got:?}");
+    assert_eq!(
+        c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
+}

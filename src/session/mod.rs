@@ -241,7 +241,10 @@ impl Session {
                     return Ok(Flow::Continue);
                 }
                 b'H' | b'd' | b'c' | b'f' => return Ok(Flow::Continue),
-                b'P' if self.mode == PoolMode::Transaction && !frame.body().starts_with(b"\0") => {
+                b'P' if self.mode == PoolMode::Transaction
+                    && !frame.body().starts_with(b"\0")
+                    && self.parses(&frame) =>
+                {
                     self.stmts.remember(&frame)?;
                     self.tracker
                         .push(Expect::Local(Bytes::from_static(prepared::PARSE_COMPLETE)));
@@ -372,6 +375,18 @@ impl Session {
             _ => self.server_out.extend_from_slice(&frame.raw),
         }
         Ok(())
+    }
+
+    /// True when the query of a Parse is valid SQL for the Postgres grammar (cached by text), so
+    /// usher may answer the Parse itself; otherwise it goes to a server, which reports the
+    /// syntax error where the client expects it.
+    fn parses(&self, frame: &Frame) -> bool {
+        let Ok((span, query)) = extended::parse_fields(frame.body()) else {
+            return false;
+        };
+        let start = 5 + span.end + 1;
+        let sql = frame.raw.slice(start..start + query.len());
+        !self.app.query_cache.classify(&sql, &[]).parse_error
     }
 
     /// Answers a Sync usher handled itself.

@@ -505,3 +505,39 @@ pub async fn connect_dsn(dsn: &str) -> Result<tokio_postgres::Client, tokio_post
 pub fn pg_bin(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
+
+/// A raw protocol 3.0 startup packet.
+pub fn startup_packet(user: &str, db: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&196608u32.to_be_bytes());
+    for (k, v) in [("user", user), ("database", db)] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Opens a raw connection and logs in as a trust user, up to the first ReadyForQuery.
+pub async fn raw_login(port: u16, user: &str, db: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(&startup_packet(user, db)).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !got.windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I']) {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed during login: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    s
+}
