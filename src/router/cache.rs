@@ -10,6 +10,8 @@ use lru::LruCache;
 use parking_lot::Mutex;
 
 use super::classify::{classify, Classification};
+use super::normalize::cache_key;
+use std::borrow::Cow;
 
 /// Classifications by query text (LRU).
 pub struct QueryCache {
@@ -32,16 +34,23 @@ impl QueryCache {
         }
     }
 
-    /// The classification of `sql` (parsed on a miss, outside the lock).
-    pub fn classify(&self, sql: &Bytes, write_functions: &[String]) -> Arc<Classification> {
-        if let Some(c) = self.map.lock().get(sql) {
+    /// The classification of `sql` (parsed on a miss, outside the lock). The cache key is the
+    /// text with literal values replaced (see [`cache_key`]), so queries that differ only in
+    /// their constants share one parse.
+    pub fn classify(&self, sql: &Bytes) -> Arc<Classification> {
+        let key = cache_key(sql);
+        if let Some(c) = self.map.lock().get(key.as_ref()) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return c.clone();
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let text = String::from_utf8_lossy(sql);
-        let c = Arc::new(classify(&text, write_functions));
-        self.map.lock().put(sql.clone(), c.clone());
+        let c = Arc::new(classify(&text));
+        let key = match key {
+            Cow::Borrowed(_) => sql.clone(),
+            Cow::Owned(v) => Bytes::from(v),
+        };
+        self.map.lock().put(key, c.clone());
         c
     }
 }
@@ -54,8 +63,8 @@ mod tests {
     fn hits_after_first_parse() {
         let cache = QueryCache::new(2);
         let q = Bytes::from_static(b"SELECT 1");
-        assert!(!cache.classify(&q, &[]).write);
-        assert!(!cache.classify(&q, &[]).write);
+        assert!(!cache.classify(&q).write);
+        assert!(!cache.classify(&q).write);
         assert_eq!(
             (
                 cache.hits.load(Ordering::Relaxed),

@@ -105,12 +105,17 @@ const WRITE_FUNCTIONS: &[&str] = &[
     "pg_import_system_collations",
 ];
 
-fn is_write_function(name: &str, extra: &[String]) -> bool {
-    let base = name.strip_prefix("pg_catalog.").unwrap_or(name);
-    WRITE_FUNCTIONS.contains(&base)
-        || extra
-            .iter()
-            .any(|w| w.eq_ignore_ascii_case(name) || w.eq_ignore_ascii_case(base))
+fn is_write_function(name: &str) -> bool {
+    WRITE_FUNCTIONS.contains(&name.strip_prefix("pg_catalog.").unwrap_or(name))
+}
+
+/// True when `function` (as called) is one of the configured `write_functions` (given as
+/// `name` or `schema.name`).
+pub fn is_configured_write(function: &str, configured: &[String]) -> bool {
+    let base = function.rsplit('.').next().unwrap_or(function);
+    configured
+        .iter()
+        .any(|w| w.eq_ignore_ascii_case(function) || w.eq_ignore_ascii_case(base))
 }
 
 /// Reads `/* usher: role=primary */` style hints; the last one wins.
@@ -133,8 +138,10 @@ pub fn parse_hint(sql: &str) -> Option<RoleHint> {
     hint
 }
 
-/// Classifies `sql`; `write_functions` are the configured extra write functions.
-pub fn classify(sql: &str, write_functions: &[String]) -> Classification {
+/// Classifies `sql`. The result depends only on the text (configured write functions are
+/// checked against [`Classification::functions`] when routing), so it can be cached for all
+/// databases alike.
+pub fn classify(sql: &str) -> Classification {
     let mut c = Classification {
         hint: parse_hint(sql),
         ..Classification::default()
@@ -210,7 +217,7 @@ pub fn classify(sql: &str, write_functions: &[String]) -> Classification {
         if *context != Context::Call {
             continue;
         }
-        if is_write_function(name, write_functions) {
+        if is_write_function(name) {
             c.write = true;
         } else if !name.starts_with("pg_catalog.") && !c.functions.contains(name) {
             c.functions.push(name.clone());
@@ -248,7 +255,11 @@ mod tests {
     use super::*;
 
     fn w(sql: &str) -> bool {
-        classify(sql, &["audit_log".to_string()]).write
+        let c = classify(sql);
+        c.write
+            || c.functions
+                .iter()
+                .any(|f| is_configured_write(f, &["audit_log".to_string()]))
     }
 
     #[test]
@@ -317,36 +328,29 @@ mod tests {
 
     #[test]
     fn transactions_and_hints() {
-        assert_eq!(classify("BEGIN", &[]).begins, Some(false));
-        assert_eq!(classify("BEGIN READ ONLY", &[]).begins, Some(true));
+        assert_eq!(classify("BEGIN").begins, Some(false));
+        assert_eq!(classify("BEGIN READ ONLY").begins, Some(true));
         assert_eq!(
-            classify(
-                "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-                &[]
-            )
-            .begins,
+            classify("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").begins,
             Some(true)
         );
-        assert_eq!(classify("BEGIN READ WRITE", &[]).begins, Some(false));
+        assert_eq!(classify("BEGIN READ WRITE").begins, Some(false));
         assert_eq!(
-            classify("/* usher: role=primary */ SELECT 1", &[]).hint,
+            classify("/* usher: role=primary */ SELECT 1").hint,
             Some(RoleHint::Primary)
         );
         assert_eq!(
-            classify("SELECT /* usher: role=replica */ 1", &[]).hint,
+            classify("SELECT /* usher: role=replica */ 1").hint,
             Some(RoleHint::Replica)
         );
-        let set = classify("SET usher.role = 'primary'", &[]);
+        let set = classify("SET usher.role = 'primary'");
         assert_eq!(
             (set.set_role, set.only_usher_settings, set.write),
             (Some(RoleHint::Primary), true, false)
         );
+        assert_eq!(classify("RESET usher.role").set_role, Some(RoleHint::Auto));
         assert_eq!(
-            classify("RESET usher.role", &[]).set_role,
-            Some(RoleHint::Auto)
-        );
-        assert_eq!(
-            classify("SELECT my_fn(1)", &[]).functions,
+            classify("SELECT my_fn(1)").functions,
             vec!["my_fn".to_string()]
         );
     }

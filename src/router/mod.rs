@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod classify;
 pub mod monitor;
+pub mod normalize;
 pub mod topology;
 
 use std::sync::atomic::Ordering;
@@ -83,7 +84,11 @@ pub fn wants_primary(
         return true;
     }
     let hint = class.hint.unwrap_or(session);
-    if hint == RoleHint::Primary || class.write || volatile_write {
+    let configured_write = class
+        .functions
+        .iter()
+        .any(|f| classify::is_configured_write(f, &db.write_functions));
+    if hint == RoleHint::Primary || class.write || volatile_write || configured_write {
         return true;
     }
     match class.begins {
@@ -227,7 +232,7 @@ mod tests {
     fn routing_rules() {
         let (c, _) = setup("");
         let db = &c.databases["d"];
-        let class = |sql: &str| classify::classify(sql, &[]);
+        let class = |sql: &str| classify::classify(sql);
         assert!(!wants_primary(
             db,
             &class("SELECT 1"),

@@ -29,7 +29,7 @@ impl Session {
             return false;
         }
         let sql = frame.raw.slice(5..frame.raw.len() - 1);
-        let class = self.app.query_cache.classify(&sql, &db.write_functions);
+        let class = self.app.query_cache.classify(&sql);
         if class.statements != 1 {
             return false;
         }

@@ -297,7 +297,7 @@ impl Session {
                 let sql = frame.body().strip_suffix(b"\0").unwrap_or(frame.body());
                 let (changes, statements) = sql_scan::scan(&String::from_utf8_lossy(sql));
                 if changes.iter().any(|c| matches!(c, SessionChange::Set(n) | SessionChange::Reset(n) if n == "usher.role")) {
-                    let class = self.app.query_cache.classify(&frame.raw.slice(5..frame.raw.len() - 1), &[]);
+                    let class = self.app.query_cache.classify(&frame.raw.slice(5..frame.raw.len() - 1));
                     if let Some(role) = class.set_role {
                         self.route.role_override = Some(role);
                     }
@@ -386,7 +386,7 @@ impl Session {
         };
         let start = 5 + span.end + 1;
         let sql = frame.raw.slice(start..start + query.len());
-        !self.app.query_cache.classify(&sql, &[]).parse_error
+        !self.app.query_cache.classify(&sql).parse_error
     }
 
     /// Answers a Sync usher handled itself.

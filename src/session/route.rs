@@ -76,19 +76,19 @@ impl Session {
             let Some(db) = config.databases.get(&self.login.database) else {
                 return;
             };
-            let c = self.app.query_cache.classify(&sql, &db.write_functions);
+            let c = self.app.query_cache.classify(&sql);
             let name = &self.login.database;
             self.route.txn_writes = c.write
-                || c.functions
-                    .iter()
-                    .any(|f| self.app.volatile_cached(name, f) != Some(false));
+                || c.functions.iter().any(|f| {
+                    crate::router::classify::is_configured_write(f, &db.write_functions)
+                        || self.app.volatile_cached(name, f) != Some(false)
+                });
         }
     }
 
     /// Classification of the transaction starting with `first`, merged over the messages the
     /// client already pipelined behind it (up to its Sync).
-    fn classify_batch(&self, first: &Frame, config: &Config) -> Classification {
-        let db = &config.databases[&self.login.database];
+    fn classify_batch(&self, first: &Frame) -> Classification {
         let mut merged = Classification::default();
         let mut merge = |c: &Classification| {
             merged.write |= c.write;
@@ -112,7 +112,7 @@ impl Session {
         }
         for (tag, raw) in frames {
             if let Some(sql) = query_text(self, tag, &raw) {
-                merge(&self.app.query_cache.classify(&sql, &db.write_functions));
+                merge(&self.app.query_cache.classify(&sql));
             }
         }
         merged
@@ -140,7 +140,7 @@ impl Session {
         self.route.txn_writes = false;
         self.route.track_writes = false;
         if split {
-            let class = self.classify_batch(first, config);
+            let class = self.classify_batch(first);
             if let Some(role) = class.set_role {
                 self.route.role_override = Some(role);
             }

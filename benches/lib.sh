@@ -1,0 +1,79 @@
+# Shared setup for the benchmark scripts (sourced): a throwaway Postgres topology on free
+# loopback ports, run as the postgres OS user when root, removed on exit.
+set -euo pipefail
+
+./scripts/install-deps.sh
+cargo build --release --locked -q
+BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
+
+WORK=$(mktemp -d /tmp/usher-bench-XXXXXX)
+chmod 755 "$WORK"
+if [ "$(id -u)" -eq 0 ]; then chown postgres: "$WORK"; fi
+PIDS=()
+DATADIRS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for d in "${DATADIRS[@]:-}"; do [ -n "$d" ] && as_pg "$BIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# start_primary PORT: initdb + start, role app/secret, database app, pgbench tables (scale 10).
+start_primary() {
+  local port=$1 data="$WORK/primary"
+  as_pg "$BIN/initdb" -D "$data" -U postgres -A trust -E UTF8 --locale=C --no-sync >/dev/null
+  cat <<CONF | as_pg tee -a "$data/postgresql.auto.conf" >/dev/null
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$WORK'
+max_connections = 1200
+shared_buffers = 256MB
+fsync = off
+synchronous_commit = off
+wal_level = replica
+max_wal_senders = 8
+CONF
+  printf 'local all all trust\nhost replication all 127.0.0.1/32 trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n' | as_pg tee "$data/pg_hba.conf" >/dev/null
+  as_pg "$BIN/pg_ctl" -D "$data" -l "$WORK/primary.log" -w start >/dev/null
+  DATADIRS+=("$data")
+  "$BIN/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -c "CREATE ROLE app LOGIN PASSWORD 'secret'" -c "CREATE DATABASE app OWNER app"
+  PGPASSWORD=secret "$BIN/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$port" -U app app >/dev/null 2>&1
+}
+
+# start_replica PRIMARY_PORT PORT: pg_basebackup -R + start.
+start_replica() {
+  local primary=$1 port=$2 data="$WORK/replica_$2"
+  as_pg "$BIN/pg_basebackup" -h 127.0.0.1 -p "$primary" -U postgres -D "$data" -R -X stream -c fast
+  echo "port = $port" | as_pg tee -a "$data/postgresql.auto.conf" >/dev/null
+  as_pg "$BIN/pg_ctl" -D "$data" -l "$WORK/replica_$port.log" -w start >/dev/null
+  DATADIRS+=("$data")
+}
+
+# start_usher NAME TOML: runs target/release/usher with that config; sets LAST_PID.
+start_usher() {
+  echo "$2" > "$WORK/$1.toml"
+  USHER_LOG=warn ./target/release/usher --config "$WORK/$1.toml" &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+  sleep 0.5
+}
+
+# run_pgbench PORT PID ARGS...: prints "tps latency_ms cpu_us_per_txn" (cpu "-" without PID).
+run_pgbench() {
+  local port=$1 pid=$2; shift 2
+  local before=0 after=0 out
+  [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+  out=$(PGPASSWORD=secret "$BIN/pgbench" "$@" -n -h 127.0.0.1 -p "$port" -U app app 2>&1) || { echo "$out" >&2; return 1; }
+  [ -n "$pid" ] && after=$(cpu_ticks "$pid")
+  local tps lat xacts
+  tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+  lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
+  xacts=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
+  local cpu
+  cpu=$(awk -v a="$after" -v b="$before" -v t="$TICK" -v x="$xacts" 'BEGIN { if (x > 0 && a > b) printf "%.1f", (a - b) / t * 1e6 / x; else print "-" }')
+  echo "$tps $lat $cpu"
+}

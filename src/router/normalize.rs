@@ -1,0 +1,206 @@
+//! Cache keys for the classification cache: the query text with its literal values replaced
+//! by `?`, so `... WHERE aid = 1` and `... WHERE aid = 2` share one parse. Literal values never
+//! change whether a statement reads or writes; the exceptions are kept verbatim (any text that
+//! mentions `usher`, where a `SET usher.role = '...'` value or a hint matters). Comments and
+//! quoted identifiers are kept as they are.
+
+use std::borrow::Cow;
+
+/// The cache key for `sql`.
+pub fn cache_key(sql: &[u8]) -> Cow<'_, [u8]> {
+    if sql.windows(5).any(|w| w.eq_ignore_ascii_case(b"usher")) {
+        return Cow::Borrowed(sql);
+    }
+    let mut out = Vec::with_capacity(sql.len());
+    let mut i = 0;
+    let mut changed = false;
+    while i < sql.len() {
+        let c = sql[i];
+        match c {
+            b'\'' => {
+                let escapes = i > 0 && matches!(sql[i - 1], b'e' | b'E');
+                let (end, closed) = skip_quoted(sql, i, escapes);
+                out.extend_from_slice(if closed { b"?" } else { b"?unterminated" });
+                i = end;
+                changed = true;
+            }
+            b'"' => {
+                let (end, _) = skip_quoted(sql, i, false);
+                out.extend_from_slice(&sql[i..end]);
+                i = end;
+            }
+            b'-' if sql.get(i + 1) == Some(&b'-') => {
+                let end = sql[i..]
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(sql.len(), |p| i + p);
+                out.extend_from_slice(&sql[i..end]);
+                i = end;
+            }
+            b'/' if sql.get(i + 1) == Some(&b'*') => {
+                let end = sql[i + 2..]
+                    .windows(2)
+                    .position(|w| w == b"*/")
+                    .map_or(sql.len(), |p| i + 2 + p + 2);
+                out.extend_from_slice(&sql[i..end]);
+                i = end;
+            }
+            b'$' => {
+                // $tag$ ... $tag$ is a literal; $1 is a parameter.
+                let tag_end = sql[i + 1..]
+                    .iter()
+                    .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+                    .map(|p| i + 1 + p);
+                match tag_end {
+                    Some(e)
+                        if sql[e] == b'$' && !sql.get(i + 1).is_some_and(u8::is_ascii_digit) =>
+                    {
+                        let tag = &sql[i..=e];
+                        let body = e + 1;
+                        match sql[body..].windows(tag.len()).position(|w| w == tag) {
+                            Some(p) => {
+                                out.push(b'?');
+                                i = body + p + tag.len();
+                            }
+                            None => {
+                                out.extend_from_slice(b"?unterminated");
+                                i = sql.len();
+                            }
+                        }
+                        changed = true;
+                    }
+                    _ => {
+                        out.push(c);
+                        i += 1;
+                        while i < sql.len() && sql[i].is_ascii_digit() {
+                            out.push(sql[i]);
+                            i += 1;
+                        }
+                    }
+                }
+            }
+            b'0'..=b'9' => {
+                let ident_before = i > 0
+                    && (sql[i - 1].is_ascii_alphanumeric()
+                        || sql[i - 1] == b'_'
+                        || sql[i - 1] >= 0x80);
+                if ident_before {
+                    out.push(c);
+                    i += 1;
+                } else {
+                    while i < sql.len()
+                        && (sql[i].is_ascii_alphanumeric() || sql[i] == b'.' || sql[i] == b'_')
+                    {
+                        // 1.5e10, 0x1F, 1_000: a numeric literal in any form Postgres accepts.
+                        if (sql[i] == b'e' || sql[i] == b'E')
+                            && matches!(sql.get(i + 1), Some(b'+' | b'-'))
+                        {
+                            i += 1;
+                        }
+                        i += 1;
+                    }
+                    out.push(b'?');
+                    changed = true;
+                }
+            }
+            _ if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
+                while i < sql.len()
+                    && (sql[i].is_ascii_alphanumeric()
+                        || sql[i] == b'_'
+                        || sql[i] == b'$'
+                        || sql[i] >= 0x80)
+                {
+                    out.push(sql[i]);
+                    i += 1;
+                }
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    if changed {
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(sql)
+    }
+}
+
+/// End of the quoted literal starting at `start`, and whether it was closed.
+fn skip_quoted(s: &[u8], start: usize, backslash_escapes: bool) -> (usize, bool) {
+    let quote = s[start];
+    let mut i = start + 1;
+    while i < s.len() {
+        if backslash_escapes && s[i] == b'\\' {
+            i += 2;
+            continue;
+        }
+        if s[i] == quote {
+            if s.get(i + 1) == Some(&quote) {
+                i += 2;
+                continue;
+            }
+            return (i + 1, true);
+        }
+        i += 1;
+    }
+    (s.len(), false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> String {
+        String::from_utf8(cache_key(s.as_bytes()).into_owned()).unwrap()
+    }
+
+    #[test]
+    fn literals_become_placeholders() {
+        assert_eq!(
+            key("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;"),
+            "SELECT abalance FROM pgbench_accounts WHERE aid = ?;"
+        );
+        assert_eq!(
+            key("SELECT * FROM t1 WHERE name = 'o''neil' AND x > -1.5e-3"),
+            "SELECT * FROM t1 WHERE name = ? AND x > -?"
+        );
+        assert_eq!(key("SELECT $1, $$body$$, $f$x$f$"), "SELECT $1, ?, ?");
+        assert_eq!(
+            key("SELECT \"col 1\" FROM t /* 42 */ -- 7\n"),
+            "SELECT \"col 1\" FROM t /* 42 */ -- 7\n"
+        );
+        assert_eq!(key("SELECT E'a\\'b'"), "SELECT E?");
+        assert_ne!(key("SELECT 'a"), key("SELECT 'a'"));
+        assert_eq!(
+            key("SET usher.role = 'primary'"),
+            "SET usher.role = 'primary'"
+        );
+        assert_eq!(
+            key("SELECT 1 /* USHER: role=primary */"),
+            "SELECT 1 /* USHER: role=primary */"
+        );
+        assert_eq!(key("SELECT nextval('s')"), key("SELECT nextval('t')"));
+    }
+
+    #[test]
+    fn classification_does_not_depend_on_literals() {
+        use crate::router::classify::classify;
+        for (a, b) in [
+            ("SELECT * FROM t WHERE a = 1", "SELECT * FROM t WHERE a = 2"),
+            (
+                "INSERT INTO t VALUES (1, 'x')",
+                "INSERT INTO t VALUES (2, 'y')",
+            ),
+            ("SELECT nextval('a')", "SELECT nextval('b')"),
+            (
+                "COPY t FROM STDIN WITH (DELIMITER ',')",
+                "COPY t FROM STDIN WITH (DELIMITER ';')",
+            ),
+        ] {
+            assert_eq!(key(a), key(b));
+            assert_eq!(classify(a), classify(b), "{a} / {b}");
+        }
+    }
+}
