@@ -77,6 +77,7 @@ name = "app"
 password = "secret"
 
 [databases.app]
+read_write_split = true
 shards = [
   { primary = "127.0.0.1:$PRIMARY_PORT/app", replicas = ["127.0.0.1:$REPLICA_PORT/app"] },
 ]
