@@ -299,7 +299,7 @@ impl Topology {
 
     /// Waits until every replica made so far has replayed everything the primary has.
     pub fn wait_replicas_caught_up(&self) {
-        let target = self.primary.psql("postgres", "SELECT pg_current_wal_lsn()");
+        let target = self.primary.psql("postgres", "SELECT pg_current_wal_insert_lsn()");
         for r in [self.replica.get(), self.replica2.get()]
             .into_iter()
             .flatten()
