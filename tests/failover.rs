@@ -15,29 +15,7 @@ async fn replicas_die_under_load_without_failed_transactions() {
     let t = topology();
     let (r1, r2) = (t.replica(), t.replica2());
     let db = t.create_db("failover");
-    let init = std::process::Command::new(pg_bin("pgbench"))
-        .args([
-            "-i",
-            "-q",
-            "-s",
-            "2",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &t.primary.port.to_string(),
-            "-U",
-            "postgres",
-            &db,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    t.primary
-        .psql(&db, "GRANT ALL ON ALL TABLES IN SCHEMA public TO app");
+    t.pgbench_init(&db);
     t.wait_replicas_caught_up();
     let u = start_usher(&split_config(
         &db,

@@ -11,29 +11,7 @@ async fn pgbench_through_usher(builtin: &str, protocol: &str) {
         "bench_{}",
         builtin.trim_start_matches('-').to_lowercase()
     ));
-    let init = std::process::Command::new(pg_bin("pgbench"))
-        .args([
-            "-i",
-            "-q",
-            "-s",
-            "2",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &t.primary.port.to_string(),
-            "-U",
-            "postgres",
-            &db,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    t.primary
-        .psql(&db, "GRANT ALL ON ALL TABLES IN SCHEMA public TO app");
+    t.pgbench_init(&db);
     let u = start_usher(&config(
         &db,
         "default_pool_size = 10\nmax_client_conn = 200\nquery_wait_timeout = \"20s\"",

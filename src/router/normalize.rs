@@ -6,6 +6,8 @@
 
 use std::borrow::Cow;
 
+use super::lex::{dollar_quote, skip_quoted};
+
 /// The cache key for `sql`.
 pub fn cache_key(sql: &[u8]) -> Cow<'_, [u8]> {
     if sql.windows(5).any(|w| w.eq_ignore_ascii_case(b"usher")) {
@@ -45,40 +47,21 @@ pub fn cache_key(sql: &[u8]) -> Cow<'_, [u8]> {
                 out.extend_from_slice(&sql[i..end]);
                 i = end;
             }
-            b'$' => {
-                // $tag$ ... $tag$ is a literal; $1 is a parameter.
-                let tag_end = sql[i + 1..]
-                    .iter()
-                    .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
-                    .map(|p| i + 1 + p);
-                match tag_end {
-                    Some(e)
-                        if sql[e] == b'$' && !sql.get(i + 1).is_some_and(u8::is_ascii_digit) =>
-                    {
-                        let tag = &sql[i..=e];
-                        let body = e + 1;
-                        match sql[body..].windows(tag.len()).position(|w| w == tag) {
-                            Some(p) => {
-                                out.push(b'?');
-                                i = body + p + tag.len();
-                            }
-                            None => {
-                                out.extend_from_slice(b"?unterminated");
-                                i = sql.len();
-                            }
-                        }
-                        changed = true;
-                    }
-                    _ => {
-                        out.push(c);
+            b'$' => match dollar_quote(sql, i) {
+                Some((end, closed)) => {
+                    out.extend_from_slice(if closed { b"?" } else { b"?unterminated" });
+                    i = end;
+                    changed = true;
+                }
+                None => {
+                    out.push(c);
+                    i += 1;
+                    while i < sql.len() && sql[i].is_ascii_digit() {
+                        out.push(sql[i]);
                         i += 1;
-                        while i < sql.len() && sql[i].is_ascii_digit() {
-                            out.push(sql[i]);
-                            i += 1;
-                        }
                     }
                 }
-            }
+            },
             b'0'..=b'9' => {
                 let ident_before = i > 0
                     && (sql[i - 1].is_ascii_alphanumeric()
@@ -125,27 +108,6 @@ pub fn cache_key(sql: &[u8]) -> Cow<'_, [u8]> {
     } else {
         Cow::Borrowed(sql)
     }
-}
-
-/// End of the quoted literal starting at `start`, and whether it was closed.
-fn skip_quoted(s: &[u8], start: usize, backslash_escapes: bool) -> (usize, bool) {
-    let quote = s[start];
-    let mut i = start + 1;
-    while i < s.len() {
-        if backslash_escapes && s[i] == b'\\' {
-            i += 2;
-            continue;
-        }
-        if s[i] == quote {
-            if s.get(i + 1) == Some(&quote) {
-                i += 2;
-                continue;
-            }
-            return (i + 1, true);
-        }
-        i += 1;
-    }
-    (s.len(), false)
 }
 
 #[cfg(test)]

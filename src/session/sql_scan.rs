@@ -5,6 +5,8 @@
 //! It reads only the first tokens of each statement; routing decisions use the real Postgres
 //! grammar, not this.
 
+use crate::router::lex::{dollar_quote, skip_quoted};
+
 /// A statement that changes session state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionChange {
@@ -106,35 +108,24 @@ fn statements_first_tokens(s: &[u8], n: usize) -> Vec<Vec<String>> {
             }
             b'\'' => {
                 let escapes = i > 0 && matches!(s[i - 1], b'e' | b'E');
-                i = skip_quoted(s, i, b'\'', escapes);
+                i = skip_quoted(s, i, escapes).0;
                 push(&mut out, "?".into());
             }
             b'"' => {
-                let end = skip_quoted(s, i, b'"', false);
+                let end = skip_quoted(s, i, false).0;
                 let inner = String::from_utf8_lossy(&s[i + 1..end.saturating_sub(1).max(i + 1)])
                     .replace("\"\"", "\"");
                 push(&mut out, inner);
                 i = end;
             }
-            b'$' => {
-                // $tag$ ... $tag$ or a parameter $1.
-                let tag_end = s[i + 1..]
-                    .iter()
-                    .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
-                    .map(|p| i + 1 + p);
-                match tag_end {
-                    Some(e)
-                        if s[e] == b'$' && !s[i + 1..e].first().is_some_and(u8::is_ascii_digit) =>
-                    {
-                        let tag = &s[i..=e];
-                        let body = e + 1;
-                        let close = s[body..].windows(tag.len()).position(|w| w == tag);
-                        i = close.map(|p| body + p + tag.len()).unwrap_or(s.len());
-                        push(&mut out, "?".into());
-                    }
-                    _ => i += 1,
+            b'$' => match dollar_quote(s, i) {
+                // $tag$ ... $tag$ is a literal; $1 a parameter.
+                Some((end, _)) => {
+                    i = end;
+                    push(&mut out, "?".into());
                 }
-            }
+                None => i += 1,
+            },
             _ if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
                 let start = i;
                 while i < s.len()
@@ -167,26 +158,6 @@ fn statements_first_tokens(s: &[u8], n: usize) -> Vec<Vec<String>> {
         }
     }
     out
-}
-
-/// Index just past the closing `quote` of the literal starting at `start`.
-fn skip_quoted(s: &[u8], start: usize, quote: u8, backslash_escapes: bool) -> usize {
-    let mut i = start + 1;
-    while i < s.len() {
-        if backslash_escapes && s[i] == b'\\' {
-            i += 2;
-            continue;
-        }
-        if s[i] == quote {
-            if s.get(i + 1) == Some(&quote) {
-                i += 2;
-                continue;
-            }
-            return i + 1;
-        }
-        i += 1;
-    }
-    s.len()
 }
 
 #[cfg(test)]

@@ -299,7 +299,9 @@ impl Topology {
 
     /// Waits until every replica made so far has replayed everything the primary has.
     pub fn wait_replicas_caught_up(&self) {
-        let target = self.primary.psql("postgres", "SELECT pg_current_wal_insert_lsn()");
+        let target = self
+            .primary
+            .psql("postgres", "SELECT pg_current_wal_insert_lsn()");
         for r in [self.replica.get(), self.replica2.get()]
             .into_iter()
             .flatten()
@@ -314,6 +316,33 @@ impl Topology {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+    }
+
+    /// Creates pgbench's tables (scale 2) in `db` on the primary, usable by `app`.
+    pub fn pgbench_init(&self, db: &str) {
+        let init = Command::new(bin_dir().join("pgbench"))
+            .args([
+                "-i",
+                "-q",
+                "-s",
+                "2",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.primary.port.to_string(),
+                "-U",
+                "postgres",
+                db,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            init.status.success(),
+            "{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        self.primary
+            .psql(db, "GRANT ALL ON ALL TABLES IN SCHEMA public TO app");
     }
 
     /// Creates a fresh database owned by `app` on the primary and returns its name.
