@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"
+# Benches are compiled (and linted) by clippy above; they are run by `cargo bench`, not here.
+cargo test --locked --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}"
