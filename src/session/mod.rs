@@ -403,33 +403,33 @@ impl Session {
         let config = self.app.config();
         let (mut lease, _target) = self.route_and_checkout(first, &config).await?;
         let conn = lease.conn();
-        let prep = async {
-            if !conn.state.to_close.is_empty() {
-                let sql: String = conn
-                    .state
-                    .to_close
-                    .iter()
-                    .map(|n| format!("DEALLOCATE \"{}\";", String::from_utf8_lossy(n)))
-                    .collect();
-                conn.control_query(&sql).await?;
-                conn.state.to_close.clear();
-            }
-            conn.sync_params(&mut self.params.desired).await
-        };
-        if let Err(e) = prep.await {
-            let code = e.sqlstate().to_string();
-            let message = e.to_string();
-            if matches!(e, crate::server::ServerError::Query { .. }) {
-                lease.release();
-            }
-            return Err((code, message));
-        }
         *self.login.cancel_slot.lock() = Some(CancelTarget {
             addr: conn.addr.clone(),
             key: conn.backend_key,
         });
         self.server = Some(lease);
         Ok(())
+    }
+
+    /// Makes a just checked-out connection ready for this client: closes statements the LRU
+    /// evicted and brings session parameters in line. Nothing of the client's has reached the
+    /// server yet, so a connection-level failure here is safe to retry elsewhere.
+    pub(super) async fn prepare_server(
+        &mut self,
+        lease: &mut Lease,
+    ) -> Result<(), crate::server::ServerError> {
+        let conn = lease.conn();
+        if !conn.state.to_close.is_empty() {
+            let sql: String = conn
+                .state
+                .to_close
+                .iter()
+                .map(|n| format!("DEALLOCATE \"{}\";", String::from_utf8_lossy(n)))
+                .collect();
+            conn.control_query(&sql).await?;
+            conn.state.to_close.clear();
+        }
+        conn.sync_params(&mut self.params.desired).await
     }
 
     /// Reads what the server sent, forwards it and releases the server when the transaction is over.

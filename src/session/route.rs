@@ -13,6 +13,7 @@ use crate::pool::{Lease, Pool, PoolError};
 use crate::protocol::frame::peek_header;
 use crate::protocol::{extended, Frame};
 use crate::router::{self, Classification, Role, RoleHint, Target};
+use crate::server::ServerError;
 
 /// Pools by server index for shard 0, and the config they were made for.
 type PoolSlots = Option<(Arc<Config>, Vec<Option<Arc<Pool>>>)>;
@@ -171,6 +172,7 @@ impl Session {
                 )
             })?;
         let mut exclude = std::mem::take(&mut self.route.exclude);
+        let mut attempts = 0;
         loop {
             let pools = self.pools_for(config);
             let target = if wants_primary {
@@ -196,12 +198,34 @@ impl Session {
             let server = &shard.servers[target.server];
             let pool = self.pool_at(config, user, target.server, &server.addr);
             match pool.checkout().await {
-                Ok(lease) => {
-                    self.route.attached_role = Some(target.role);
-                    self.route.attached_server = target.server;
-                    self.route.retryable = !wants_primary;
-                    return Ok((lease, target));
-                }
+                Ok(mut lease) => match self.prepare_server(&mut lease).await {
+                    Ok(()) => {
+                        self.route.attached_role = Some(target.role);
+                        self.route.attached_server = target.server;
+                        self.route.retryable = !wants_primary;
+                        return Ok((lease, target));
+                    }
+                    // The client's own settings were refused (a bad parameter value): its error.
+                    Err(e @ ServerError::Query { .. }) => {
+                        lease.release();
+                        return Err((e.sqlstate().to_string(), e.to_string()));
+                    }
+                    // The connection died under us: drop it and try again (another server for
+                    // a read; a fresh connection for the primary, a few times).
+                    Err(e) => {
+                        drop(lease);
+                        attempts += 1;
+                        if wants_primary || target.role == Role::Primary {
+                            if attempts >= 3 {
+                                return Err((e.sqlstate().to_string(), e.to_string()));
+                            }
+                        } else {
+                            server.ban(config.general.ban_time.0, &e.to_string());
+                            exclude.push(target.server);
+                        }
+                        tracing::warn!(server = %server.addr, error = %e, "server connection failed while being prepared; trying again");
+                    }
+                },
                 Err(PoolError::Server(e)) if e.retry_safe() => {
                     server.ban(config.general.ban_time.0, &e.to_string());
                     if wants_primary || exclude.len() >= shard.servers.len() {
