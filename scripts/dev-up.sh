@@ -50,6 +50,7 @@ listen_addresses = '127.0.0.1'
 unix_socket_directories = '$ROOT'
 wal_level = replica
 max_wal_senders = 8
+wal_keep_size = '1GB'
 hot_standby = on
 max_connections = 300
 shared_preload_libraries = 'pg_stat_statements'
