@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use super::{is_md5_hash, AuthMethod, Config, RoleSpec};
+use super::{is_md5_hash, sharding, AuthMethod, Config, RoleSpec};
 
 /// One problem found in a config file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -346,6 +346,23 @@ fn validate(c: &Config) -> Vec<(Vec<Seg>, String)> {
         }
         if db.pool_size == Some(0) {
             out.push((at(&[k("pool_size")]), "must be at least 1".into()));
+        }
+        if let Some(sharding) = &db.sharding {
+            for (path, message) in sharding::problems(sharding, db.shards.len()) {
+                let mut p = at(&[k("sharding")]);
+                for part in path {
+                    match part.split_once('[') {
+                        Some((key, idx)) => {
+                            p.push(k(key));
+                            p.push(Seg::Index(idx.trim_end_matches(']').parse().unwrap_or(0)));
+                        }
+                        None => p.push(k(&part)),
+                    }
+                }
+                out.push((p, message));
+            }
+        } else if db.shards.len() > 1 {
+            out.push((at(&[k("shards")]), format!("database {name:?} has {} shards but no [databases.{name}.sharding] section: usher would not know which shard holds a row", db.shards.len())));
         }
         for (i, shard) in db.shards.iter().enumerate() {
             if shard.primary.role == RoleSpec::Replica {

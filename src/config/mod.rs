@@ -7,6 +7,7 @@ mod duration;
 mod load;
 mod server_addr;
 mod server_spec;
+mod sharding;
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,7 @@ pub use duration::{parse_duration, ConfigDuration};
 pub use load::{load_file, load_str, ConfigError, ConfigProblem};
 pub use server_addr::ServerAddr;
 pub use server_spec::{RoleSpec, ServerSpec};
+pub use sharding::{Hasher, KeyType, ShardedTable, Sharding};
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize)]
@@ -234,6 +236,10 @@ pub struct Database {
     /// in pg_proc once per function and cached).
     #[serde(default = "default_true")]
     pub volatile_functions_are_writes: bool,
+    /// The shard map: which tables are split by which key column and how keys are hashed.
+    /// Without it every statement goes to shard 0.
+    #[serde(default)]
+    pub sharding: Option<Sharding>,
 }
 
 fn default_true() -> bool {

@@ -9,6 +9,10 @@
 use pg_query::protobuf::TransactionStmtKind;
 use pg_query::{Context, NodeEnum, NodeRef};
 
+use super::normalize::literal_spans;
+use super::shard::facts::{statement_facts, StatementFacts};
+use super::shard::ShardHint;
+
 /// A role asked for by a hint or `SET usher.role`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RoleHint {
@@ -59,6 +63,12 @@ pub struct Classification {
     pub statements: usize,
     /// The string is a single COMMIT/END (`Some(true)`) or ROLLBACK/ABORT (`Some(false)`).
     pub ends: Option<bool>,
+    /// `/* usher: shard=N */` or `/* usher: key=V */` on the statement.
+    pub shard_hint: Option<ShardHint>,
+    /// `SET usher.shard` / `SET usher.sharding_key` (Some(Some)) or their RESET (Some(None)).
+    pub set_shard: Option<Option<ShardHint>>,
+    /// Sharding facts, one entry per statement.
+    pub shard: Vec<StatementFacts>,
 }
 
 /// Built-in functions with side effects: a call sends the statement to the primary.
@@ -120,7 +130,13 @@ pub fn is_configured_write(function: &str, configured: &[String]) -> bool {
 
 /// Reads `/* usher: role=primary */` style hints; the last one wins.
 pub fn parse_hint(sql: &str) -> Option<RoleHint> {
+    parse_hints(sql).0
+}
+
+/// Reads `/* usher: role=..., shard=N, key=V */` hints; the last of each kind wins.
+pub fn parse_hints(sql: &str) -> (Option<RoleHint>, Option<ShardHint>) {
     let mut hint = None;
+    let mut shard = None;
     let mut rest = sql;
     while let Some(start) = rest.find("/*") {
         let after = &rest[start + 2..];
@@ -128,22 +144,52 @@ pub fn parse_hint(sql: &str) -> Option<RoleHint> {
         let body = after[..end].trim();
         if let Some(kv) = body.strip_prefix("usher:") {
             for pair in kv.split([',', ' ']).filter(|p| !p.is_empty()) {
-                if let Some(v) = pair.trim().strip_prefix("role=") {
+                let pair = pair.trim();
+                if let Some(v) = pair.strip_prefix("role=") {
                     hint = RoleHint::parse(v).or(hint);
+                } else if let Some(v) = pair.strip_prefix("shard=") {
+                    shard = v.parse().ok().map(ShardHint::Shard).or(shard);
+                } else if let Some(v) = pair.strip_prefix("key=") {
+                    let v = v.trim_matches('\'').trim_matches('"');
+                    if !v.is_empty() {
+                        shard = Some(ShardHint::Key(v.to_string()));
+                    }
                 }
             }
         }
         rest = &after[end + 2..];
     }
-    hint
+    (hint, shard)
+}
+
+/// The value of `SET usher.shard` / `SET usher.sharding_key` (None for RESET or SET DEFAULT).
+fn shard_setting(name: &str, args: &[pg_query::protobuf::Node]) -> Option<ShardHint> {
+    use pg_query::protobuf::a_const::Val;
+    let value = match args.first().and_then(|a| a.node.as_ref()) {
+        Some(NodeEnum::AConst(k)) => match &k.val {
+            Some(Val::Sval(s)) => s.sval.clone(),
+            Some(Val::Ival(i)) => i.ival.to_string(),
+            Some(Val::Fval(f)) => f.fval.clone(),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    if name == "usher.shard" {
+        // An unparsable number becomes an out-of-range shard, reported when used.
+        Some(ShardHint::Shard(value.trim().parse().unwrap_or(usize::MAX)))
+    } else {
+        Some(ShardHint::Key(value))
+    }
 }
 
 /// Classifies `sql`. The result depends only on the text (configured write functions are
 /// checked against [`Classification::functions`] when routing), so it can be cached for all
 /// databases alike.
 pub fn classify(sql: &str) -> Classification {
+    let (hint, shard_hint) = parse_hints(sql);
     let mut c = Classification {
-        hint: parse_hint(sql),
+        hint,
+        shard_hint,
         ..Classification::default()
     };
     let parsed = match pg_query::parse(sql, pg_query::ParserOptions::default()) {
@@ -156,11 +202,13 @@ pub fn classify(sql: &str) -> Classification {
     };
     let mut statements = 0;
     let mut usher_settings = 0;
+    let spans = literal_spans(sql.as_bytes());
     for raw in &parsed.protobuf.stmts {
         let Some(node) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
             continue;
         };
         statements += 1;
+        c.shard.push(statement_facts(node, sql.as_bytes(), &spans));
         match node {
             NodeEnum::SelectStmt(_) | NodeEnum::VariableShowStmt(_) | NodeEnum::ExplainStmt(_) => {}
             NodeEnum::DeclareCursorStmt(_)
@@ -181,6 +229,11 @@ pub fn classify(sql: &str) -> Classification {
                         _ => None,
                     }
                     .or(Some(RoleHint::Auto));
+                } else if set.name.eq_ignore_ascii_case("usher.shard")
+                    || set.name.eq_ignore_ascii_case("usher.sharding_key")
+                {
+                    usher_settings += 1;
+                    c.set_shard = Some(shard_setting(&set.name.to_ascii_lowercase(), &set.args));
                 } else if set.name.to_ascii_lowercase().starts_with("usher.") {
                     usher_settings += 1;
                 }
@@ -349,6 +402,23 @@ mod tests {
             (Some(RoleHint::Primary), true, false)
         );
         assert_eq!(classify("RESET usher.role").set_role, Some(RoleHint::Auto));
+        assert_eq!(
+            classify("/* usher: shard=2 */ SELECT 1").shard_hint,
+            Some(ShardHint::Shard(2))
+        );
+        assert_eq!(
+            classify("SELECT 1 /* usher: key='abc', role=replica */").shard_hint,
+            Some(ShardHint::Key("abc".into()))
+        );
+        assert_eq!(
+            classify("SET usher.shard = 3").set_shard,
+            Some(Some(ShardHint::Shard(3)))
+        );
+        assert_eq!(
+            classify("SET usher.sharding_key = '42'").set_shard,
+            Some(Some(ShardHint::Key("42".into())))
+        );
+        assert_eq!(classify("RESET usher.shard").set_shard, Some(None));
         assert_eq!(
             classify("SELECT my_fn(1)").functions,
             vec!["my_fn".to_string()]

@@ -5,6 +5,7 @@
 //! quoted identifiers are kept as they are.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use super::lex::{dollar_quote, skip_quoted};
 
@@ -13,6 +14,95 @@ pub fn cache_key(sql: &[u8]) -> Cow<'_, [u8]> {
     if sql.windows(5).any(|w| w.eq_ignore_ascii_case(b"usher")) {
         return Cow::Borrowed(sql);
     }
+    let (out, changed) = scan(sql, None);
+    if changed {
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(sql)
+    }
+}
+
+/// Byte ranges of the literal values in `sql`, in order: exactly the values [`cache_key`]
+/// replaces, so the n-th range of two texts with one cache key holds the same literal. Quoted
+/// strings include their quotes (an `E` prefix is not part of the range).
+pub fn literal_spans(sql: &[u8]) -> Vec<Range<usize>> {
+    let mut spans = Vec::new();
+    scan(sql, Some(&mut spans));
+    spans
+}
+
+/// The text of a literal found by [`literal_spans`]: unquoted and unescaped for strings (`E`
+/// strings when `sql` has the prefix), as written for numbers. `None` for malformed input.
+pub fn literal_value(sql: &[u8], span: &Range<usize>) -> Option<Vec<u8>> {
+    let raw = sql.get(span.clone())?;
+    match raw.first()? {
+        b'\'' => {
+            let inner = raw.strip_prefix(b"'")?.strip_suffix(b"'")?;
+            let escapes = span.start > 0 && matches!(sql[span.start - 1], b'e' | b'E');
+            Some(unescape(inner, escapes))
+        }
+        b'$' => {
+            let tag_end = raw[1..].iter().position(|b| *b == b'$')? + 2;
+            let body = raw.get(tag_end..raw.len().checked_sub(tag_end)?)?;
+            Some(body.to_vec())
+        }
+        _ => Some(raw.to_vec()),
+    }
+}
+
+fn unescape(inner: &[u8], escapes: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(inner.len());
+    let mut i = 0;
+    while i < inner.len() {
+        let c = inner[i];
+        if c == b'\'' && inner.get(i + 1) == Some(&b'\'') {
+            out.push(b'\'');
+            i += 2;
+        } else if escapes && c == b'\\' && i + 1 < inner.len() {
+            let e = inner[i + 1];
+            i += 2;
+            out.push(match e {
+                b'n' => b'\n',
+                b't' => b'\t',
+                b'r' => b'\r',
+                b'b' => 8,
+                b'f' => 12,
+                b'0'..=b'7' => {
+                    let mut v = (e - b'0') as u32;
+                    while i < inner.len() && v < 32 && (b'0'..=b'7').contains(&inner[i]) {
+                        v = v * 8 + (inner[i] - b'0') as u32;
+                        i += 1;
+                    }
+                    v as u8
+                }
+                b'x' => {
+                    let mut v = 0u32;
+                    let mut n = 0;
+                    while n < 2 && i < inner.len() && inner[i].is_ascii_hexdigit() {
+                        v = v * 16 + (inner[i] as char).to_digit(16).unwrap_or(0);
+                        i += 1;
+                        n += 1;
+                    }
+                    v as u8
+                }
+                other => other,
+            });
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Walks `sql` once: the text with literals replaced, whether anything was replaced, and the
+/// literal ranges when asked for.
+fn scan(sql: &[u8], mut spans: Option<&mut Vec<Range<usize>>>) -> (Vec<u8>, bool) {
+    let mut note = |r: Range<usize>| {
+        if let Some(s) = spans.as_deref_mut() {
+            s.push(r);
+        }
+    };
     let mut out = Vec::with_capacity(sql.len());
     let mut i = 0;
     let mut changed = false;
@@ -23,6 +113,7 @@ pub fn cache_key(sql: &[u8]) -> Cow<'_, [u8]> {
                 let escapes = i > 0 && matches!(sql[i - 1], b'e' | b'E');
                 let (end, closed) = skip_quoted(sql, i, escapes);
                 out.extend_from_slice(if closed { b"?" } else { b"?unterminated" });
+                note(i..end);
                 i = end;
                 changed = true;
             }
@@ -50,6 +141,7 @@ pub fn cache_key(sql: &[u8]) -> Cow<'_, [u8]> {
             b'$' => match dollar_quote(sql, i) {
                 Some((end, closed)) => {
                     out.extend_from_slice(if closed { b"?" } else { b"?unterminated" });
+                    note(i..end);
                     i = end;
                     changed = true;
                 }
@@ -71,6 +163,7 @@ pub fn cache_key(sql: &[u8]) -> Cow<'_, [u8]> {
                     out.push(c);
                     i += 1;
                 } else {
+                    let start = i;
                     while i < sql.len()
                         && (sql[i].is_ascii_alphanumeric() || sql[i] == b'.' || sql[i] == b'_')
                     {
@@ -83,6 +176,7 @@ pub fn cache_key(sql: &[u8]) -> Cow<'_, [u8]> {
                         i += 1;
                     }
                     out.push(b'?');
+                    note(start..i);
                     changed = true;
                 }
             }
@@ -103,11 +197,7 @@ pub fn cache_key(sql: &[u8]) -> Cow<'_, [u8]> {
             }
         }
     }
-    if changed {
-        Cow::Owned(out)
-    } else {
-        Cow::Borrowed(sql)
-    }
+    (out, changed)
 }
 
 #[cfg(test)]
@@ -144,6 +234,17 @@ mod tests {
             "SELECT 1 /* USHER: role=primary */"
         );
         assert_eq!(key("SELECT nextval('s')"), key("SELECT nextval('t')"));
+    }
+
+    #[test]
+    fn literal_values() {
+        let sql = b"SELECT 'o''k', E'a\\nb\\'', $t$x'y$t$, 42, 0x1F, $1 FROM t WHERE a = -7";
+        let spans = literal_spans(sql);
+        let values: Vec<String> = spans
+            .iter()
+            .map(|s| String::from_utf8(literal_value(sql, s).unwrap()).unwrap())
+            .collect();
+        assert_eq!(values, ["o'k", "a\nb'", "x'y", "42", "0x1F", "7"]);
     }
 
     #[test]
