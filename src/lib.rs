@@ -26,6 +26,7 @@ pub mod protocol;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod tools;
 
 pub use app::{serve, App};
 pub use config::Config;

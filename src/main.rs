@@ -22,6 +22,30 @@ enum Command {
     Run,
     /// Validate the config file and exit: non-zero with one line per problem.
     Check,
+    /// Apply migrations/NNNN_name.sql in order to every shard primary (re-running is a no-op).
+    Migrate {
+        /// Only this database (default: every database in the config).
+        #[arg(long)]
+        database: Option<String>,
+        /// Directory of NNNN_name.sql files.
+        #[arg(long, default_value = "migrations")]
+        dir: PathBuf,
+        /// Config user whose server credentials to use (default: health_check_user, else the
+        /// first user).
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Print the shard that owns a sharding key, and why.
+    ShardOf {
+        /// The database (default: the only sharded one).
+        #[arg(long)]
+        database: Option<String>,
+        /// Use this table's key type (when it overrides the database's).
+        #[arg(long)]
+        table: Option<String>,
+        /// The key value, as text (e.g. 42 or a uuid).
+        key: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +68,61 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run => run(config),
+        Command::Migrate {
+            database,
+            dir,
+            user,
+        } => migrate(
+            config,
+            usher::tools::migrate::Options {
+                database,
+                dir,
+                user,
+            },
+        ),
+        Command::ShardOf {
+            database,
+            table,
+            key,
+        } => match usher::tools::shard_of::shard_of(
+            &config,
+            database.as_deref(),
+            table.as_deref(),
+            &key,
+        ) {
+            Ok((_, why)) => {
+                println!("{why}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("usher shard-of: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn migrate(config: usher::Config, opts: usher::tools::migrate::Options) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("usher: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout();
+    match runtime.block_on(usher::tools::migrate::run(&config, &opts, &mut out)) {
+        Ok(n) => {
+            println!("usher migrate: done, {n} migration(s) applied");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("usher migrate: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

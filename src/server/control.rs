@@ -76,6 +76,37 @@ impl ServerConn {
         }
     }
 
+    /// Sends `bytes` (whole client messages ending in a Sync or Query) and returns every frame
+    /// the server answers with, up to and including ReadyForQuery. Parameter reports are
+    /// recorded. Errors inside the answer are part of it; only a broken connection fails.
+    pub async fn exchange(
+        &mut self,
+        bytes: &[u8],
+    ) -> Result<Vec<crate::protocol::Frame>, ServerError> {
+        self.write(bytes).await?;
+        let mut frames = Vec::new();
+        loop {
+            match crate::protocol::split_frame(&mut self.rbuf, usize::MAX >> 1) {
+                Ok(Some(f)) => {
+                    if f.tag == b'S' {
+                        if let Some((k, v)) = parse_param_status(f.body()) {
+                            self.state.reported.insert(k, v);
+                        }
+                    }
+                    let done = f.tag == b'Z';
+                    frames.push(f);
+                    if done {
+                        return Ok(frames);
+                    }
+                }
+                Ok(None) => {
+                    self.fill().await?;
+                }
+                Err(e) => return Err(self.protocol(e.to_string())),
+            }
+        }
+    }
+
     /// Makes the server's parameters equal `desired`: sets what differs, resets what a previous
     /// client changed and this one did not ask for. Returns nothing to do in the common case
     /// without a round trip. Values the server reports back canonically are copied into

@@ -4,6 +4,9 @@
 //! swallowed. If such a transaction later tries to write on the replica, the client gets
 //! SQLSTATE 25006 with a message naming the setting, never a silent misroute. A transaction
 //! that ends before any statement is answered by usher alone.
+//!
+//! Sharded databases hold every BEGIN the same way: a transaction runs on one shard, and the
+//! first statement that names a key (or a hint) says which.
 
 use bytes::{Bytes, BytesMut};
 
@@ -25,7 +28,10 @@ impl Session {
         let Some(db) = config.databases.get(&self.login.database) else {
             return false;
         };
-        if !db.read_write_split || db.read_write_strategy != ReadWriteStrategy::Aggressive {
+        let sharded = db.sharding.is_some();
+        if !sharded
+            && (!db.read_write_split || db.read_write_strategy != ReadWriteStrategy::Aggressive)
+        {
             return false;
         }
         let sql = frame.raw.slice(5..frame.raw.len() - 1);
@@ -34,8 +40,23 @@ impl Session {
             return false;
         }
         let mut out = BytesMut::new();
-        if self.held_begin.is_none() && class.begins == Some(false) {
-            out.extend_from_slice(&Frame::new(b'C', b"BEGIN\0").raw);
+        let holds = match class.begins {
+            Some(read_only) => sharded || !read_only,
+            None => false,
+        };
+        if self.held_begin.is_none() && holds {
+            let start = sql
+                .iter()
+                .position(|b| !b.is_ascii_whitespace())
+                .is_some_and(|i| {
+                    sql[i..].len() >= 5 && sql[i..i + 5].eq_ignore_ascii_case(b"start")
+                });
+            let tag: &[u8] = if start {
+                b"START TRANSACTION\0"
+            } else {
+                b"BEGIN\0"
+            };
+            out.extend_from_slice(&Frame::new(b'C', tag).raw);
             messages::ready_for_query(&mut out, b'T');
             self.txn_status = b'T';
             self.held_begin = Some(frame.clone());

@@ -8,12 +8,14 @@
 //! held whole); only ReadyForQuery and ParameterStatus bodies are read.
 
 mod aggressive;
+mod broadcast;
 mod params;
 mod prepared;
 mod relay;
 mod responses;
 mod retry;
 mod route;
+mod shard;
 pub mod sql_scan;
 
 use std::sync::Arc;
@@ -57,6 +59,9 @@ impl From<ProtocolError> for SessionError {
 enum Flow {
     Continue,
     Stop,
+    /// Put this frame back and process it later: when more client data arrived (its batch is
+    /// incomplete) or, with a server attached, once the server answered what is in flight.
+    Wait(Frame),
 }
 
 /// One client's session.
@@ -95,6 +100,13 @@ pub struct Session {
     /// The attached transaction was routed to a replica by the aggressive strategy: its
     /// read-only errors are rewritten to name the setting.
     rewrite_read_only: bool,
+    /// The database has a shard map (statements are checked against the attached shard).
+    sharded: bool,
+    /// Client frames wait in the buffer until the server answered what is in flight.
+    deferred: bool,
+    /// The attached server only prepares statements for a transaction whose BEGIN is held:
+    /// its idle ReadyForQuery is shown to the client as 'T'.
+    side_trip: bool,
 }
 
 impl Session {
@@ -104,7 +116,11 @@ impl Session {
         let db = &config.databases[&login.database];
         let user = config.user(&login.user).expect("login checked the user");
         let mode = config.pool_mode(db, user);
+        let sharded = db.sharding.is_some();
         Session {
+            sharded,
+            deferred: false,
+            side_trip: false,
             id: app.next_client_id(),
             params: ClientParams::new(login.params.clone()),
             app,
@@ -146,6 +162,7 @@ impl Session {
             let event = {
                 let Session { io, server, .. } = self;
                 match server {
+                    Some(lease) if self.deferred => Event::Server(lease.conn().fill().await),
                     Some(lease) => {
                         let conn = lease.conn();
                         tokio::select! {
@@ -164,7 +181,15 @@ impl Session {
                     }
                 }
                 Event::Client(Err(e)) => return Err(FrontendError::Io(e).into()),
-                Event::Server(Ok(_)) => self.on_server_data().await?,
+                Event::Server(Ok(_)) => {
+                    self.on_server_data().await?;
+                    if self.deferred && (self.server.is_none() || self.tracker.is_idle()) {
+                        self.deferred = false;
+                        if let Flow::Stop = self.on_client_data().await? {
+                            return Ok(());
+                        }
+                    }
+                }
                 Event::Server(Err(e)) => {
                     if self.retry_read(&e.to_string()).await? {
                         continue;
@@ -198,6 +223,13 @@ impl Session {
             match self.on_client_frame(frame).await {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Stop) => return Ok(Flow::Stop),
+                Ok(Flow::Wait(frame)) => {
+                    let rest = self.io.rbuf.split();
+                    self.io.rbuf.extend_from_slice(&frame.raw);
+                    self.io.rbuf.unsplit(rest);
+                    self.deferred = self.server.is_some();
+                    break;
+                }
                 Err(SessionError::Client(FrontendError::Protocol(e))) => {
                     self.io
                         .fatal("08P01", &format!("invalid message: {e}"))
@@ -262,21 +294,63 @@ impl Session {
                 }
                 _ => {}
             }
-            if self.hold_begin(&frame) {
-                return Ok(Flow::Continue);
-            }
-            if let Err((code, message)) = self.attach(&frame).await {
-                let e = messages::error_response("ERROR", &code, &message, None);
-                self.client_out.push(e);
-                if frame.tag == b'Q' || frame.tag == b'F' {
-                    self.push_local_ready();
-                } else {
-                    self.skip_until_sync = true;
+            if self.held_begin.is_some() && self.txn_status == b'E' {
+                // usher refused this transaction's first statement: it is aborted.
+                if !self.hold_begin(&frame) {
+                    self.refuse(frame.tag, shard::aborted_error());
                 }
                 return Ok(Flow::Continue);
             }
+            if self.hold_begin(&frame) {
+                return Ok(Flow::Continue);
+            }
+            let mut side_trip = false;
+            let shard = match self.shard_of_batch(&frame) {
+                Ok(Some(shard::ShardChoice::Shard(s))) => s,
+                Ok(Some(shard::ShardChoice::Prepare(s))) => {
+                    side_trip = self.held_begin.is_some();
+                    s
+                }
+                Ok(Some(shard::ShardChoice::Broadcast)) if self.held_begin.is_none() => {
+                    return self.broadcast(frame).await;
+                }
+                Ok(Some(shard::ShardChoice::Broadcast)) => {
+                    let e = messages::error_response("ERROR", "0A000", "usher: DDL runs on every shard and must be sent outside a transaction block (or with /* usher: shard=N */ to run it on one shard)", None);
+                    self.refuse_in_held_transaction(frame.tag, e);
+                    return Ok(Flow::Continue);
+                }
+                Ok(None) => return Ok(Flow::Wait(frame)),
+                Err(e) => {
+                    let e = messages::error_response("ERROR", e.sqlstate(), &e.to_string(), None);
+                    self.refuse_in_held_transaction(frame.tag, e);
+                    return Ok(Flow::Continue);
+                }
+            };
+            if let Err((code, message)) = self.attach(&frame, shard).await {
+                let e = messages::error_response("ERROR", &code, &message, None);
+                self.refuse_in_held_transaction(frame.tag, e);
+                return Ok(Flow::Continue);
+            }
             self.start_replay();
-            self.release_held_begin();
+            if side_trip {
+                // Only preparing: the held BEGIN stays held, and the client keeps seeing its
+                // transaction as open.
+                self.side_trip = true;
+                self.rewrite_read_only = false;
+            } else {
+                self.release_held_begin();
+            }
+        } else if self.sharded && matches!(frame.tag, b'Q' | b'B') {
+            match self.check_pinned(&frame) {
+                shard::PinCheck::Run => {}
+                shard::PinCheck::Defer => return Ok(Flow::Wait(frame)),
+                shard::PinCheck::Reject(code, message) => {
+                    self.replay = None;
+                    self.inject_error(&frame, code, &message);
+                    self.client_out.append(&mut self.tracker.ready);
+                    return Ok(Flow::Continue);
+                }
+            }
         }
         self.record(&frame);
         self.forward(frame)?;
@@ -296,10 +370,13 @@ impl Session {
             b'Q' => {
                 let sql = frame.body().strip_suffix(b"\0").unwrap_or(frame.body());
                 let (changes, statements) = sql_scan::scan(&String::from_utf8_lossy(sql));
-                if changes.iter().any(|c| matches!(c, SessionChange::Set(n) | SessionChange::Reset(n) if n == "usher.role")) {
+                if changes.iter().any(|c| matches!(c, SessionChange::Set(n) | SessionChange::Reset(n) if n.to_ascii_lowercase().starts_with("usher."))) {
                     let class = self.app.query_cache.classify(&frame.raw.slice(5..frame.raw.len() - 1));
                     if let Some(role) = class.set_role {
                         self.route.role_override = Some(role);
+                    }
+                    if let Some(hint) = &class.set_shard {
+                        self.route.shard_override = hint.clone();
                     }
                 }
                 if rewrite && statements == 1 {
@@ -389,6 +466,46 @@ impl Session {
         !self.app.query_cache.classify(&sql).parse_error
     }
 
+    /// Answers a message usher refuses with `error` (and ReadyForQuery for a simple Query; an
+    /// extended-protocol batch is skipped up to its Sync).
+    fn refuse(&mut self, tag: u8, error: Bytes) {
+        self.client_out.push(error);
+        if tag == b'Q' || tag == b'F' {
+            self.push_local_ready();
+        } else {
+            self.skip_until_sync = true;
+        }
+    }
+
+    /// Like [`Session::refuse`]; inside a transaction whose BEGIN usher holds back, the
+    /// transaction is now aborted, as Postgres would leave it.
+    fn refuse_in_held_transaction(&mut self, tag: u8, error: Bytes) {
+        if self.held_begin.is_some() {
+            self.txn_status = b'E';
+        }
+        self.refuse(tag, error);
+    }
+
+    /// The shard for the transaction starting with `frame`; `None` while the rest of its batch
+    /// is still on the way (sharded databases route by the bind values that follow a Parse).
+    fn shard_of_batch(
+        &self,
+        frame: &Frame,
+    ) -> Result<Option<shard::ShardChoice>, crate::router::shard::ShardError> {
+        if !self.sharded {
+            return Ok(Some(shard::ShardChoice::Shard(0)));
+        }
+        let config = self.app.config();
+        let Some(db) = config.databases.get(&self.login.database) else {
+            return Ok(Some(shard::ShardChoice::Shard(0)));
+        };
+        let (frames, complete) = self.batch(frame);
+        if !complete {
+            return Ok(None);
+        }
+        self.choose_shard(&frames, db).map(Some)
+    }
+
     /// Answers a Sync usher handled itself.
     fn push_local_ready(&mut self) {
         let mut out = BytesMut::new();
@@ -399,9 +516,9 @@ impl Session {
 
     /// Gets a server for the transaction starting with `first`; on failure returns the
     /// SQLSTATE and message for the client.
-    async fn attach(&mut self, first: &Frame) -> Result<(), (String, String)> {
+    async fn attach(&mut self, first: &Frame, shard: usize) -> Result<(), (String, String)> {
         let config = self.app.config();
-        let (mut lease, _target) = self.route_and_checkout(first, &config).await?;
+        let (mut lease, _target) = self.route_and_checkout(first, &config, shard).await?;
         let conn = lease.conn();
         *self.login.cancel_slot.lock() = Some(CancelTarget {
             addr: conn.addr.clone(),
@@ -458,7 +575,10 @@ impl Session {
             pass,
             client_out,
             txn_status,
-            self.rewrite_read_only,
+            relay::Rewrite {
+                read_only: self.rewrite_read_only,
+                idle_as_in_transaction: self.side_trip,
+            },
         )?;
         if !self.client_out.is_empty() {
             self.replay = None;
@@ -491,6 +611,9 @@ impl Session {
             return;
         }
         self.release().await;
+        if std::mem::take(&mut self.side_trip) {
+            self.txn_status = b'T';
+        }
     }
 
     /// Brings the server's bookkeeping up to date and returns it to the pool.

@@ -59,6 +59,15 @@ impl ClientStatements {
         self.named.remove(name).is_some()
     }
 
+    /// The statement a Bind refers to by the client's name (empty = the unnamed statement).
+    pub fn statement(&self, name: &[u8]) -> Option<Arc<Statement>> {
+        if name.is_empty() {
+            self.unnamed.as_ref().map(|(_, s)| s.clone())
+        } else {
+            self.named.get(name).cloned()
+        }
+    }
+
     /// The query text a Bind or Describe-statement body refers to (for routing).
     pub fn query_of(&self, name: &[u8]) -> Option<Bytes> {
         if name.is_empty() {

@@ -19,6 +19,16 @@ pub struct Pass {
     pub forward: bool,
 }
 
+/// Changes made to server frames on their way to the client.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rewrite {
+    /// Read-only errors (25006) name the aggressive strategy.
+    pub read_only: bool,
+    /// An idle ReadyForQuery is shown as 'T': the client's transaction is open in usher (its
+    /// BEGIN held back) while this server only prepared statements for it.
+    pub idle_as_in_transaction: bool,
+}
+
 /// Largest server frame accepted (Postgres never sends one over 1 GB + header).
 const MAX_SERVER_FRAME: usize = (1 << 30) + 64;
 
@@ -31,7 +41,7 @@ pub fn scan(
     pass: &mut Option<Pass>,
     out: &mut Vec<Bytes>,
     txn_status: &mut u8,
-    rewrite_read_only: bool,
+    rewrite: Rewrite,
 ) -> Result<(), ServerError> {
     let mut run = 0usize;
     loop {
@@ -56,7 +66,7 @@ pub fn scan(
             .map_err(|e| conn.protocol(e.to_string()))?;
         let Some((tag, total)) = header else { break };
         let available = conn.rbuf.len() - run;
-        if tag == b'E' && rewrite_read_only {
+        if tag == b'E' && rewrite.read_only {
             if available < total {
                 break;
             }
@@ -78,6 +88,9 @@ pub fn scan(
                 *txn_status = *body
                     .first()
                     .ok_or_else(|| conn.protocol("empty ReadyForQuery".into()))?;
+                if rewrite.idle_as_in_transaction && *txn_status == b'I' {
+                    conn.rbuf[run + 5] = b'T';
+                }
             } else if let Some((name, value)) = crate::server::parse_param_status(body) {
                 params.on_report(&name, &value, &mut conn.state);
             }

@@ -42,6 +42,10 @@ pub enum Expect {
     CopyEnd,
     /// A simple query usher sent itself (a held-back BEGIN): its whole answer is swallowed.
     HiddenQuery,
+    /// A simple query usher sent in place of an extended-protocol message to raise an error
+    /// inside the client's transaction: its ErrorResponse is forwarded, its ReadyForQuery
+    /// swallowed (the client gets one at its own Sync).
+    InjectedError,
 }
 
 /// What to do with one server frame.
@@ -81,9 +85,11 @@ impl Tracker {
             return;
         }
         match expect {
-            Expect::Sync | Expect::Query | Expect::FunctionCall | Expect::HiddenQuery => {
-                self.unsynced = false
-            }
+            Expect::Sync
+            | Expect::Query
+            | Expect::FunctionCall
+            | Expect::HiddenQuery
+            | Expect::InjectedError => self.unsynced = false,
             // Answered by usher: the server is not inside an implicit transaction because of it.
             Expect::Local(_) | Expect::CopyEnd => {}
             _ => self.unsynced = true,
@@ -138,6 +144,14 @@ impl Tracker {
                 self.release_local();
             }
             return Decision::Swallow;
+        }
+        if self.queue.front() == Some(&Expect::InjectedError) {
+            if tag == b'Z' {
+                self.queue.pop_front();
+                self.release_local();
+                return Decision::Swallow;
+            }
+            return Decision::Forward;
         }
         let decision = match tag {
             b'N' | b'A' | b'S' => return Decision::Forward,

@@ -68,7 +68,7 @@ impl Session {
         if let Some(server) = topology
             .databases
             .get(&self.login.database)
-            .and_then(|s| s.first())
+            .and_then(|s| s.get(self.route.attached_shard))
             .and_then(|s| s.servers.get(self.route.attached_server))
         {
             server.ban(config.general.ban_time.0, why);
@@ -82,7 +82,11 @@ impl Session {
         self.tracker.clear();
         self.pass = None;
         self.txn_status = b'I';
-        if self.attach(&frames[0]).await.is_err() {
+        if self
+            .attach(&frames[0], self.route.attached_shard)
+            .await
+            .is_err()
+        {
             return Ok(false);
         }
         self.start_replay();

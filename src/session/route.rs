@@ -12,17 +12,25 @@ use crate::config::{Config, PoolMode};
 use crate::pool::{Lease, Pool, PoolError};
 use crate::protocol::frame::peek_header;
 use crate::protocol::{extended, Frame};
+use crate::router::shard::ShardHint;
 use crate::router::{self, Classification, Role, RoleHint, Target};
 use crate::server::ServerError;
 
-/// Pools by server index for shard 0, and the config they were made for.
-type PoolSlots = Option<(Arc<Config>, Vec<Option<Arc<Pool>>>)>;
+/// Pools by shard and server index, and the config they were made for.
+type PoolSlots = Option<(Arc<Config>, Vec<Vec<Option<Arc<Pool>>>>)>;
+
+/// A batch larger than this is routed on what has arrived, without waiting for its Sync.
+const MAX_LOOKAHEAD: usize = 16 << 20;
 
 /// Routing state a session keeps between transactions.
 #[derive(Default)]
 pub struct RouteState {
     /// `SET usher.role` for the session.
     pub role_override: Option<RoleHint>,
+    /// `SET usher.shard` / `SET usher.sharding_key` for the session.
+    pub shard_override: Option<ShardHint>,
+    /// Shard of the attached server.
+    pub attached_shard: usize,
     /// Read-your-writes: the WAL position of the client's last committed write.
     pub min_lsn: u64,
     /// The attached transaction wrote on the primary (its commit LSN is read at release).
@@ -32,13 +40,13 @@ pub struct RouteState {
     pub track_writes: bool,
     /// Role of the attached server.
     pub attached_role: Option<Role>,
-    /// Index (in shard 0) of the attached server.
+    /// Index (within its shard) of the attached server.
     pub attached_server: usize,
     /// Servers a read being retried must avoid.
     pub exclude: Vec<usize>,
     /// The attached transaction is a read that may be replayed elsewhere.
     pub retryable: bool,
-    /// Pools by server index for shard 0, valid for one config.
+    /// Pools by shard and server index, valid for one config.
     pools: PoolSlots,
 }
 
@@ -87,6 +95,30 @@ impl Session {
         }
     }
 
+    /// The transaction starting with `first`: it and the messages the client already pipelined
+    /// behind it, up to its Sync; and whether that Sync (or a Flush) has arrived.
+    pub(super) fn batch(&self, first: &Frame) -> (Vec<(u8, Bytes)>, bool) {
+        let mut frames = vec![(first.tag, first.raw.clone())];
+        if first.tag == b'Q' || first.tag == b'S' {
+            return (frames, true);
+        }
+        let buf = &self.io.rbuf;
+        let mut pos = 0;
+        loop {
+            match peek_header(&buf[pos..], self.io.max_message) {
+                Ok(Some((tag, total))) if buf.len() >= pos + total => {
+                    if matches!(tag, b'S' | b'Q' | b'H') {
+                        return (frames, true);
+                    }
+                    frames.push((tag, Bytes::copy_from_slice(&buf[pos..pos + total])));
+                    pos += total;
+                }
+                Ok(_) => return (frames, pos >= MAX_LOOKAHEAD),
+                Err(_) => return (frames, true),
+            }
+        }
+    }
+
     /// Classification of the transaction starting with `first`, merged over the messages the
     /// client already pipelined behind it (up to its Sync).
     fn classify_batch(&self, first: &Frame) -> Classification {
@@ -99,17 +131,10 @@ impl Session {
             merged.parse_error |= c.parse_error;
             merged.functions.extend(c.functions.iter().cloned());
         };
-        let mut frames = vec![(first.tag, first.raw.clone())];
-        if first.tag != b'Q' && first.tag != b'S' {
-            let buf = &self.io.rbuf;
-            let mut pos = 0;
-            while let Ok(Some((tag, total))) = peek_header(&buf[pos..], self.io.max_message) {
-                if buf.len() < pos + total || tag == b'S' || tag == b'Q' {
-                    break;
-                }
-                frames.push((tag, Bytes::copy_from_slice(&buf[pos..pos + total])));
-                pos += total;
-            }
+        let (mut frames, _) = self.batch(first);
+        if let Some(begin) = &self.held_begin {
+            // The BEGIN usher held back opens this transaction.
+            frames.insert(0, (begin.tag, begin.raw.clone()));
         }
         for (tag, raw) in frames {
             if let Some(sql) = query_text(self, tag, &raw) {
@@ -119,11 +144,12 @@ impl Session {
         merged
     }
 
-    /// Routes and checks out a server for the transaction starting with `first`.
+    /// Routes and checks out a server of `shard` for the transaction starting with `first`.
     pub(super) async fn route_and_checkout(
         &mut self,
         first: &Frame,
         config: &Arc<Config>,
+        shard_index: usize,
     ) -> Result<(Lease, Target), (String, String)> {
         let name = self.login.database.clone();
         let db = &config.databases[&name];
@@ -164,26 +190,26 @@ impl Session {
         let shard = topology
             .databases
             .get(&name)
-            .and_then(|s| s.first())
+            .and_then(|s| s.get(shard_index))
             .ok_or_else(|| {
                 (
                     "08006".to_string(),
-                    format!("database {name:?} has no shards"),
+                    format!("database {name:?} has no shard {shard_index}"),
                 )
             })?;
         let mut exclude = std::mem::take(&mut self.route.exclude);
         let mut attempts = 0;
         loop {
-            let pools = self.pools_for(config);
+            let pools = self.pools_for(config, shard_index);
             let target = if wants_primary {
-                router::primary_of(&name, 0, shard)
+                router::primary_of(&name, shard_index, shard)
             } else {
                 let min_lsn = if db.read_your_writes {
                     self.route.min_lsn
                 } else {
                     0
                 };
-                router::pick_reader(&name, db, 0, shard, min_lsn, &exclude, |i| {
+                router::pick_reader(&name, db, shard_index, shard, min_lsn, &exclude, |i| {
                     pools
                         .get(i)
                         .and_then(|p| p.as_ref())
@@ -196,12 +222,13 @@ impl Session {
             }
             .map_err(|e| (e.sqlstate().to_string(), e.to_string()))?;
             let server = &shard.servers[target.server];
-            let pool = self.pool_at(config, user, target.server, &server.addr);
+            let pool = self.pool_at(config, user, shard_index, target.server, &server.addr);
             match pool.checkout().await {
                 Ok(mut lease) => match self.prepare_server(&mut lease).await {
                     Ok(()) => {
                         self.route.attached_role = Some(target.role);
                         self.route.attached_server = target.server;
+                        self.route.attached_shard = shard_index;
                         self.route.retryable = !wants_primary;
                         return Ok((lease, target));
                     }
@@ -239,9 +266,11 @@ impl Session {
         }
     }
 
-    fn pools_for(&mut self, config: &Arc<Config>) -> Vec<Option<Arc<Pool>>> {
+    fn pools_for(&mut self, config: &Arc<Config>, shard: usize) -> Vec<Option<Arc<Pool>>> {
         match &self.route.pools {
-            Some((c, pools)) if Arc::ptr_eq(c, config) => pools.clone(),
+            Some((c, pools)) if Arc::ptr_eq(c, config) => {
+                pools.get(shard).cloned().unwrap_or_default()
+            }
             _ => {
                 self.route.pools = Some((config.clone(), Vec::new()));
                 Vec::new()
@@ -249,10 +278,12 @@ impl Session {
         }
     }
 
-    fn pool_at(
+    /// The pool of server `index` of `shard` (cached per session for the current config).
+    pub(super) fn pool_at(
         &mut self,
         config: &Arc<Config>,
         user: &crate::config::User,
+        shard: usize,
         index: usize,
         addr: &crate::config::ServerAddr,
     ) -> Arc<Pool> {
@@ -263,6 +294,10 @@ impl Session {
                 &mut self.route.pools.as_mut().expect("just set").1
             }
         };
+        if pools.len() <= shard {
+            pools.resize(shard + 1, Vec::new());
+        }
+        let pools = &mut pools[shard];
         if pools.len() <= index {
             pools.resize(index + 1, None);
         }

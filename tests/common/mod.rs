@@ -488,6 +488,52 @@ pub fn split_config(db: &str, replicas: &[u16], general_extra: &str, db_extra: &
     )
 }
 
+/// `n` fresh databases on the primary, one per shard.
+pub fn shard_dbs(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|_| topology().create_db(prefix)).collect()
+}
+
+/// A config whose database `db` is split over the primary databases `shards`, with the
+/// `[databases.db.sharding]` body `sharding`.
+pub fn sharded_config(db: &str, shards: &[String], sharding: &str) -> String {
+    let t = topology();
+    let list: Vec<String> = shards
+        .iter()
+        .map(|s| format!("{{ primary = \"127.0.0.1:{}/{s}\" }}", t.primary.port))
+        .collect();
+    let base = config(db, "");
+    let old = format!(
+        "[databases.{db}]\nshards = [ {{ primary = \"127.0.0.1:{port}/{db}\" }} ]",
+        port = t.primary.port
+    );
+    assert!(base.contains(&old));
+    base.replace(
+        &old,
+        &format!(
+            "[databases.{db}]\nshards = [ {} ]\n\n[databases.{db}.sharding]\n{sharding}",
+            list.join(", ")
+        ),
+    )
+}
+
+/// Runs `usher migrate` (the library entry point) with the repository's migrations/ on every
+/// shard of `config_text`; returns the progress output.
+pub async fn migrate(config_text: &str, dir: &str) -> Result<String, String> {
+    let config =
+        usher::config::load_str(config_text, Path::new("test.toml")).map_err(|e| e.to_string())?;
+    let opts = usher::tools::migrate::Options {
+        database: None,
+        dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir),
+        user: None,
+    };
+    let mut out = Vec::new();
+    let result = usher::tools::migrate::run(&config, &opts, &mut out).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    result
+        .map(|_| text.clone())
+        .map_err(|e| format!("{e}\n{text}"))
+}
+
 /// Starts usher with config text.
 pub async fn start_usher(config_text: &str) -> Usher {
     static TRACING: std::sync::Once = std::sync::Once::new();

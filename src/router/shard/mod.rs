@@ -164,25 +164,30 @@ pub fn place(
     shards: usize,
     values: &mut dyn Values,
 ) -> Result<Placement, ShardError> {
-    let mut result: Option<Placement> = None;
+    let mut result = Placement::NoTable;
     for f in statements {
-        let p = place_one(f, map, shards, values)?;
-        result = Some(match (result, p) {
-            (None, p) => p,
-            (Some(Placement::Broadcast), Placement::Broadcast) => Placement::Broadcast,
-            (Some(Placement::Broadcast), _) | (Some(_), Placement::Broadcast) => {
-                return Err(ShardError::MixedBroadcast)
-            }
-            (Some(Placement::Shard(a)), Placement::Shard(b)) if a != b => {
-                return Err(ShardError::CrossShard {
-                    what: "the statements of this query string".into(),
-                    shards: vec![a, b],
-                })
-            }
-            (Some(a), b) => std::cmp::min_by_key(a, b, rank),
-        });
+        result = combine(result, place_one(f, map, shards, values)?)?;
     }
-    Ok(result.unwrap_or(Placement::NoTable))
+    Ok(result)
+}
+
+/// The placement of two statements that run together (one query string, or one pipelined
+/// batch): the same shard, or an error.
+pub fn combine(a: Placement, b: Placement) -> Result<Placement, ShardError> {
+    Ok(match (a, b) {
+        (Placement::NoTable, p) | (p, Placement::NoTable) => p,
+        (Placement::Broadcast, Placement::Broadcast) => Placement::Broadcast,
+        (Placement::Broadcast, _) | (_, Placement::Broadcast) => {
+            return Err(ShardError::MixedBroadcast)
+        }
+        (Placement::Shard(a), Placement::Shard(b)) if a != b => {
+            return Err(ShardError::CrossShard {
+                what: "the statements sent together".into(),
+                shards: vec![a, b],
+            })
+        }
+        (a, b) => std::cmp::min_by_key(a, b, rank),
+    })
 }
 
 /// Which placement wins when statements are combined (lower wins).

@@ -102,7 +102,7 @@ fn errors_name_the_table() {
         ("INSERT INTO lessons (id) VALUES (1)".into(), "global table"),
         ("DELETE FROM lessons".into(), "global table"),
         ("COPY children FROM STDIN".into(), "COPY into sharded table"),
-        ("CREATE TABLE t (a int); SELECT 1".into(), "DDL runs on every shard"),
+        ("CREATE TABLE t (a int); SELECT * FROM families WHERE id = 1".into(), "DDL runs on every shard"),
         ("SELECT * FROM families WHERE id = 'abc'".into(), "not a valid bigint"),
         (format!("SELECT * FROM families WHERE id = {a}; SELECT * FROM families WHERE id = {b}"), "different shards"),
     ];

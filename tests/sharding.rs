@@ -1,0 +1,683 @@
+//! Sharding against real Postgres: family-keyed rows written through usher land on the shard
+//! `usher shard-of` names (checked by querying each shard directly, and by Postgres itself with
+//! hash-partitioned check tables when hasher = "postgres"), reads and joins by key, every
+//! refusal with its SQLSTATE, transaction pinning, hints, DDL broadcast and `usher migrate`.
+
+mod common;
+
+use std::collections::HashSet;
+
+use bytes::BufMut;
+use common::*;
+use futures_util::future::join_all;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+
+const MAP: &str = r#"hasher = "xxh3"
+key_type = "uuid"
+default_shard = 0
+tables = [
+  { name = "families", column = "id" },
+  { name = "children", column = "family_id" },
+  { name = "user_progress", column = "family_id" },
+  { name = "items", column = "family_no", key_type = "bigint" },
+]
+global_tables = ["lessons"]
+"#;
+
+/// A uuid sent in binary (16 bytes), without pulling in a uuid crate.
+#[derive(Debug, Clone, Copy)]
+struct Uuid([u8; 16]);
+
+impl Uuid {
+    fn new(n: u64, salt: u64) -> Uuid {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(
+            &xxhash_rust::xxh3::xxh3_64(&[n.to_le_bytes(), salt.to_le_bytes()].concat())
+                .to_be_bytes(),
+        );
+        b[8..].copy_from_slice(&n.to_be_bytes());
+        b[6] = (b[6] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        Uuid(b)
+    }
+
+    fn text(&self) -> String {
+        let h: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        )
+    }
+}
+
+impl ToSql for Uuid {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.put_slice(&self.0);
+        Ok(IsNull::No)
+    }
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::UUID
+    }
+    to_sql_checked!();
+}
+
+struct Sharded {
+    usher: Usher,
+    db: &'static str,
+    shards: Vec<String>,
+    config: String,
+}
+
+async fn setup(prefix: &str, map: &str) -> Sharded {
+    let shards = shard_dbs(prefix, 4);
+    let config = sharded_config("app", &shards, map);
+    migrate(&config, "migrations").await.unwrap();
+    for s in &shards {
+        topology()
+            .primary
+            .psql(s, "GRANT ALL ON ALL TABLES IN SCHEMA public TO trust_user");
+    }
+    let usher = start_usher(&config).await;
+    Sharded {
+        usher,
+        db: "app",
+        shards,
+        config,
+    }
+}
+
+fn shard_of(config: &str, table: Option<&str>, key: &str) -> usize {
+    let c = usher::config::load_str(config, std::path::Path::new("t.toml")).unwrap();
+    usher::tools::shard_of::shard_of(&c, Some("app"), table, key)
+        .unwrap()
+        .0
+}
+
+/// Sends P/B/E/S with text-format parameters over a raw connection; returns the SQLSTATE of
+/// an error, if any.
+async fn raw_text_params(
+    s: &mut tokio::net::TcpStream,
+    sql: &str,
+    params: &[&str],
+) -> Option<String> {
+    let mut out = Vec::new();
+    let mut msg = |tag: u8, body: Vec<u8>| {
+        out.push(tag);
+        out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+    };
+    let mut p = vec![0];
+    p.extend_from_slice(sql.as_bytes());
+    p.extend_from_slice(&[0, 0, 0]);
+    msg(b'P', p);
+    let mut b = vec![0, 0];
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for v in params {
+        b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+        b.extend_from_slice(v.as_bytes());
+    }
+    b.extend_from_slice(&0i16.to_be_bytes());
+    msg(b'B', b);
+    msg(b'E', vec![0, 0, 0, 0, 0]);
+    msg(b'S', vec![]);
+    s.write_all(&out).await.unwrap();
+    let mut buf = Vec::new();
+    let mut error = None;
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed");
+        buf.extend_from_slice(&chunk[..n]);
+        while buf.len() >= 5 {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if buf.len() < len + 1 {
+                break;
+            }
+            let frame: Vec<u8> = buf.drain(..len + 1).collect();
+            if frame[0] == b'E' {
+                let body = &frame[5..];
+                let mut i = 0;
+                while i < body.len() && body[i] != 0 {
+                    let end = i + 1 + body[i + 1..].iter().position(|b| *b == 0).unwrap();
+                    if body[i] == b'C' {
+                        error = Some(String::from_utf8_lossy(&body[i + 1..end]).into_owned());
+                    }
+                    i = end + 1;
+                }
+            }
+            if frame[0] == b'Z' {
+                return error;
+            }
+        }
+    }
+}
+
+/// Every row of `sql` on each shard, queried directly on the primary.
+fn per_shard(s: &Sharded, sql: &str) -> Vec<Vec<String>> {
+    s.shards
+        .iter()
+        .map(|db| {
+            topology()
+                .primary
+                .psql(db, sql)
+                .lines()
+                .map(str::to_string)
+                .filter(|l| !l.is_empty())
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_rows_land_where_shard_of_says() {
+    let s = setup("shrows", MAP).await;
+    let client = connect(s.usher.port, "app", s.db).await.unwrap();
+    // DDL through usher runs on every shard.
+    client
+        .batch_execute(
+            "CREATE TABLE items (family_no bigint NOT NULL, n int NOT NULL, how text NOT NULL)",
+        )
+        .await
+        .unwrap();
+    for db in &s.shards {
+        topology()
+            .primary
+            .psql(db, "GRANT ALL ON items TO trust_user");
+    }
+    // 10,000 families, 2,500 by each way a key can arrive.
+    for i in 0..2500u64 {
+        let u = Uuid::new(i, 1);
+        client
+            .batch_execute(&format!(
+                "INSERT INTO families (id, name) VALUES ('{}', 'simple {i}')",
+                u.text().to_uppercase()
+            ))
+            .await
+            .unwrap();
+    }
+    let binary = client
+        .prepare("INSERT INTO families (id, name) VALUES ($1, $2)")
+        .await
+        .unwrap();
+    for chunk in (2500..5000u64).collect::<Vec<_>>().chunks(50) {
+        // Pipelined: each statement routes on its own bind values.
+        let futs = chunk.iter().map(|i| {
+            let (binary, client) = (&binary, &client);
+            async move {
+                let name = format!("binary {i}");
+                client.execute(binary, &[&Uuid::new(*i, 1), &name]).await
+            }
+        });
+        for r in join_all(futs).await {
+            r.unwrap();
+        }
+    }
+    for i in 5000..7500u64 {
+        let text = format!("{{{}}}", Uuid::new(i, 1).text().replace('-', ""));
+        client
+            .query_typed(
+                "INSERT INTO families (id, name) VALUES ($1::text::uuid, $2)",
+                &[
+                    (&text, Type::TEXT),
+                    (&format!("typed text {i}"), Type::TEXT),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    let mut raw = raw_login(s.usher.port, "trust_user", s.db).await;
+    for i in 7500..10000u64 {
+        let id = Uuid::new(i, 1).text();
+        assert_eq!(
+            raw_text_params(
+                &mut raw,
+                "INSERT INTO families (id, name) VALUES ($1, $2)",
+                &[&id, "text format"]
+            )
+            .await,
+            None
+        );
+    }
+    // bigint keys: literal, quoted literal, binary int8, binary int4, text format.
+    for n in 0..400i64 {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO items (family_no, n, how) VALUES ({n}, 1, 'literal')"
+            ))
+            .await
+            .unwrap();
+        client
+            .batch_execute(&format!(
+                "INSERT INTO items (family_no, n, how) VALUES ('{n}', 2, 'quoted')"
+            ))
+            .await
+            .unwrap();
+        client
+            .execute(
+                "INSERT INTO items (family_no, n, how) VALUES ($1, 3, 'int8')",
+                &[&n],
+            )
+            .await
+            .unwrap();
+        client
+            .execute(
+                "INSERT INTO items (family_no, n, how) VALUES ($1::int4, 4, 'int4')",
+                &[&(n as i32)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            raw_text_params(
+                &mut raw,
+                "INSERT INTO items (family_no, n, how) VALUES ($1, 5, 'text')",
+                &[&n.to_string()]
+            )
+            .await,
+            None
+        );
+    }
+    // Each shard holds exactly the rows shard-of assigns to it; none missing, none twice.
+    let mut seen = HashSet::new();
+    for (shard, ids) in per_shard(&s, "SELECT id FROM families").iter().enumerate() {
+        assert!(ids.len() > 2000, "shard {shard} has {} families", ids.len());
+        for id in ids {
+            assert_eq!(shard_of(&s.config, None, id), shard, "family {id}");
+            assert!(seen.insert(id.clone()), "family {id} on two shards");
+        }
+    }
+    assert_eq!(seen.len(), 10_000);
+    let mut items = 0;
+    for (shard, rows) in per_shard(
+        &s,
+        "SELECT family_no || ' ' || count(*) FROM items GROUP BY family_no",
+    )
+    .iter()
+    .enumerate()
+    {
+        for row in rows {
+            let (key, count) = row.split_once(' ').unwrap();
+            assert_eq!(
+                shard_of(&s.config, Some("items"), key),
+                shard,
+                "items key {key}"
+            );
+            assert_eq!(count, "5", "every form of key {key} on one shard");
+            items += 5;
+        }
+    }
+    assert_eq!(items, 2000);
+    // Reads by key return exactly that family, whatever the form of the key.
+    let u = Uuid::new(42, 1);
+    let rows = client
+        .query("SELECT name FROM families WHERE id = $1", &[&u])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let rows = client
+        .simple_query(&format!(
+            "SELECT name FROM families WHERE id = '{}'",
+            u.text()
+        ))
+        .await
+        .unwrap();
+    let rows = rows
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(rows, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_hasher_agrees_with_hash_partitions() {
+    let map = MAP.replace("hasher = \"xxh3\"", "hasher = \"postgres\"");
+    let s = setup("shpg", &map).await;
+    for (i, db) in s.shards.iter().enumerate() {
+        // A table that only accepts the rows of partition (4, i): a misrouted row is an error.
+        topology().primary.psql(db, &format!(
+            "CREATE TABLE items (family_no bigint NOT NULL, n int) PARTITION BY HASH (family_no); \
+             CREATE TABLE items_{i} PARTITION OF items FOR VALUES WITH (MODULUS 4, REMAINDER {i}); \
+             CREATE TABLE fam_check (id uuid NOT NULL) PARTITION BY HASH (id); \
+             CREATE TABLE fam_check_{i} PARTITION OF fam_check FOR VALUES WITH (MODULUS 4, REMAINDER {i}); \
+             GRANT ALL ON items, fam_check TO app"
+        ));
+    }
+    let client = connect(s.usher.port, "app", s.db).await.unwrap();
+    for n in -500..500i64 {
+        client
+            .execute("INSERT INTO items (family_no, n) VALUES ($1, 1)", &[&n])
+            .await
+            .unwrap();
+        client
+            .batch_execute(&format!("INSERT INTO items (family_no, n) VALUES ({n}, 2)"))
+            .await
+            .unwrap();
+    }
+    // fam_check is not in the shard map: route it with a key hint, as an operator would.
+    for i in 0..500u64 {
+        let u = Uuid::new(i, 7).text();
+        client
+            .batch_execute(&format!(
+                "/* usher: key={u} */ INSERT INTO fam_check (id) VALUES ('{u}')"
+            ))
+            .await
+            .unwrap();
+        client
+            .batch_execute(&format!(
+                "INSERT INTO families (id, name) VALUES ('{u}', 'f')"
+            ))
+            .await
+            .unwrap();
+    }
+    let counts: Vec<usize> = per_shard(&s, "SELECT count(*) FROM items")
+        .iter()
+        .map(|r| r[0].parse().unwrap())
+        .collect();
+    assert_eq!(counts.iter().sum::<usize>(), 2000, "{counts:?}");
+    assert!(counts.iter().all(|c| *c > 300), "{counts:?}");
+    // families landed with their partition-check twins.
+    for rows in per_shard(
+        &s,
+        "SELECT count(*) FROM families f LEFT JOIN fam_check c ON c.id = f.id WHERE c.id IS NULL",
+    ) {
+        assert_eq!(rows, vec!["0".to_string()]);
+    }
+}
+
+async fn sqlstate(client: &tokio_postgres::Client, sql: &str) -> (String, String) {
+    let e = client.batch_execute(sql).await.expect_err(sql);
+    let db = e.as_db_error().unwrap_or_else(|| panic!("{sql}: {e}"));
+    (db.code().code().to_string(), db.message().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_errors_pinning_hints_and_ddl() {
+    let s = setup("shrules", MAP).await;
+    let client = connect(s.usher.port, "app", s.db).await.unwrap();
+    // Two families on different shards.
+    let a = Uuid::new(1, 3);
+    let b = (2..100)
+        .map(|i| Uuid::new(i, 3))
+        .find(|u| shard_of(&s.config, None, &u.text()) != shard_of(&s.config, None, &a.text()))
+        .unwrap();
+    for (f, name) in [(a, "A"), (b, "B")] {
+        let (f, c1, c2) = (
+            f.text(),
+            Uuid::new(100, f.0[15] as u64).text(),
+            Uuid::new(101, f.0[15] as u64).text(),
+        );
+        client.batch_execute(&format!(
+            "BEGIN; \
+             INSERT INTO families (id, name) VALUES ('{f}', '{name}'); \
+             INSERT INTO children (id, family_id, name, grade) VALUES ('{c1}', '{f}', '{name}1', 3), ('{c2}', '{f}', '{name}2', 4); \
+             INSERT INTO user_progress (family_id, child_id, lesson_id, status, score, completed_at) \
+               VALUES ('{f}', '{c1}', 1, 'completed', 90, now()), ('{f}', '{c2}', 2, 'in_progress', NULL, NULL); \
+             COMMIT"
+        )).await.unwrap();
+    }
+    // Joins on the key, with the global lessons table.
+    let rows = client
+        .query(
+            "SELECT c.name, l.title, p.status FROM children c \
+         JOIN user_progress p ON p.family_id = c.family_id AND p.child_id = c.id \
+         JOIN lessons l ON l.id = p.lesson_id \
+         WHERE c.family_id = $1 AND c.deleted_at IS NULL ORDER BY c.name",
+            &[&a],
+        )
+        .await
+        .unwrap();
+    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(names, vec!["A1", "A2"]);
+    let lessons: i64 = client
+        .query_one("SELECT count(*) FROM lessons WHERE active", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(lessons, 208);
+    // Every refusal, with its SQLSTATE and the table named.
+    let (at, bt) = (a.text(), b.text());
+    for (sql, code, words) in [
+        ("SELECT * FROM children".to_string(), "0A000", "\"children\""),
+        (format!("SELECT * FROM children WHERE family_id IN ('{at}', '{bt}')"), "0A000", "different shards"),
+        (format!("INSERT INTO families (id, name) VALUES ('{at}', 'x'), ('{bt}', 'y')"), "0A000", "different shards"),
+        (format!("UPDATE children SET family_id = '{bt}' WHERE family_id = '{at}'"), "0A000", "different shards"),
+        ("UPDATE children SET family_id = gen_random_uuid() WHERE id = '00000000-0000-0000-0000-000000000000' AND family_id = '00000000-0000-0000-0000-000000000000'".to_string(), "0A000", "literal or a parameter"),
+        ("INSERT INTO lessons (id, title, subject, grade) VALUES (999, 't', 's', 1)".to_string(), "0A000", "global table"),
+        ("INSERT INTO families VALUES (gen_random_uuid(), 'x')".to_string(), "0A000", "must list its columns"),
+        ("SELECT * FROM families WHERE id = 'not-a-uuid'".to_string(), "22P02", "not a valid uuid"),
+        ("/* usher: shard=9 */ SELECT 1".to_string(), "22023", "shard 9 does not exist"),
+    ] {
+        let (got, message) = sqlstate(&client, &sql).await;
+        assert_eq!(got, code, "{sql}: {message}");
+        assert!(message.contains(words), "{sql}: {message}");
+    }
+    // A transaction is pinned to its first key's shard; another shard's key aborts it.
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .query("SELECT * FROM families WHERE id = $1", &[&a])
+        .await
+        .unwrap();
+    client
+        .query(
+            "SELECT * FROM children WHERE id = $1",
+            &[&Uuid::new(100, a.0[15] as u64)],
+        )
+        .await
+        .unwrap();
+    let e = client
+        .query("SELECT * FROM families WHERE id = $1", &[&b])
+        .await
+        .unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "0A000", "{e}");
+    assert!(
+        e.as_db_error()
+            .unwrap()
+            .message()
+            .contains("pinned to shard"),
+        "{e:?}"
+    );
+    let (code, _) = sqlstate(&client, "SELECT 1").await;
+    assert_eq!(code, "25P02", "aborted like Postgres");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    let (code, message) = sqlstate(&client, &format!("BEGIN; SELECT * FROM families WHERE id = '{at}'; SELECT * FROM families WHERE id = '{bt}'; COMMIT")).await;
+    assert_eq!(code, "0A000", "{message}");
+    client.batch_execute("ROLLBACK").await.ok();
+    // A refused first statement leaves the held-back transaction aborted too.
+    client.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(sqlstate(&client, "SELECT * FROM children").await.0, "0A000");
+    assert_eq!(sqlstate(&client, "SELECT 1").await.0, "25P02");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    // Hints and session settings.
+    let db_of = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
+        rows.iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_string()),
+                _ => None,
+            })
+            .expect("a row")
+    };
+    assert_eq!(
+        db_of(
+            client
+                .simple_query("/* usher: shard=2 */ SELECT current_database()")
+                .await
+                .unwrap()
+        ),
+        s.shards[2]
+    );
+    let want = s.shards[shard_of(&s.config, None, &bt)].clone();
+    assert_eq!(
+        db_of(
+            client
+                .simple_query(&format!("SELECT current_database() /* usher: key={bt} */"))
+                .await
+                .unwrap()
+        ),
+        want
+    );
+    client.batch_execute("SET usher.shard = 3").await.unwrap();
+    assert_eq!(
+        db_of(
+            client
+                .simple_query("SELECT current_database()")
+                .await
+                .unwrap()
+        ),
+        s.shards[3]
+    );
+    client
+        .batch_execute(&format!("SET usher.sharding_key = '{bt}'"))
+        .await
+        .unwrap();
+    assert_eq!(
+        db_of(
+            client
+                .simple_query("SELECT count(*) FROM children")
+                .await
+                .unwrap()
+        ),
+        "2"
+    );
+    client
+        .batch_execute("RESET usher.sharding_key")
+        .await
+        .unwrap();
+    assert_eq!(
+        db_of(
+            client
+                .simple_query("SELECT current_database()")
+                .await
+                .unwrap()
+        ),
+        s.shards[0],
+        "default shard"
+    );
+    // DDL: every shard, or an error naming each shard that failed.
+    client
+        .batch_execute("CREATE TABLE notes (family_id uuid, body text)")
+        .await
+        .unwrap();
+    for rows in per_shard(
+        &s,
+        "SELECT count(*) FROM pg_tables WHERE tablename = 'notes'",
+    ) {
+        assert_eq!(rows, vec!["1".to_string()]);
+    }
+    topology().primary.psql(&s.shards[1], "DROP TABLE notes");
+    let (code, message) = sqlstate(&client, "DROP TABLE notes").await;
+    assert_eq!(code, "42P01", "{message}");
+    assert!(
+        message.contains("shard 1") && message.contains("succeeded on shard(s) 0, 2, 3"),
+        "{message}"
+    );
+    client
+        .execute("CREATE TABLE IF NOT EXISTS notes2 (a int)", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        per_shard(
+            &s,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'notes2'"
+        )
+        .concat(),
+        vec!["1"; 4]
+    );
+    let (code, _) = sqlstate(
+        &client,
+        &format!("BEGIN; SELECT * FROM families WHERE id = '{at}'; CREATE TABLE x (a int)"),
+    )
+    .await;
+    assert_eq!(code, "0A000");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    // Other clients never noticed any of this.
+    let other = connect(s.usher.port, "app", s.db).await.unwrap();
+    assert_eq!(
+        other
+            .query("SELECT * FROM families WHERE id = $1", &[&b])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_is_idempotent_and_catches_up() {
+    let shards = shard_dbs("shmig", 4);
+    let config = sharded_config("app", &shards, MAP);
+    let first = migrate(&config, "migrations").await.unwrap();
+    assert_eq!(
+        first.matches("applied 0001_learning_platform.sql").count(),
+        4,
+        "{first}"
+    );
+    assert_eq!(
+        first.matches("applied 0002_lesson_catalogue.sql").count(),
+        4,
+        "{first}"
+    );
+    let again = migrate(&config, "migrations").await.unwrap();
+    assert_eq!(
+        again.matches("up to date (2 migration(s) applied)").count(),
+        4,
+        "{again}"
+    );
+    assert!(!again.contains("applied 0"), "{again}");
+    // One shard dropped and recreated: only it catches up.
+    let t = topology();
+    t.primary.psql(
+        "postgres",
+        &format!("DROP DATABASE {} WITH (FORCE)", shards[2]),
+    );
+    t.primary.psql(
+        "postgres",
+        &format!("CREATE DATABASE {} OWNER app", shards[2]),
+    );
+    let catch_up = migrate(&config, "migrations").await.unwrap();
+    assert_eq!(catch_up.matches("applied 0").count(), 2, "{catch_up}");
+    assert!(
+        catch_up.contains(&format!("{}): applied 0001", shards[2])),
+        "{catch_up}"
+    );
+    assert_eq!(
+        t.primary
+            .psql(&shards[2], "SELECT count(*) FROM lessons")
+            .trim(),
+        "208"
+    );
+    // A failing file names the shard, the file, the line and the Postgres error, and stops.
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["0001_learning_platform.sql", "0002_lesson_catalogue.sql"] {
+        std::fs::copy(
+            format!("{}/migrations/{f}", env!("CARGO_MANIFEST_DIR")),
+            dir.path().join(f),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.path().join("0003_broken.sql"),
+        "ALTER TABLE families ADD COLUMN note text;\n\nALTER TABLE nope ADD COLUMN x int;\n",
+    )
+    .unwrap();
+    let e = migrate(&config, dir.path().to_str().unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("shard 0")
+            && e.contains("0003_broken.sql")
+            && e.contains("42P01")
+            && e.contains("line 3"),
+        "{e}"
+    );
+    // The failed file left nothing behind on that shard.
+    assert_eq!(t.primary.psql(&shards[0], "SELECT count(*) FROM information_schema.columns WHERE table_name = 'families' AND column_name = 'note'").trim(), "0");
+}
