@@ -292,6 +292,94 @@ fn usher_check_names_file_line_and_key() {
 }
 
 #[test]
+fn usher_check_reports_shard_map_errors() {
+    let text = include_str!("../config/usher.sharded.toml");
+    let dir = tempfile::tempdir().unwrap();
+    for (from, to, key, expect) in [
+        (
+            "default_shard = 0 ",
+            "default_shard = 4 ",
+            "databases.app.sharding.default_shard",
+            "has 4 shard(s)",
+        ),
+        (
+            "global_tables = [\"lessons\"]",
+            "global_tables = [\"families\"]",
+            "databases.app.sharding.tables[0].name",
+            "both sharded and in global_tables",
+        ),
+        (
+            "{ name = \"user_progress\", column = \"family_id\" },",
+            "{ name = \"children\", column = \"family_id\" },",
+            "databases.app.sharding.tables[2].name",
+            "listed twice",
+        ),
+        (
+            "key_type = \"uuid\"",
+            "key_type = \"float\"",
+            "databases.app.sharding.key_type",
+            "unknown variant `float`",
+        ),
+    ] {
+        assert!(text.contains(from), "example lacks {from}");
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, text.replacen(from, to, 1)).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_usher"))
+            .args(["check", "--config", bad.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{to} accepted: {stderr}");
+        assert!(
+            stderr.contains(key) && stderr.contains(expect),
+            "{to}: {stderr}"
+        );
+        let line = stderr
+            .split(':')
+            .nth(1)
+            .and_then(|l| l.parse::<usize>().ok());
+        assert!(line.is_some_and(|l| l > 0), "{to}: no line in {stderr}");
+    }
+}
+
+#[test]
+fn shard_of_explains_the_shard() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usher"))
+        .args([
+            "shard-of",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/usher.sharded.toml"),
+            "--database",
+            "app",
+            "{A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11}",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("shard ")
+            && stdout.contains("xxh3 of uuid a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+        "{stdout}"
+    );
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_usher"))
+        .args([
+            "shard-of",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/usher.sharded.toml"),
+            "42",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a valid uuid"));
+}
+
+#[test]
 fn example_configs_are_valid() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let mut checked = 0;

@@ -681,3 +681,143 @@ async fn migrate_is_idempotent_and_catches_up() {
     // The failed file left nothing behind on that shard.
     assert_eq!(t.primary.psql(&shards[0], "SELECT count(*) FROM information_schema.columns WHERE table_name = 'families' AND column_name = 'note'").trim(), "0");
 }
+
+/// The bench tables of benches/family.pgbench in the shard map (bigint keys).
+const BENCH_TABLES: &str = r#"  { name = "bench_families", column = "id", key_type = "bigint" },
+  { name = "bench_progress", column = "family_id", key_type = "bigint" },
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_family_script_over_four_shards() {
+    let map = MAP.replace("tables = [\n", &format!("tables = [\n{BENCH_TABLES}"));
+    let s = setup("shbench", &map).await;
+    let client = connect(s.usher.port, "app", s.db).await.unwrap();
+    client
+        .batch_execute(include_str!("../benches/family_schema.sql"))
+        .await
+        .unwrap();
+    for id in 1..=10_000i64 {
+        client
+            .execute(
+                "INSERT INTO bench_families (id, name) VALUES ($1, 'f')",
+                &[&id],
+            )
+            .await
+            .unwrap();
+    }
+    let script = format!("{}/benches/family.pgbench", env!("CARGO_MANIFEST_DIR"));
+    let mut total = 0;
+    for protocol in ["simple", "extended", "prepared"] {
+        let out = std::process::Command::new(pg_bin("pgbench"))
+            .args([
+                "-n",
+                "-M",
+                protocol,
+                "-c",
+                "8",
+                "-j",
+                "2",
+                "-t",
+                "100",
+                "-f",
+                &script,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &s.usher.port.to_string(),
+                "-U",
+                "app",
+                "app",
+            ])
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{protocol}: {text}");
+        assert!(
+            text.contains("number of failed transactions: 0"),
+            "{protocol}: {text}"
+        );
+        assert!(
+            text.contains("number of transactions actually processed: 800/800"),
+            "{protocol}: {text}"
+        );
+        total += 800;
+    }
+    let mut rows = 0;
+    for (shard, keys) in per_shard(&s, "SELECT DISTINCT family_id FROM bench_progress")
+        .iter()
+        .enumerate()
+    {
+        for k in keys {
+            assert_eq!(
+                shard_of(&s.config, Some("bench_progress"), k),
+                shard,
+                "family {k}"
+            );
+        }
+    }
+    for counts in per_shard(&s, "SELECT count(*) FROM bench_progress") {
+        rows += counts[0].parse::<usize>().unwrap();
+    }
+    assert_eq!(rows, total, "one progress row per transaction, none lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_shard_reads_from_its_own_replica() {
+    let t = topology();
+    let shards = shard_dbs("shsplit", 2);
+    let replica = t.replica().port;
+    let mut config = sharded_config("app", &shards, MAP).replace(
+        "[databases.app]\n",
+        "[databases.app]\nread_write_split = true\n",
+    );
+    for db in &shards {
+        let plain = format!("{{ primary = \"127.0.0.1:{}/{db}\" }}", t.primary.port);
+        assert!(config.contains(&plain));
+        config = config.replace(
+            &plain,
+            &format!(
+                "{{ primary = \"127.0.0.1:{}/{db}\", replicas = [\"127.0.0.1:{replica}/{db}\"] }}",
+                t.primary.port
+            ),
+        );
+    }
+    migrate(&config, "migrations").await.unwrap();
+    let usher = start_usher(&config).await;
+    let client = connect(usher.port, "app", "app").await.unwrap();
+    let ids: Vec<Uuid> = (0..20).map(|i| Uuid::new(i, 9)).collect();
+    for id in &ids {
+        client
+            .execute("INSERT INTO families (id, name) VALUES ($1, 'r')", &[id])
+            .await
+            .unwrap();
+    }
+    t.wait_replicas_caught_up();
+    // A fresh client (no read-your-writes constraint) reads each family on its shard's replica.
+    let reader = connect(usher.port, "app", "app").await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    for id in &ids {
+        let want = &shards[shard_of(&config, None, &id.text())];
+        loop {
+            let row = reader
+                .query_one("SELECT current_database(), pg_is_in_recovery(), count(*) FROM families WHERE id = $1 GROUP BY 1, 2", &[id])
+                .await
+                .unwrap();
+            let (db, replica_read, n): (String, bool, i64) = (row.get(0), row.get(1), row.get(2));
+            assert_eq!((&db, n), (want, 1));
+            if replica_read {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reads never reached the replica"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}

@@ -17,11 +17,13 @@ use crate::protocol::{messages, Frame};
 use crate::router::Role;
 
 impl Session {
-    /// Handles a simple Query while no server is attached, if the aggressive strategy applies:
-    /// holds a BEGIN, or answers the COMMIT/ROLLBACK of a transaction that never ran anything.
-    /// Returns true when the frame was handled.
+    /// Handles a transaction-control statement while no server is attached, if BEGIN is held
+    /// back (aggressive strategy, or a sharded database): holds a BEGIN, or answers the
+    /// COMMIT/ROLLBACK of a transaction that never ran anything. Works for a simple Query and
+    /// for an extended-protocol batch (Parse/Bind/Describe/Execute/Sync, as pgbench and JDBC
+    /// send it). Returns true when the frame (and its batch) was handled.
     pub(super) fn hold_begin(&mut self, frame: &Frame) -> bool {
-        if frame.tag != b'Q' || self.mode != PoolMode::Transaction {
+        if self.mode != PoolMode::Transaction || !matches!(frame.tag, b'Q' | b'P' | b'B') {
             return false;
         }
         let config = self.app.config();
@@ -34,17 +36,18 @@ impl Session {
         {
             return false;
         }
-        let sql = frame.raw.slice(5..frame.raw.len() - 1);
+        let Some((sql, frames)) = self.control_batch(frame) else {
+            return false;
+        };
         let class = self.app.query_cache.classify(&sql);
         if class.statements != 1 {
             return false;
         }
-        let mut out = BytesMut::new();
         let holds = match class.begins {
             Some(read_only) => sharded || !read_only,
             None => false,
         };
-        if self.held_begin.is_none() && holds {
+        let (tag, status): (&[u8], u8) = if self.held_begin.is_none() && holds {
             let start = sql
                 .iter()
                 .position(|b| !b.is_ascii_whitespace())
@@ -56,26 +59,101 @@ impl Session {
             } else {
                 b"BEGIN\0"
             };
-            out.extend_from_slice(&Frame::new(b'C', tag).raw);
-            messages::ready_for_query(&mut out, b'T');
-            self.txn_status = b'T';
-            self.held_begin = Some(frame.clone());
+            let mut q = sql.to_vec();
+            q.push(0);
+            self.held_begin = Some(Frame::new(b'Q', &q));
+            (tag, b'T')
         } else if self.held_begin.is_some() && class.ends.is_some() {
-            let tag: &[u8] = if class.ends == Some(true) {
-                b"COMMIT\0"
-            } else {
-                b"ROLLBACK\0"
-            };
-            out.extend_from_slice(&Frame::new(b'C', tag).raw);
-            messages::ready_for_query(&mut out, b'I');
-            self.txn_status = b'I';
             self.held_begin = None;
+            if class.ends == Some(true) {
+                (b"COMMIT\0", b'I')
+            } else {
+                (b"ROLLBACK\0", b'I')
+            }
         } else {
             return false;
+        };
+        // Answer every message of the batch as the server would, and take the batch (up to
+        // its Sync) off the buffer.
+        let mut out = BytesMut::new();
+        for t in &frames {
+            match t {
+                b'P' => out.extend_from_slice(&[b'1', 0, 0, 0, 4]),
+                b'B' => out.extend_from_slice(&[b'2', 0, 0, 0, 4]),
+                b'd' => out.extend_from_slice(&[b't', 0, 0, 0, 6, 0, 0, b'n', 0, 0, 0, 4]),
+                b'D' => out.extend_from_slice(&[b'n', 0, 0, 0, 4]),
+                _ => out.extend_from_slice(&Frame::new(b'C', tag).raw),
+            }
         }
+        messages::ready_for_query(&mut out, status);
+        if frame.tag != b'Q' {
+            for _ in 0..frames.len() {
+                let _ = crate::protocol::split_frame(&mut self.io.rbuf, self.io.max_message);
+            }
+        }
+        self.txn_status = status;
         self.tracker.push(Expect::Local(out.freeze()));
         self.client_out.append(&mut self.tracker.ready);
         true
+    }
+
+    /// The statement text of a simple Query, or of an extended batch that executes exactly one
+    /// statement and ends in a Sync, with the batch's message kinds (`d` for a Describe of a
+    /// statement, `X` for an Execute or Query).
+    fn control_batch(&self, frame: &Frame) -> Option<(Bytes, Vec<u8>)> {
+        if frame.tag == b'Q' {
+            return Some((frame.raw.slice(5..frame.raw.len() - 1), vec![b'X']));
+        }
+        let (frames, complete) = self.batch(frame);
+        if !complete {
+            return None;
+        }
+        // The batch must end in a Sync (a Flush would expect answers without ReadyForQuery).
+        let consumed: usize = frames[1..].iter().map(|(_, raw)| raw.len()).sum();
+        if self.io.rbuf.get(consumed) != Some(&b'S') {
+            return None;
+        }
+        let mut sql: Option<Bytes> = None;
+        let mut kinds = Vec::new();
+        let mut executes = 0;
+        for (tag, raw) in &frames {
+            let body = &raw[5..];
+            let text = match tag {
+                b'P' => {
+                    let (span, query) = crate::protocol::extended::parse_fields(body).ok()?;
+                    let start = 5 + span.end + 1;
+                    kinds.push(b'P');
+                    Some(raw.slice(start..start + query.len()))
+                }
+                b'B' => {
+                    let span = crate::protocol::extended::bind_statement(body).ok()?;
+                    kinds.push(b'B');
+                    match (&sql, span.start == span.end) {
+                        (Some(_), true) => None,
+                        _ => Some(self.stmts.statement(span.of(body))?.query.clone()),
+                    }
+                }
+                b'D' => {
+                    let (kind, _) = crate::protocol::extended::target(body, "Describe").ok()?;
+                    kinds.push(if kind == b'S' { b'd' } else { b'D' });
+                    None
+                }
+                b'E' => {
+                    executes += 1;
+                    kinds.push(b'X');
+                    None
+                }
+                _ => return None,
+            };
+            if let Some(t) = text {
+                if sql.as_ref().is_some_and(|s| *s != t) {
+                    return None;
+                }
+                sql = Some(t);
+            }
+        }
+        (executes == 1).then_some(())?;
+        Some((sql?, kinds))
     }
 
     /// After attaching: sends the held BEGIN first (its answer is swallowed).

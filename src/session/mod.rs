@@ -654,7 +654,11 @@ impl Session {
                         .and_then(|v| v.as_deref())
                         .and_then(router::topology::parse_lsn)
                     {
-                        self.route.min_lsn = self.route.min_lsn.max(lsn);
+                        let shard = self.route.attached_shard;
+                        if self.route.min_lsn.len() <= shard {
+                            self.route.min_lsn.resize(shard + 1, 0);
+                        }
+                        self.route.min_lsn[shard] = self.route.min_lsn[shard].max(lsn);
                     }
                 }
                 Err(e) => {

@@ -31,8 +31,9 @@ pub struct RouteState {
     pub shard_override: Option<ShardHint>,
     /// Shard of the attached server.
     pub attached_shard: usize,
-    /// Read-your-writes: the WAL position of the client's last committed write.
-    pub min_lsn: u64,
+    /// Read-your-writes: the WAL position of the client's last committed write, per shard
+    /// (each shard's primary has its own WAL).
+    pub min_lsn: Vec<u64>,
     /// The attached transaction wrote on the primary (its commit LSN is read at release).
     pub txn_writes: bool,
     /// Statements of the attached transaction are checked for writes (read-your-writes on a
@@ -205,7 +206,7 @@ impl Session {
                 router::primary_of(&name, shard_index, shard)
             } else {
                 let min_lsn = if db.read_your_writes {
-                    self.route.min_lsn
+                    self.route.min_lsn.get(shard_index).copied().unwrap_or(0)
                 } else {
                     0
                 };
