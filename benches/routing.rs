@@ -1,5 +1,6 @@
 //! Cost of the routing decision: classification from the cache (hit), a full parse with
-//! libpg_query (miss), and the whole read decision (classify + rule + replica choice).
+//! libpg_query (miss), the whole read decision (classify + rule + replica choice), and the
+//! shard decision (cached facts + key read from the text or a Bind + hash).
 //!
 //!   cargo bench --bench routing
 
@@ -11,6 +12,8 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use usher::router::cache::QueryCache;
 use usher::router::classify::{classify, RoleHint};
+use usher::router::shard::values::{BindParams, QueryValues};
+use usher::router::shard::{keys::KeyValue, place, shard_for};
 use usher::router::topology::Topology;
 use usher::router::{pick_reader, wants_primary};
 
@@ -51,6 +54,55 @@ fn routing(c: &mut Criterion) {
             })
         },
     );
+    sharding(c, &cache);
+}
+
+fn sharding(c: &mut Criterion, cache: &QueryCache) {
+    let config = usher::config::load_str(
+        "[[users]]\nname = \"a\"\npassword = \"p\"\n[databases.d]\nshards = [ { primary = \"h:1/a\" }, { primary = \"h:1/b\" }, { primary = \"h:1/c\" }, { primary = \"h:1/d\" } ]\n[databases.d.sharding]\nkey_type = \"uuid\"\ntables = [ { name = \"children\", column = \"family_id\" }, { name = \"user_progress\", column = \"family_id\" } ]\nglobal_tables = [\"lessons\"]\n",
+        Path::new("bench.toml"),
+    )
+    .unwrap();
+    let map = config.databases["d"].sharding.clone().unwrap();
+    let simple = Bytes::from_static(b"SELECT c.name, p.status FROM children c JOIN user_progress p ON p.family_id = c.family_id AND p.child_id = c.id JOIN lessons l ON l.id = p.lesson_id WHERE c.family_id = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11' AND p.status = 'completed'");
+    cache.classify(&simple);
+    c.bench_function(
+        "shard of a statement, literal uuid key (cache hit + extract + hash)",
+        |b| {
+            b.iter(|| {
+                let mut spans = Vec::new();
+                let class = cache.classify_with_spans(black_box(&simple), &mut spans);
+                let mut values = QueryValues::with_spans(&simple, spans);
+                black_box(place(&class.shard, &map, 4, &mut values).unwrap())
+            })
+        },
+    );
+    let bound =
+        Bytes::from_static(b"SELECT * FROM user_progress WHERE family_id = $1 AND child_id = $2");
+    cache.classify(&bound);
+    let mut bind = b"\0\0\0\x01\0\x01\0\x02\0\0\0\x10".to_vec();
+    bind.extend_from_slice(&[7u8; 16]);
+    bind.extend_from_slice(&[0, 0, 0, 16]);
+    bind.extend_from_slice(&[9u8; 16]);
+    bind.extend_from_slice(&[0, 0]);
+    c.bench_function(
+        "shard of a statement, binary uuid parameter (cache hit + Bind + hash)",
+        |b| {
+            b.iter(|| {
+                let class = cache.classify(black_box(&bound));
+                let mut values =
+                    QueryValues::bound(&bound, Vec::new(), BindParams::parse(black_box(&bind)));
+                black_box(place(&class.shard, &map, 4, &mut values).unwrap())
+            })
+        },
+    );
+    let key = KeyValue::Uuid([7u8; 16]);
+    c.bench_function("hash a uuid key (xxh3)", |b| {
+        b.iter(|| shard_for(usher::config::Hasher::Xxh3, black_box(&key), 4))
+    });
+    c.bench_function("hash a uuid key (postgres partition hash)", |b| {
+        b.iter(|| shard_for(usher::config::Hasher::Postgres, black_box(&key), 4))
+    });
 }
 
 criterion_group! {

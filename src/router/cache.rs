@@ -10,7 +10,7 @@ use lru::LruCache;
 use parking_lot::Mutex;
 
 use super::classify::{classify, Classification};
-use super::normalize::cache_key;
+use super::normalize::{cache_key, cache_key_and_spans};
 use std::borrow::Cow;
 
 /// Classifications by query text (LRU).
@@ -38,7 +38,21 @@ impl QueryCache {
     /// text with literal values replaced (see [`cache_key`]), so queries that differ only in
     /// their constants share one parse.
     pub fn classify(&self, sql: &Bytes) -> Arc<Classification> {
-        let key = cache_key(sql);
+        self.lookup(sql, cache_key(sql))
+    }
+
+    /// Like [`QueryCache::classify`], also filling `spans` with the literal ranges of `sql`
+    /// (found in the same pass over the text).
+    pub fn classify_with_spans(
+        &self,
+        sql: &Bytes,
+        spans: &mut Vec<std::ops::Range<usize>>,
+    ) -> Arc<Classification> {
+        spans.clear();
+        self.lookup(sql, cache_key_and_spans(sql, spans))
+    }
+
+    fn lookup(&self, sql: &Bytes, key: Cow<'_, [u8]>) -> Arc<Classification> {
         if let Some(c) = self.map.lock().get(key.as_ref()) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return c.clone();

@@ -11,11 +11,22 @@ use super::lex::{dollar_quote, skip_quoted};
 
 /// The cache key for `sql`.
 pub fn cache_key(sql: &[u8]) -> Cow<'_, [u8]> {
-    if sql.windows(5).any(|w| w.eq_ignore_ascii_case(b"usher")) {
+    if mentions_usher(sql) {
         return Cow::Borrowed(sql);
     }
-    let (out, changed) = scan(sql, None);
+    let (out, changed) = scan(sql, None, true);
     if changed {
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(sql)
+    }
+}
+
+/// [`cache_key`] and [`literal_spans`] in one pass (routing on a sharded database needs both).
+pub fn cache_key_and_spans<'a>(sql: &'a [u8], spans: &mut Vec<Range<usize>>) -> Cow<'a, [u8]> {
+    let usher = mentions_usher(sql);
+    let (out, changed) = scan(sql, Some(spans), !usher);
+    if changed && !usher {
         Cow::Owned(out)
     } else {
         Cow::Borrowed(sql)
@@ -27,7 +38,7 @@ pub fn cache_key(sql: &[u8]) -> Cow<'_, [u8]> {
 /// strings include their quotes (an `E` prefix is not part of the range).
 pub fn literal_spans(sql: &[u8]) -> Vec<Range<usize>> {
     let mut spans = Vec::new();
-    scan(sql, Some(&mut spans));
+    scan(sql, Some(&mut spans), false);
     spans
 }
 
@@ -97,13 +108,16 @@ fn unescape(inner: &[u8], escapes: bool) -> Vec<u8> {
 
 /// Walks `sql` once: the text with literals replaced, whether anything was replaced, and the
 /// literal ranges when asked for.
-fn scan(sql: &[u8], mut spans: Option<&mut Vec<Range<usize>>>) -> (Vec<u8>, bool) {
+fn scan(sql: &[u8], mut spans: Option<&mut Vec<Range<usize>>>, build: bool) -> (Vec<u8>, bool) {
     let mut note = |r: Range<usize>| {
         if let Some(s) = spans.as_deref_mut() {
             s.push(r);
         }
     };
-    let mut out = Vec::with_capacity(sql.len());
+    let mut out = Out {
+        buf: Vec::with_capacity(if build { sql.len() } else { 0 }),
+        on: build,
+    };
     let mut i = 0;
     let mut changed = false;
     while i < sql.len() {
@@ -181,23 +195,82 @@ fn scan(sql: &[u8], mut spans: Option<&mut Vec<Range<usize>>>) -> (Vec<u8>, bool
                 }
             }
             _ if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
-                while i < sql.len()
-                    && (sql[i].is_ascii_alphanumeric()
-                        || sql[i] == b'_'
-                        || sql[i] == b'$'
-                        || sql[i] >= 0x80)
-                {
-                    out.push(sql[i]);
+                let start = i;
+                while i < sql.len() && IDENT[sql[i] as usize] {
                     i += 1;
                 }
+                out.extend_from_slice(&sql[start..i]);
             }
             _ => {
-                out.push(c);
+                // A run of spaces and punctuation that starts nothing.
+                let start = i;
                 i += 1;
+                while i < sql.len() && PLAIN[sql[i] as usize] {
+                    i += 1;
+                }
+                out.extend_from_slice(&sql[start..i]);
             }
         }
     }
-    (out, changed)
+    (out.buf, changed)
+}
+
+/// Bytes that never start a literal, identifier, comment or quoted name.
+const PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        t[b] =
+            !(c.is_ascii_alphanumeric() || matches!(c, b'_' | b'\'' | b'"' | b'-' | b'/' | b'$'));
+        b += 1;
+    }
+    t
+};
+
+/// Bytes that continue an identifier.
+const IDENT: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+        b += 1;
+    }
+    t
+};
+
+/// True when `sql` mentions `usher` in any case.
+fn mentions_usher(sql: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(p) = sql[i..].iter().position(|b| *b | 0x20 == b'u') {
+        let at = i + p;
+        if sql.len() >= at + 5 && sql[at..at + 5].eq_ignore_ascii_case(b"usher") {
+            return true;
+        }
+        i = at + 1;
+    }
+    false
+}
+
+/// The normalized text being built, or nothing when only literal ranges are wanted.
+struct Out {
+    buf: Vec<u8>,
+    on: bool,
+}
+
+impl Out {
+    fn push(&mut self, b: u8) {
+        if self.on {
+            self.buf.push(b);
+        }
+    }
+
+    fn extend_from_slice(&mut self, s: &[u8]) {
+        if self.on {
+            self.buf.extend_from_slice(s);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -120,13 +120,17 @@ impl Session {
                 }
                 _ => continue,
             };
-            let class = self.app.query_cache.classify(&sql);
+            let mut spans = Vec::new();
+            let class = match bind {
+                Some(_) => self.app.query_cache.classify(&sql),
+                None => self.app.query_cache.classify_with_spans(&sql, &mut spans),
+            };
             if class.shard_hint.is_some() {
                 hint = class.shard_hint.clone();
             }
             let mut values = match bind {
                 Some(b) => QueryValues::bound(&sql, types, Some(b)),
-                None => QueryValues::text(&sql),
+                None => QueryValues::with_spans(&sql, spans),
             };
             if let Ok(so_far) = result {
                 result = shard::place(&class.shard, map, shards, &mut values)

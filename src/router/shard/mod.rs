@@ -254,9 +254,9 @@ fn place_one(
             table: r.table.name.clone(),
         });
     }
-    let mut found: Vec<(usize, String)> = Vec::new(); // (shard, table)
+    let mut found: Vec<(usize, &str)> = Vec::new(); // (shard, table)
     let mut unbound = false;
-    let mut joins: Vec<(ColRef, ColRef)> = f.joins.clone();
+    let mut extra_joins: Vec<(ColRef, ColRef)> = Vec::new();
     let names = |r: &Ref| (r.table.name.clone(), r.table.column.clone());
     // WHERE / ON conditions.
     for (col, srcs) in &f.conds {
@@ -266,7 +266,8 @@ fn place_one(
                 for src in srcs {
                     match eval(*src, r.key_type, values).map_err(|e| fill(e, names(r)))? {
                         Some(k) => {
-                            found.push((shard_for(map.hasher, &k, shards), r.table.name.clone()))
+                            let t: &ShardedTable = r.table;
+                            found.push((shard_for(map.hasher, &k, shards), t.name.as_str()))
                         }
                         None => unbound = true,
                     }
@@ -280,12 +281,13 @@ fn place_one(
             .iter()
             .find(|r| r.index == *t && r.table.column == *column)
         {
+            let st: &ShardedTable = r.table;
             let (table, column) = names(r);
             let Some(src) = v else {
                 return Err(ShardError::KeyNotValue { table, column });
             };
             match eval(*src, r.key_type, values).map_err(|e| fill(e, names(r)))? {
-                Some(k) => found.push((shard_for(map.hasher, &k, shards), table)),
+                Some(k) => found.push((shard_for(map.hasher, &k, shards), st.name.as_str())),
                 None => unbound = true,
             }
         }
@@ -295,6 +297,7 @@ fn place_one(
         let Some(r) = refs.iter_mut().find(|r| r.index == ins.table) else {
             continue;
         };
+        let st: &ShardedTable = r.table;
         let (table, column) = names(r);
         let Some(cols) = &ins.columns else {
             return Err(ShardError::InsertColumns { table, column });
@@ -309,11 +312,13 @@ fn place_one(
             match row.get(pos) {
                 Some(RowValue::Value(src)) => {
                     match eval(*src, r.key_type, values).map_err(|e| fill(e, names(r)))? {
-                        Some(k) => found.push((shard_for(map.hasher, &k, shards), table.clone())),
+                        Some(k) => {
+                            found.push((shard_for(map.hasher, &k, shards), st.name.as_str()))
+                        }
                         None => unbound = true,
                     }
                 }
-                Some(RowValue::Column(c)) => joins.push((
+                Some(RowValue::Column(c)) => extra_joins.push((
                     ColRef {
                         qualifier: Some(
                             f.tables[r.index]
@@ -333,7 +338,7 @@ fn place_one(
     // Joins on the key carry coverage from one sharded table to another.
     loop {
         let mut changed = false;
-        for (a, b) in &joins {
+        for (a, b) in f.joins.iter().chain(&extra_joins) {
             for (x, y) in [(a, b), (b, a)] {
                 let from = refs
                     .iter()
@@ -365,7 +370,7 @@ fn place_one(
         [s] if !unbound => Ok(Placement::Shard(*s)),
         [] | [_] => Ok(Placement::Unbound),
         many => {
-            let mut tables: Vec<&str> = found.iter().map(|(_, t)| t.as_str()).collect();
+            let mut tables: Vec<&str> = found.iter().map(|(_, t)| *t).collect();
             tables.dedup();
             Err(ShardError::CrossShard {
                 what: format!("the sharding keys given for {}", tables.join(", ")),

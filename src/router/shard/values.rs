@@ -84,6 +84,16 @@ impl<'a> QueryValues<'a> {
         }
     }
 
+    /// Values of a query text whose literal ranges are already known.
+    pub fn with_spans(sql: &'a [u8], spans: Vec<Range<usize>>) -> QueryValues<'a> {
+        QueryValues {
+            sql,
+            spans: Some(spans),
+            bind: None,
+            types: Vec::new(),
+        }
+    }
+
     /// Values of a bound statement: its text, its Parse's parameter types and the Bind.
     pub fn bound(sql: &'a [u8], types: Vec<u32>, bind: Option<BindParams<'a>>) -> QueryValues<'a> {
         QueryValues {
