@@ -6,6 +6,8 @@
 #   primary   127.0.0.1:15432  databases app, shard_0 .. shard_3 (user app / secret)
 #   replica   127.0.0.1:15433  streaming replica of the primary (pg_basebackup -R)
 #   usher     127.0.0.1:6432   DATABASE_URL=postgres://app:secret@127.0.0.1:6432/app
+#                              sharded: postgres://app:secret@127.0.0.1:6432/learning
+#                              (families over shard_0..3, schema from migrations/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -82,7 +84,32 @@ read_write_split = true
 shards = [
   { primary = "127.0.0.1:$PRIMARY_PORT/app", replicas = ["127.0.0.1:$REPLICA_PORT/app"] },
 ]
+
+# The learning platform, sharded by family over four databases (see config/usher.sharded.toml).
+[databases.learning]
+read_write_split = true
+shards = [
+  { primary = "127.0.0.1:$PRIMARY_PORT/shard_0", replicas = ["127.0.0.1:$REPLICA_PORT/shard_0"] },
+  { primary = "127.0.0.1:$PRIMARY_PORT/shard_1", replicas = ["127.0.0.1:$REPLICA_PORT/shard_1"] },
+  { primary = "127.0.0.1:$PRIMARY_PORT/shard_2" },
+  { primary = "127.0.0.1:$PRIMARY_PORT/shard_3" },
+]
+
+[databases.learning.sharding]
+hasher = "xxh3"
+key_type = "uuid"
+default_shard = 0
+tables = [
+  { name = "families", column = "id" },
+  { name = "children", column = "family_id" },
+  { name = "user_progress", column = "family_id" },
+]
+global_tables = ["lessons"]
 TOML
 
+# The schema of migrations/ on every shard (a no-op once applied).
+"$REPO/target/release/usher" --config "$ROOT/usher.toml" migrate --database learning --dir "$REPO/migrations"
+
 echo "usher on 127.0.0.1:6432 — try: psql postgres://app:secret@127.0.0.1:6432/app" >&2
+echo "sharded:               psql postgres://app:secret@127.0.0.1:6432/learning" >&2
 exec "$REPO/target/release/usher" --config "$ROOT/usher.toml"

@@ -370,6 +370,14 @@ impl Session {
             b'Q' => {
                 let sql = frame.body().strip_suffix(b"\0").unwrap_or(frame.body());
                 let (changes, statements) = sql_scan::scan(&String::from_utf8_lossy(sql));
+                if changes
+                    .iter()
+                    .any(|c| matches!(c, SessionChange::ResetAll | SessionChange::DiscardAll))
+                {
+                    // Like every other setting, usher.* go back to their defaults.
+                    self.route.role_override = None;
+                    self.route.shard_override = None;
+                }
                 if changes.iter().any(|c| matches!(c, SessionChange::Set(n) | SessionChange::Reset(n) if n.to_ascii_lowercase().starts_with("usher."))) {
                     let class = self.app.query_cache.classify(&frame.raw.slice(5..frame.raw.len() - 1));
                     if let Some(role) = class.set_role {
