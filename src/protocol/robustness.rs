@@ -6,6 +6,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::{extended, messages, split_frame, startup};
+use crate::config::KeyType;
+use crate::router::shard::{keys, values};
 use crate::session::probe_translate;
 
 fn mutate(rng: &mut StdRng, base: &[u8]) -> Vec<u8> {
@@ -58,5 +60,50 @@ fn decoders_never_panic() {
         for tag in [b'P', b'B', b'D', b'C'] {
             probe_translate(tag, &input);
         }
+        // Sharding reads bind values and literals out of client bytes.
+        let _ = values::BindParams::parse(&input);
+        for key_type in [KeyType::Bigint, KeyType::Uuid, KeyType::Text] {
+            for oid in [0, 20, 21, 23, 25, 2950, 7] {
+                let _ = keys::from_binary(&input, oid, key_type);
+            }
+            let _ = keys::from_text(&input, key_type);
+        }
+        let mut spans = Vec::new();
+        let _ = crate::router::normalize::cache_key_and_spans(&input, &mut spans);
+        for span in &spans {
+            let _ = crate::router::normalize::literal_value(&input, span);
+        }
+    }
+}
+
+#[test]
+fn shard_placement_never_panics() {
+    use crate::router::classify::classify;
+    use crate::router::shard::place;
+    let map = crate::config::Sharding {
+        hasher: crate::config::Hasher::Postgres,
+        key_type: KeyType::Uuid,
+        default_shard: 0,
+        tables: vec![crate::config::ShardedTable {
+            name: "children".into(),
+            column: "family_id".into(),
+            key_type: None,
+        }],
+        global_tables: vec!["lessons".into()],
+    };
+    let seeds = [
+        "SELECT * FROM children c JOIN lessons l ON l.id = c.x WHERE c.family_id = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+        "INSERT INTO children (id, family_id) VALUES (1, $1), (2, -5), (3, E'\\x41')",
+        "UPDATE children SET family_id = $2 WHERE family_id IN ($1, '1', 2.5)",
+        "WITH x AS (DELETE FROM children WHERE family_id = $$z$$ RETURNING *) SELECT * FROM x",
+    ];
+    let mut rng = StdRng::seed_from_u64(0x5ba2d);
+    for i in 0..20_000 {
+        let seed = seeds[i % seeds.len()].as_bytes();
+        let input = mutate(&mut rng, seed);
+        let sql = String::from_utf8_lossy(&input);
+        let class = classify(&sql);
+        let mut v = values::QueryValues::text(sql.as_bytes());
+        let _ = place(&class.shard, &map, 3, &mut v);
     }
 }

@@ -46,7 +46,13 @@ pub struct BadKey {
 
 fn bad(value: &[u8], key_type: KeyType) -> BadKey {
     let mut value = String::from_utf8_lossy(value).into_owned();
-    value.truncate(64);
+    if value.len() > 64 {
+        let cut = (0..=64)
+            .rev()
+            .find(|i| value.is_char_boundary(*i))
+            .unwrap_or(0);
+        value.truncate(cut);
+    }
     BadKey {
         value,
         key_type: key_type.name(),
