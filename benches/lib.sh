@@ -54,6 +54,19 @@ start_replica() {
   DATADIRS+=("$data")
 }
 
+# usher_header PORT: [general] and the app user, shared by the benchmark configs.
+usher_header() {
+  cat <<TOML
+[general]
+listen = "127.0.0.1:$1"
+default_pool_size = 25
+max_client_conn = 2000
+[[users]]
+name = "app"
+password = "secret"
+TOML
+}
+
 # start_usher NAME TOML: runs target/release/usher with that config; sets LAST_PID.
 start_usher() {
   echo "$2" > "$WORK/$1.toml"

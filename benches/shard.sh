@@ -19,19 +19,8 @@ PGPASSWORD=secret "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG" -U 
 PGPASSWORD=secret "$BIN/psql" -X -q -h 127.0.0.1 -p "$PG" -U app app \
   -c "INSERT INTO bench_families (id, name) SELECT g, 'family ' || g FROM generate_series(1, 10000) g"
 
-common() { # port
-  cat <<TOML
-[general]
-listen = "127.0.0.1:$1"
-default_pool_size = 25
-max_client_conn = 2000
-[[users]]
-name = "app"
-password = "secret"
-TOML
-}
 P_SHARD=$(free_port)
-start_usher sharded "$(common "$P_SHARD")
+start_usher sharded "$(usher_header "$P_SHARD")
 [databases.app]
 shards = [
   { primary = \"127.0.0.1:$PG/shard_0\" }, { primary = \"127.0.0.1:$PG/shard_1\" },
@@ -42,7 +31,7 @@ key_type = \"bigint\"
 tables = [ { name = \"bench_families\", column = \"id\" }, { name = \"bench_progress\", column = \"family_id\" } ]"
 PID_SHARD=$LAST_PID
 P_PLAIN=$(free_port)
-start_usher plain "$(common "$P_PLAIN")
+start_usher plain "$(usher_header "$P_PLAIN")
 [databases.app]
 shards = [ { primary = \"127.0.0.1:$PG/app\" } ]"
 PID_PLAIN=$LAST_PID

@@ -13,14 +13,8 @@ PG=$(free_port); REP=$(free_port)
 start_primary "$PG"
 start_replica "$PG" "$REP"
 conf() { # port split ryw
+  usher_header "$1"
   cat <<TOML
-[general]
-listen = "127.0.0.1:$1"
-default_pool_size = 25
-max_client_conn = 2000
-[[users]]
-name = "app"
-password = "secret"
 [databases.app]
 read_write_split = $2
 read_your_writes = $3

@@ -393,6 +393,20 @@ async fn postgres_hasher_agrees_with_hash_partitions() {
     }
 }
 
+/// The first column of the first row of a simple query.
+async fn value(client: &tokio_postgres::Client, sql: &str) -> String {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap()
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_string()),
+            _ => None,
+        })
+        .expect("a row")
+}
+
 async fn sqlstate(client: &tokio_postgres::Client, sql: &str) -> (String, String) {
     let e = client.batch_execute(sql).await.expect_err(sql);
     let db = e.as_db_error().unwrap_or_else(|| panic!("{sql}: {e}"));
@@ -497,67 +511,35 @@ async fn joins_errors_pinning_hints_and_ddl() {
     assert_eq!(sqlstate(&client, "SELECT 1").await.0, "25P02");
     client.batch_execute("ROLLBACK").await.unwrap();
     // Hints and session settings.
-    let db_of = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
-        rows.iter()
-            .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_string()),
-                _ => None,
-            })
-            .expect("a row")
-    };
     assert_eq!(
-        db_of(
-            client
-                .simple_query("/* usher: shard=2 */ SELECT current_database()")
-                .await
-                .unwrap()
-        ),
+        value(&client, "/* usher: shard=2 */ SELECT current_database()").await,
         s.shards[2]
     );
     let want = s.shards[shard_of(&s.config, None, &bt)].clone();
     assert_eq!(
-        db_of(
-            client
-                .simple_query(&format!("SELECT current_database() /* usher: key={bt} */"))
-                .await
-                .unwrap()
-        ),
+        value(
+            &client,
+            &format!("SELECT current_database() /* usher: key={bt} */")
+        )
+        .await,
         want
     );
     client.batch_execute("SET usher.shard = 3").await.unwrap();
     assert_eq!(
-        db_of(
-            client
-                .simple_query("SELECT current_database()")
-                .await
-                .unwrap()
-        ),
+        value(&client, "SELECT current_database()").await,
         s.shards[3]
     );
     client
         .batch_execute(&format!("SET usher.sharding_key = '{bt}'"))
         .await
         .unwrap();
-    assert_eq!(
-        db_of(
-            client
-                .simple_query("SELECT count(*) FROM children")
-                .await
-                .unwrap()
-        ),
-        "2"
-    );
+    assert_eq!(value(&client, "SELECT count(*) FROM children").await, "2");
     client
         .batch_execute("RESET usher.sharding_key")
         .await
         .unwrap();
     assert_eq!(
-        db_of(
-            client
-                .simple_query("SELECT current_database()")
-                .await
-                .unwrap()
-        ),
+        value(&client, "SELECT current_database()").await,
         s.shards[0],
         "default shard"
     );

@@ -37,6 +37,27 @@ pub fn probe_user(config: &Config) -> Option<&User> {
     }
 }
 
+/// A tokio-postgres config for a control connection to `addr` with `user`'s server
+/// credentials (probes, catalog lookups, `usher migrate`).
+pub fn control_config(
+    addr: &ServerAddr,
+    user: &User,
+    application_name: &str,
+    connect_timeout: std::time::Duration,
+) -> tokio_postgres::Config {
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&addr.host)
+        .port(addr.port)
+        .dbname(&addr.dbname)
+        .user(user.server_user())
+        .application_name(application_name)
+        .connect_timeout(connect_timeout);
+    if let Some(p) = user.server_password() {
+        pg.password(p);
+    }
+    pg
+}
+
 impl Probes {
     /// Runs a query on `addr` over a cached control connection (reconnecting once if it broke).
     pub async fn query(
@@ -54,16 +75,7 @@ impl Probes {
                     Some(c) if !c.is_closed() && attempt == 0 => c.clone(),
                     _ => {
                         let user = probe_user(config).ok_or("no user to probe with")?;
-                        let mut pg = tokio_postgres::Config::new();
-                        pg.host(&addr.host)
-                            .port(addr.port)
-                            .dbname(&addr.dbname)
-                            .user(user.server_user())
-                            .application_name("usher-monitor")
-                            .connect_timeout(timeout);
-                        if let Some(p) = user.server_password() {
-                            pg.password(p);
-                        }
+                        let pg = control_config(addr, user, "usher-monitor", timeout);
                         let (client, conn) =
                             tokio::time::timeout(timeout, pg.connect(tokio_postgres::NoTls))
                                 .await

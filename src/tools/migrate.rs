@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::config::{Config, ServerAddr};
-use crate::router::monitor::probe_user;
+use crate::router::monitor::{control_config, probe_user};
 
 /// Name of the table recording applied versions on each shard.
 pub const TABLE: &str = "usher_schema_migrations";
@@ -183,16 +183,12 @@ async fn migrate_shard(
         file: file.to_string(),
         error,
     };
-    let mut pg = tokio_postgres::Config::new();
-    pg.host(&addr.host)
-        .port(addr.port)
-        .dbname(&addr.dbname)
-        .user(user.server_user())
-        .application_name("usher-migrate")
-        .connect_timeout(config.general.server_connect_timeout.0);
-    if let Some(p) = user.server_password() {
-        pg.password(p);
-    }
+    let pg = control_config(
+        addr,
+        user,
+        "usher-migrate",
+        config.general.server_connect_timeout.0,
+    );
     let (mut client, conn) =
         pg.connect(tokio_postgres::NoTls)
             .await
