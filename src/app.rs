@@ -35,6 +35,8 @@ pub struct App {
     pub query_cache: QueryCache,
     /// Control-plane connections for probes and catalog lookups.
     pub probes: Probes,
+    /// Counters, gauges and histograms for `/metrics` and the admin console.
+    pub metrics: crate::stats::Metrics,
     /// Whether a user-defined function is VOLATILE, by (database, name).
     volatile: parking_lot::Mutex<HashMap<(String, String), bool>>,
 }
@@ -46,6 +48,7 @@ impl App {
             topology: RwLock::new(Arc::new(Topology::new(&config))),
             query_cache: QueryCache::new(config.general.query_cache_size),
             probes: Probes::default(),
+            metrics: crate::stats::Metrics::new(),
             volatile: parking_lot::Mutex::new(HashMap::new()),
             config: RwLock::new(Arc::new(config)),
             pools: Arc::new(Pools::default()),
@@ -219,6 +222,13 @@ impl Drop for AbortOnDrop {
 /// Serves clients on `listener` until the future is dropped; also runs pool maintenance and
 /// the server monitor (roles, lag), which stop with it.
 pub async fn serve(app: Arc<App>, listener: TcpListener) {
+    serve_with(app, listener, None).await
+}
+
+/// Like [`serve`], with the HTTP endpoint for metrics and health on `metrics` too.
+pub async fn serve_with(app: Arc<App>, listener: TcpListener, metrics: Option<TcpListener>) {
+    let _http =
+        metrics.map(|l| AbortOnDrop(tokio::spawn(crate::admin::http::serve(app.clone(), l))));
     let _maintenance = AbortOnDrop(tokio::spawn(crate::pool::maintenance::run(
         app.pools.clone(),
         Duration::from_secs(1),

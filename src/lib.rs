@@ -17,6 +17,7 @@
 //! (SCRAM-SHA-256 and md5 verification), [`config`] (TOML with file:line:key errors), and
 //! [`app`] (shared state and the accept loop).
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;
@@ -26,7 +27,8 @@ pub mod protocol;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod stats;
 pub mod tools;
 
-pub use app::{serve, App};
+pub use app::{serve, serve_with, App};
 pub use config::Config;

@@ -154,9 +154,22 @@ fn run(config: usher::Config) -> ExitCode {
             }
         };
         tracing::info!(%listen, "usher listening");
+        let metrics = match &config.general.metrics_listen {
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tracing::info!(listen = %addr, "metrics and health endpoint listening");
+                    Some(l)
+                }
+                Err(e) => {
+                    eprintln!("usher: cannot listen on metrics_listen = {addr}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => None,
+        };
         let app = usher::App::new(config);
         tokio::select! {
-            _ = usher::serve(app, listener) => {}
+            _ = usher::serve_with(app, listener, metrics) => {}
             _ = shutdown_signal() => tracing::info!("shutting down"),
         }
         ExitCode::SUCCESS

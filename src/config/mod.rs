@@ -117,6 +117,9 @@ pub struct General {
     pub health_check_user: Option<String>,
     /// Parsed statements kept in the routing cache (keyed by query text).
     pub query_cache_size: usize,
+    /// Address of the HTTP endpoint for Prometheus (`/metrics`) and health checks (`/health`,
+    /// `/ready`, `/pools`), e.g. `"127.0.0.1:9930"`; unset disables it.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for General {
@@ -146,6 +149,7 @@ impl Default for General {
             server_check_query: ";".into(),
             health_check_user: None,
             query_cache_size: 10_000,
+            metrics_listen: None,
         }
     }
 }

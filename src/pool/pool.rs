@@ -25,7 +25,8 @@ struct State {
     open: usize,
     /// Connections lent out.
     lent: usize,
-    waiters: VecDeque<oneshot::Sender<Grant>>,
+    /// Waiting clients, with when each started waiting.
+    waiters: VecDeque<(Instant, oneshot::Sender<Grant>)>,
 }
 
 /// Counts for stats and tests.
@@ -39,6 +40,10 @@ pub struct PoolCounts {
     pub open: usize,
     /// Clients waiting for a connection.
     pub waiting: usize,
+    /// Connections being checked with `server_check_query` before use.
+    pub tested: usize,
+    /// How long the longest-waiting client has waited.
+    pub max_wait: Duration,
 }
 
 /// A pool of connections to one server for one (database, user).
@@ -48,6 +53,8 @@ pub struct Pool {
     state: Mutex<State>,
     /// Connections opened over the pool's life.
     pub connects: AtomicU64,
+    /// Connections being checked before use.
+    tested: AtomicU64,
     /// Parameters the server reported at the first login, sent to clients at their login.
     server_params: Mutex<Option<BTreeMap<String, String>>>,
 }
@@ -64,6 +71,7 @@ impl Pool {
                 waiters: VecDeque::new(),
             }),
             connects: AtomicU64::new(0),
+            tested: AtomicU64::new(0),
             server_params: Mutex::new(None),
         }
     }
@@ -81,11 +89,17 @@ impl Pool {
     /// Current counts.
     pub fn counts(&self) -> PoolCounts {
         let s = self.state.lock();
+        let live = || s.waiters.iter().filter(|(_, w)| !w.is_closed());
         PoolCounts {
             idle: s.idle.len(),
             active: s.lent,
             open: s.open,
-            waiting: s.waiters.iter().filter(|w| !w.is_closed()).count(),
+            waiting: live().count(),
+            tested: self.tested.load(Ordering::Relaxed) as usize,
+            max_wait: live()
+                .map(|(since, _)| since.elapsed())
+                .max()
+                .unwrap_or_default(),
         }
     }
 
@@ -103,12 +117,14 @@ impl Pool {
             if conn.last_used.elapsed() < delay || conn.created.elapsed() < delay {
                 return Ok(lease);
             }
-            match tokio::time::timeout(
+            self.tested.fetch_add(1, Ordering::Relaxed);
+            let checked = tokio::time::timeout(
                 settings.connect_timeout,
                 conn.control_query(&settings.check_query),
             )
-            .await
-            {
+            .await;
+            self.tested.fetch_sub(1, Ordering::Relaxed);
+            match checked {
                 Ok(Ok(_)) => return Ok(lease),
                 Ok(Err(e)) => {
                     tracing::info!(pool = %self.key, error = %e, "idle server connection failed its check; closing it")
@@ -147,8 +163,8 @@ impl Pool {
                 Next::Open(s.settings.clone())
             } else {
                 let (tx, rx) = oneshot::channel();
-                s.waiters.retain(|w| !w.is_closed());
-                s.waiters.push_back(tx);
+                s.waiters.retain(|(_, w)| !w.is_closed());
+                s.waiters.push_back((Instant::now(), tx));
                 Next::Wait(s.settings.clone(), rx)
             }
         };
@@ -275,7 +291,7 @@ impl Pool {
     /// A slot in `open` is no longer used: pass it to a waiter or drop it.
     fn give_back_slot(&self) {
         let mut s = self.state.lock();
-        while let Some(w) = s.waiters.pop_front() {
+        while let Some((_, w)) = s.waiters.pop_front() {
             if w.send(Grant::Slot).is_ok() {
                 return;
             }
@@ -303,7 +319,7 @@ impl Pool {
             return;
         }
         conn.last_used = Instant::now();
-        while let Some(w) = s.waiters.pop_front() {
+        while let Some((_, w)) = s.waiters.pop_front() {
             match w.send(Grant::Conn(conn)) {
                 Ok(()) => {
                     s.lent += 1;

@@ -107,6 +107,12 @@ pub struct Session {
     /// The attached server only prepares statements for a transaction whose BEGIN is held:
     /// its idle ReadyForQuery is shown to the client as 'T'.
     side_trip: bool,
+    /// Traffic counters of this (database, user).
+    stats: Arc<crate::stats::ClientMetrics>,
+    /// When the messages now at the server were sent (query duration).
+    round_start: Option<std::time::Instant>,
+    /// When the current transaction's first messages were sent (transaction duration).
+    xact_start: Option<std::time::Instant>,
 }
 
 impl Session {
@@ -117,7 +123,11 @@ impl Session {
         let user = config.user(&login.user).expect("login checked the user");
         let mode = config.pool_mode(db, user);
         let sharded = db.sharding.is_some();
+        let stats = app.metrics.client(&login.database, &login.user);
         Session {
+            stats,
+            round_start: None,
+            xact_start: None,
             sharded,
             deferred: false,
             side_trip: false,
@@ -148,7 +158,13 @@ impl Session {
     /// Runs the session to its end and cleans up after it.
     pub async fn run(mut self) {
         tracing::info!(client = self.id, "client logged in");
+        self.stats
+            .logged_in
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let result = self.main_loop().await;
+        self.stats
+            .logged_in
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         match &result {
             Ok(()) => tracing::info!(client = self.id, "client disconnected"),
             Err(e) => tracing::info!(client = self.id, error = %e, "session ended"),
@@ -175,7 +191,8 @@ impl Session {
             };
             match event {
                 Event::Client(Ok(0)) => return Ok(()),
-                Event::Client(Ok(_)) => {
+                Event::Client(Ok(n)) => {
+                    self.stats.received.inc_by(n as u64);
                     if let Flow::Stop = self.on_client_data().await? {
                         return Ok(());
                     }
@@ -242,6 +259,9 @@ impl Session {
         if !self.server_out.is_empty() {
             let out = self.server_out.split().freeze();
             if let Some(lease) = &mut self.server {
+                let now = std::time::Instant::now();
+                self.round_start.get_or_insert(now);
+                self.xact_start.get_or_insert(now);
                 lease.conn().write(&out).await?;
             }
         }
@@ -321,12 +341,23 @@ impl Session {
                 }
                 Ok(None) => return Ok(Flow::Wait(frame)),
                 Err(e) => {
+                    self.app
+                        .metrics
+                        .route(&self.login.database, crate::stats::RouteOutcome::Rejected);
                     let e = messages::error_response("ERROR", e.sqlstate(), &e.to_string(), None);
                     self.refuse_in_held_transaction(frame.tag, e);
                     return Ok(Flow::Continue);
                 }
             };
+            if self.sharded {
+                self.app
+                    .metrics
+                    .route(&self.login.database, crate::stats::RouteOutcome::Shard);
+            }
             if let Err((code, message)) = self.attach(&frame, shard).await {
+                self.app
+                    .metrics
+                    .route(&self.login.database, crate::stats::RouteOutcome::Rejected);
                 let e = messages::error_response("ERROR", &code, &message, None);
                 self.refuse_in_held_transaction(frame.tag, e);
                 return Ok(Flow::Continue);
@@ -345,6 +376,9 @@ impl Session {
                 shard::PinCheck::Run => {}
                 shard::PinCheck::Defer => return Ok(Flow::Wait(frame)),
                 shard::PinCheck::Reject(code, message) => {
+                    self.app
+                        .metrics
+                        .route(&self.login.database, crate::stats::RouteOutcome::Rejected);
                     self.replay = None;
                     self.inject_error(&frame, code, &message);
                     self.client_out.append(&mut self.tracker.ready);
@@ -362,6 +396,9 @@ impl Session {
     fn forward(&mut self, frame: Frame) -> Result<(), SessionError> {
         if matches!(frame.tag, b'Q' | b'P' | b'B') {
             self.note_write(&frame);
+        }
+        if matches!(frame.tag, b'Q' | b'E') {
+            self.stats.queries.inc();
         }
         let lease = self.server.as_mut().expect("attached");
         let state = &mut lease.conn().state;
@@ -477,6 +514,7 @@ impl Session {
     /// Answers a message usher refuses with `error` (and ReadyForQuery for a simple Query; an
     /// extended-protocol batch is skipped up to its Sync).
     fn refuse(&mut self, tag: u8, error: Bytes) {
+        self.stats.errors.inc();
         self.client_out.push(error);
         if tag == b'Q' || tag == b'F' {
             self.push_local_ready();
@@ -591,13 +629,40 @@ impl Session {
         if !self.client_out.is_empty() {
             self.replay = None;
         }
+        self.account_round();
         self.flush_client().await?;
         self.maybe_release().await;
         Ok(())
     }
 
+    /// Updates the counters once the server answered everything it was sent.
+    fn account_round(&mut self) {
+        let errors = std::mem::take(&mut self.tracker.errors);
+        if errors > 0 {
+            self.stats.errors.inc_by(errors);
+        }
+        if !self.tracker.is_idle() {
+            return;
+        }
+        if let Some(t) = self.round_start.take() {
+            self.stats.query_duration.observe(t.elapsed().as_secs_f64());
+        }
+        if self.txn_status == b'I' {
+            if let Some(t) = self.xact_start.take() {
+                self.stats.transactions.inc();
+                self.stats
+                    .transaction_duration
+                    .observe(t.elapsed().as_secs_f64());
+            }
+        }
+    }
+
     async fn flush_client(&mut self) -> Result<(), SessionError> {
         self.replay_mark = 0;
+        let bytes: usize = self.client_out.iter().map(|c| c.len()).sum();
+        if bytes > 0 {
+            self.stats.sent.inc_by(bytes as u64);
+        }
         for chunk in self.client_out.drain(..) {
             self.io
                 .stream

@@ -71,6 +71,8 @@ pub struct Tracker {
     /// The server is in COPY IN mode and the client has not ended it: Syncs are ignored by the
     /// server then, so they get no entry.
     copy_in: bool,
+    /// ErrorResponses seen since the session last counted them.
+    pub errors: u64,
 }
 
 impl Tracker {
@@ -146,6 +148,9 @@ impl Tracker {
             return Decision::Swallow;
         }
         if self.queue.front() == Some(&Expect::InjectedError) {
+            if tag == b'E' {
+                self.errors += 1;
+            }
             if tag == b'Z' {
                 self.queue.pop_front();
                 self.release_local();
@@ -156,6 +161,7 @@ impl Tracker {
         let decision = match tag {
             b'N' | b'A' | b'S' => return Decision::Forward,
             b'E' => {
+                self.errors += 1;
                 match self.queue.front() {
                     None | Some(Expect::Query | Expect::FunctionCall | Expect::Sync) => {}
                     Some(_) => self.abort_until_sync(),

@@ -15,6 +15,7 @@ use crate::protocol::{extended, Frame};
 use crate::router::shard::ShardHint;
 use crate::router::{self, Classification, Role, RoleHint, Target};
 use crate::server::ServerError;
+use crate::stats::RouteOutcome;
 
 /// Pools by shard and server index, and the config they were made for.
 type PoolSlots = Option<(Arc<Config>, Vec<Vec<Option<Arc<Pool>>>>)>;
@@ -224,9 +225,18 @@ impl Session {
             .map_err(|e| (e.sqlstate().to_string(), e.to_string()))?;
             let server = &shard.servers[target.server];
             let pool = self.pool_at(config, user, shard_index, target.server, &server.addr);
-            match pool.checkout().await {
+            let waited = std::time::Instant::now();
+            let checked_out = pool.checkout().await;
+            self.stats.wait.inc_by(waited.elapsed().as_secs_f64());
+            match checked_out {
                 Ok(mut lease) => match self.prepare_server(&mut lease).await {
                     Ok(()) => {
+                        let outcome = match (target.role, wants_primary) {
+                            (Role::Replica, _) => RouteOutcome::Replica,
+                            (Role::Primary, false) if split => RouteOutcome::Fallback,
+                            _ => RouteOutcome::Primary,
+                        };
+                        self.app.metrics.route(&name, outcome);
                         self.route.attached_role = Some(target.role);
                         self.route.attached_server = target.server;
                         self.route.attached_shard = shard_index;

@@ -427,6 +427,8 @@ fn spawn_reaper(root: &Path) {
 pub struct Usher {
     /// Port clients connect to.
     pub port: u16,
+    /// Port of the HTTP endpoint (/metrics, /health, /ready, /pools).
+    pub metrics_port: u16,
     /// Its state (pools, counters).
     pub app: Arc<usher::App>,
     task: tokio::task::JoinHandle<()>,
@@ -548,9 +550,53 @@ pub async fn start_usher(config_text: &str) -> Usher {
         .unwrap_or_else(|e| panic!("{e}"));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_port = metrics.local_addr().unwrap().port();
     let app = usher::App::new(config);
-    let task = tokio::spawn(usher::serve(app.clone(), listener));
-    Usher { port, app, task }
+    let task = tokio::spawn(usher::serve_with(app.clone(), listener, Some(metrics)));
+    Usher {
+        port,
+        metrics_port,
+        app,
+        task,
+    }
+}
+
+/// `GET path` on usher's HTTP endpoint: (status, body).
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the Prometheus sample `name{...}` whose labels include every `labels` pair
+/// (`k="v"`), summed over matching series; 0 when there is none.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            (n == name && labels.iter().all(|p| rest.contains(p)))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
 }
 
 /// Connection string for usher.

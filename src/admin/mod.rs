@@ -1,0 +1,4 @@
+//! Operating usher: the HTTP endpoint Prometheus scrapes (`/metrics`, `/health`, `/ready`,
+//! `/pools`) and the PgBouncer-style admin console.
+
+pub mod http;

@@ -1,0 +1,209 @@
+//! What usher counts, for the Prometheus `/metrics` endpoint, `/pools` and the admin console.
+//!
+//! Traffic counters and duration histograms are per (database, user) and updated on the data
+//! path through handles each session resolves once at login (a relaxed atomic add per event).
+//! Gauges (clients and server connections by state, pool sizes, waits, lag, bans) are read from
+//! the pools and the topology when scraped ([`collect::refresh`]), so they cost nothing between
+//! scrapes.
+
+pub mod collect;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use prometheus::{
+    Counter, CounterVec, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+/// Where a routing decision went (label `outcome` of `usher_route_decisions_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteOutcome {
+    /// The primary (writes, or no split).
+    Primary,
+    /// A replica.
+    Replica,
+    /// The primary because no replica was usable.
+    Fallback,
+    /// A shard picked by key or hint (counted in addition to the server's role).
+    Shard,
+    /// Refused (no key, no server, ...).
+    Rejected,
+}
+
+impl RouteOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            RouteOutcome::Primary => "primary",
+            RouteOutcome::Replica => "replica",
+            RouteOutcome::Fallback => "fallback",
+            RouteOutcome::Shard => "shard",
+            RouteOutcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// Traffic handles of one (database, user).
+pub struct ClientMetrics {
+    /// Clients logged in now.
+    pub logged_in: AtomicI64,
+    /// Transactions finished.
+    pub transactions: IntCounter,
+    /// Queries (simple Query and Execute messages).
+    pub queries: IntCounter,
+    /// Bytes received from clients.
+    pub received: IntCounter,
+    /// Bytes sent to clients.
+    pub sent: IntCounter,
+    /// ErrorResponses sent to clients (from servers or from usher).
+    pub errors: IntCounter,
+    /// Time clients spent waiting for a server connection.
+    pub wait: Counter,
+    /// From sending a client's messages to the server until the server is ready again.
+    pub query_duration: Histogram,
+    /// From a transaction's first message until it ended.
+    pub transaction_duration: Histogram,
+}
+
+/// Every metric of one usher process.
+pub struct Metrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    clients: IntGaugeVec,
+    servers: IntGaugeVec,
+    pool_size: IntGaugeVec,
+    pool_max_size: IntGaugeVec,
+    pool_max_wait: GaugeVec,
+    transactions: IntCounterVec,
+    queries: IntCounterVec,
+    received: IntCounterVec,
+    sent: IntCounterVec,
+    errors: IntCounterVec,
+    wait: CounterVec,
+    query_duration: HistogramVec,
+    transaction_duration: HistogramVec,
+    routes: IntCounterVec,
+    lag: GaugeVec,
+    banned: IntGaugeVec,
+    cache_hits: IntCounter,
+    cache_misses: IntCounter,
+    reloads: IntCounterVec,
+    handles: Mutex<HashMap<(String, String), Arc<ClientMetrics>>>,
+}
+
+const DB_USER: &[&str] = &["database", "user"];
+const POOL: &[&str] = &["database", "user", "shard", "role", "server"];
+
+impl Metrics {
+    /// All metrics, registered.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        fn reg<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
+            r.register(Box::new(m.clone()))
+                .expect("unique metric names");
+            m
+        }
+        let iv = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid"),
+            )
+        };
+        let ic = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid"),
+            )
+        };
+        let buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let hist = |name: &str, help: &str| {
+            reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(buckets.clone()),
+                    DB_USER,
+                )
+                .expect("valid"),
+            )
+        };
+        Metrics {
+            clients: iv("usher_clients", "Client connections by state (active: holding a server connection; waiting: queued for one; idle).", &["database", "user", "state"]),
+            servers: iv("usher_server_connections", "Server connections by state (active: lent to a client; idle; login: being opened; tested: being checked before use).", &["database", "user", "shard", "role", "server", "state"]),
+            pool_size: iv("usher_pool_size", "Configured pool size.", POOL),
+            pool_max_size: iv("usher_pool_max_size", "Pool size plus the reserve pool.", POOL),
+            pool_max_wait: reg(&registry, GaugeVec::new(Opts::new("usher_pool_max_wait_seconds", "How long the longest-waiting client of the pool has waited so far."), POOL).expect("valid")),
+            transactions: ic("usher_transactions_total", "Transactions finished (explicit, or one statement outside a transaction).", DB_USER),
+            queries: ic("usher_queries_total", "Queries: simple Query and extended-protocol Execute messages.", DB_USER),
+            received: ic("usher_client_received_bytes_total", "Bytes received from clients.", DB_USER),
+            sent: ic("usher_client_sent_bytes_total", "Bytes sent to clients.", DB_USER),
+            errors: ic("usher_errors_total", "ErrorResponses sent to clients, from servers or from usher.", DB_USER),
+            wait: reg(&registry, CounterVec::new(Opts::new("usher_wait_seconds_total", "Time clients spent waiting for a server connection."), DB_USER).expect("valid")),
+            query_duration: hist("usher_query_duration_seconds", "From sending a client's messages to the server until it is ready for more."),
+            transaction_duration: hist("usher_transaction_duration_seconds", "From a transaction's first message to its end."),
+            routes: ic("usher_route_decisions_total", "Routing decisions by outcome: primary, replica, fallback (a read on the primary for want of a replica), shard (picked by key or hint), rejected.", &["database", "outcome"]),
+            lag: reg(&registry, GaugeVec::new(Opts::new("usher_replica_lag_seconds", "Replication lag of each replica as last measured (-1: unknown)."), &["database", "shard", "server"]).expect("valid")),
+            banned: iv("usher_server_banned", "1 while a server is banned after a failure.", &["database", "shard", "role", "server"]),
+            cache_hits: reg(&registry, IntCounter::new("usher_query_cache_hits_total", "Statement classifications answered from the parse cache.").expect("valid")),
+            cache_misses: reg(&registry, IntCounter::new("usher_query_cache_misses_total", "Statements parsed with libpg_query.").expect("valid")),
+            reloads: ic("usher_config_reloads_total", "Config reloads by result (ok, error).", &["result"]),
+            handles: Mutex::new(HashMap::new()),
+            registry,
+        }
+    }
+
+    /// The traffic handles of (database, user), created on first use.
+    pub fn client(&self, database: &str, user: &str) -> Arc<ClientMetrics> {
+        let key = (database.to_string(), user.to_string());
+        self.handles
+            .lock()
+            .entry(key)
+            .or_insert_with(|| {
+                let l = [database, user];
+                Arc::new(ClientMetrics {
+                    logged_in: AtomicI64::new(0),
+                    transactions: self.transactions.with_label_values(&l),
+                    queries: self.queries.with_label_values(&l),
+                    received: self.received.with_label_values(&l),
+                    sent: self.sent.with_label_values(&l),
+                    errors: self.errors.with_label_values(&l),
+                    wait: self.wait.with_label_values(&l),
+                    query_duration: self.query_duration.with_label_values(&l),
+                    transaction_duration: self.transaction_duration.with_label_values(&l),
+                })
+            })
+            .clone()
+    }
+
+    /// Counts a routing decision.
+    pub fn route(&self, database: &str, outcome: RouteOutcome) {
+        self.routes
+            .with_label_values(&[database, outcome.label()])
+            .inc();
+    }
+
+    /// Counts a config reload.
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// Every (database, user) seen so far with its handles.
+    pub fn clients(&self) -> Vec<((String, String), Arc<ClientMetrics>)> {
+        self.handles
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
