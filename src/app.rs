@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod lifecycle;
+
 use parking_lot::RwLock;
 use tokio::net::TcpListener;
 
@@ -37,6 +39,10 @@ pub struct App {
     pub probes: Probes,
     /// Counters, gauges and histograms for `/metrics` and the admin console.
     pub metrics: crate::stats::Metrics,
+    /// The config file, for reloads.
+    config_path: parking_lot::Mutex<Option<std::path::PathBuf>>,
+    /// True once a graceful shutdown started.
+    shutdown: tokio::sync::watch::Sender<bool>,
     /// Whether a user-defined function is VOLATILE, by (database, name).
     volatile: parking_lot::Mutex<HashMap<(String, String), bool>>,
 }
@@ -49,6 +55,8 @@ impl App {
             query_cache: QueryCache::new(config.general.query_cache_size),
             probes: Probes::default(),
             metrics: crate::stats::Metrics::new(),
+            config_path: parking_lot::Mutex::new(None),
+            shutdown: tokio::sync::watch::Sender::new(false),
             volatile: parking_lot::Mutex::new(HashMap::new()),
             config: RwLock::new(Arc::new(config)),
             pools: Arc::new(Pools::default()),

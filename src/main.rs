@@ -67,7 +67,7 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Run => run(config),
+        Command::Run => run(config, cli.config.clone()),
         Command::Migrate {
             database,
             dir,
@@ -126,13 +126,18 @@ fn migrate(config: usher::Config, opts: usher::tools::migrate::Options) -> ExitC
     }
 }
 
-fn run(config: usher::Config) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("USHER_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+fn run(config: usher::Config, path: PathBuf) -> ExitCode {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("USHER_LOG").unwrap_or_else(|_| "info".into());
+    match config.general.log_format {
+        usher::config::LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_env_filter(filter)
+            .init(),
+        usher::config::LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.general.worker_threads > 0 {
         builder.worker_threads(config.general.worker_threads);
@@ -168,12 +173,35 @@ fn run(config: usher::Config) -> ExitCode {
             None => None,
         };
         let app = usher::App::new(config);
+        app.set_config_path(path);
+        tokio::spawn(reload_on_sighup(app.clone()));
+        let serving = tokio::spawn(usher::serve_with(app.clone(), listener, metrics));
+        let mut shutdown = app.shutdown_signal();
         tokio::select! {
-            _ = usher::serve_with(app, listener, metrics) => {}
-            _ = shutdown_signal() => tracing::info!("shutting down"),
+            _ = shutdown_signal() => app.begin_shutdown(),
+            _ = shutdown.changed() => {} // admin SHUTDOWN
+        }
+        let timeout = app.config().general.shutdown_timeout.0;
+        let left = app.drain(timeout).await;
+        serving.abort();
+        if left > 0 {
+            tracing::warn!(
+                clients = left,
+                "shutdown_timeout reached; closing the remaining clients"
+            );
         }
         ExitCode::SUCCESS
     })
+}
+
+/// SIGHUP re-reads the config file.
+async fn reload_on_sighup(app: std::sync::Arc<usher::App>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let _ = app.reload();
+    }
 }
 
 async fn shutdown_signal() {

@@ -120,6 +120,22 @@ pub struct General {
     /// Address of the HTTP endpoint for Prometheus (`/metrics`) and health checks (`/health`,
     /// `/ready`, `/pools`), e.g. `"127.0.0.1:9930"`; unset disables it.
     pub metrics_listen: Option<String>,
+    /// On SIGTERM/SIGINT or admin SHUTDOWN: how long clients in a transaction get to finish
+    /// it before usher exits anyway.
+    pub shutdown_timeout: ConfigDuration,
+    /// Log lines as `"text"` (default) or `"json"` (one object per line, for log shippers).
+    pub log_format: LogFormat,
+}
+
+/// `log_format`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Default for General {
@@ -150,6 +166,8 @@ impl Default for General {
             health_check_user: None,
             query_cache_size: 10_000,
             metrics_listen: None,
+            shutdown_timeout: ConfigDuration::secs(30),
+            log_format: LogFormat::Text,
         }
     }
 }

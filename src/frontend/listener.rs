@@ -19,10 +19,19 @@ impl Drop for ClientCount {
     }
 }
 
-/// Accepts clients forever.
+/// Accepts clients until a shutdown starts.
 pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
+    let mut shutdown = app.shutdown_signal();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        if app.shutting_down() {
+            // Stop accepting: the listening socket closes with this loop.
+            return;
+        }
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => continue,
+        };
+        let (stream, peer) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

@@ -122,4 +122,17 @@ impl Pools {
     pub fn all(&self) -> Vec<Arc<Pool>> {
         self.map.lock().values().cloned().collect()
     }
+
+    /// Forgets the pools for which `keep` is false and closes their idle connections
+    /// (connections in use are closed when their clients give them back to the dropped pool).
+    pub fn retain(&self, keep: impl Fn(&PoolKey) -> bool) {
+        let dropped: Vec<Arc<Pool>> = {
+            let mut map = self.map.lock();
+            let gone: Vec<PoolKey> = map.keys().filter(|k| !keep(k)).cloned().collect();
+            gone.iter().filter_map(|k| map.remove(k)).collect()
+        };
+        for pool in dropped {
+            pool.reconnect();
+        }
+    }
 }

@@ -55,6 +55,8 @@ pub struct Pool {
     pub connects: AtomicU64,
     /// Connections being checked before use.
     tested: AtomicU64,
+    /// Connections opened before this instant are closed when they come back (RECONNECT).
+    reconnect_at: Mutex<Option<Instant>>,
     /// Parameters the server reported at the first login, sent to clients at their login.
     server_params: Mutex<Option<BTreeMap<String, String>>>,
 }
@@ -72,6 +74,7 @@ impl Pool {
             }),
             connects: AtomicU64::new(0),
             tested: AtomicU64::new(0),
+            reconnect_at: Mutex::new(None),
             server_params: Mutex::new(None),
         }
     }
@@ -311,9 +314,10 @@ impl Pool {
 
     /// Takes a connection back from a client.
     pub(super) fn checkin(&self, mut conn: ServerConn) {
+        let stale = self.reconnect_at.lock().is_some_and(|t| conn.created <= t);
         let mut s = self.state.lock();
         s.lent -= 1;
-        if !Self::reusable(&s.settings, &conn, false) {
+        if stale || !Self::reusable(&s.settings, &conn, false) {
             drop(s);
             self.discard_counted(conn);
             return;
@@ -381,6 +385,25 @@ impl Pool {
                 self.give_back_slot();
             }
         }
+    }
+
+    /// Closes every idle connection now (shutdown, RECONNECT, a server left the config);
+    /// returns how many.
+    pub fn close_idle(&self) -> usize {
+        let mut s = self.state.lock();
+        let idle: Vec<ServerConn> = s.idle.drain(..).collect();
+        s.open -= idle.len();
+        drop(s);
+        let n = idle.len();
+        idle.into_iter().for_each(close);
+        n
+    }
+
+    /// RECONNECT: idle connections are closed now, connections in use when they come back, so
+    /// every client gets a fresh connection from its next transaction on.
+    pub fn reconnect(&self) {
+        *self.reconnect_at.lock() = Some(Instant::now());
+        self.close_idle();
     }
 
     /// Replaces the settings (reload); connections are kept.

@@ -180,6 +180,39 @@ impl Topology {
     }
 }
 
+impl Topology {
+    /// After a reload: servers that were already known (same database and address) keep what
+    /// was measured about them (role of `auto` servers, bans, lag, replay position).
+    pub fn carry_over(&mut self, old: &Topology) {
+        for (db, shards) in &self.databases {
+            let Some(old_shards) = old.databases.get(db) else {
+                continue;
+            };
+            for server in shards.iter().flat_map(|s| s.servers.iter()) {
+                let Some(prev) = old_shards
+                    .iter()
+                    .flat_map(|s| s.servers.iter())
+                    .find(|o| o.addr == server.addr)
+                else {
+                    continue;
+                };
+                if server.spec_role == RoleSpec::Auto && prev.spec_role == RoleSpec::Auto {
+                    server
+                        .role
+                        .store(prev.role.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+                *server.banned_until.lock() = *prev.banned_until.lock();
+                server
+                    .lag_ms
+                    .store(prev.lag_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+                server
+                    .lsn
+                    .store(prev.lsn.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// Parses a WAL position `"16/B374D848"`.
 pub fn parse_lsn(text: &str) -> Option<u64> {
     let (hi, lo) = text.split_once('/')?;

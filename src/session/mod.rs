@@ -174,7 +174,17 @@ impl Session {
     }
 
     async fn main_loop(&mut self) -> Result<(), SessionError> {
+        let mut shutdown = self.app.shutdown_signal();
         loop {
+            if self.app.shutting_down() && self.idle_for_shutdown() {
+                self.io
+                    .fatal(
+                        "57P01",
+                        "terminating connection due to administrator command (usher is shutting down)",
+                    )
+                    .await;
+                return Ok(());
+            }
             let event = {
                 let Session { io, server, .. } = self;
                 match server {
@@ -184,12 +194,17 @@ impl Session {
                         tokio::select! {
                             r = conn.fill() => Event::Server(r),
                             r = io.fill() => Event::Client(r),
+                            _ = shutdown.changed() => Event::Shutdown,
                         }
                     }
-                    None => Event::Client(io.fill().await),
+                    None => tokio::select! {
+                        r = io.fill() => Event::Client(r),
+                        _ = shutdown.changed() => Event::Shutdown,
+                    },
                 }
             };
             match event {
+                Event::Shutdown => continue,
                 Event::Client(Ok(0)) => return Ok(()),
                 Event::Client(Ok(n)) => {
                     self.stats.received.inc_by(n as u64);
@@ -511,6 +526,15 @@ impl Session {
         !self.app.query_cache.classify(&sql).parse_error
     }
 
+    /// Nothing of the client's is in flight or open: it may be disconnected for a shutdown.
+    fn idle_for_shutdown(&self) -> bool {
+        self.txn_status == b'I'
+            && self.held_begin.is_none()
+            && self.tracker.is_idle()
+            && self.pass.is_none()
+            && self.io.rbuf.is_empty()
+    }
+
     /// Answers a message usher refuses with `error` (and ReadyForQuery for a simple Query; an
     /// extended-protocol batch is skipped up to its Sync).
     fn refuse(&mut self, tag: u8, error: Bytes) {
@@ -818,6 +842,8 @@ pub(crate) fn probe_translate(tag: u8, body: &[u8]) {
 }
 
 enum Event {
+    /// A graceful shutdown started (checked at the top of the loop).
+    Shutdown,
     Client(std::io::Result<usize>),
     Server(Result<usize, crate::server::ServerError>),
 }
