@@ -39,6 +39,12 @@ pub struct App {
     pub probes: Probes,
     /// Counters, gauges and histograms for `/metrics` and the admin console.
     pub metrics: crate::stats::Metrics,
+    /// Client connections, for SHOW CLIENTS.
+    pub client_list: crate::stats::ClientRegistry,
+    /// Databases paused by the admin console (PAUSE): their new transactions wait.
+    pub paused: parking_lot::Mutex<std::collections::HashSet<String>>,
+    /// Woken on RESUME.
+    pub resumed: tokio::sync::Notify,
     /// The config file, for reloads.
     config_path: parking_lot::Mutex<Option<std::path::PathBuf>>,
     /// True once a graceful shutdown started.
@@ -56,6 +62,9 @@ impl App {
             probes: Probes::default(),
             metrics: crate::stats::Metrics::new(),
             config_path: parking_lot::Mutex::new(None),
+            client_list: crate::stats::ClientRegistry::default(),
+            paused: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            resumed: tokio::sync::Notify::new(),
             shutdown: tokio::sync::watch::Sender::new(false),
             volatile: parking_lot::Mutex::new(HashMap::new()),
             config: RwLock::new(Arc::new(config)),
@@ -242,5 +251,13 @@ pub async fn serve_with(app: Arc<App>, listener: TcpListener, metrics: Option<Tc
         Duration::from_secs(1),
     )));
     let _monitor = AbortOnDrop(tokio::spawn(crate::router::monitor::run(app.clone())));
+    let ticker = app.clone();
+    let _averages = AbortOnDrop(tokio::spawn(async move {
+        let mut every = tokio::time::interval(crate::stats::STATS_PERIOD);
+        loop {
+            every.tick().await;
+            ticker.metrics.tick_averages();
+        }
+    }));
     crate::frontend::listener::accept_loop(app, listener).await;
 }

@@ -151,3 +151,242 @@ async fn metrics_tell_the_truth() {
         "{body}"
     );
 }
+
+/// Rows of a simple query as (column names, values).
+async fn rows(c: &tokio_postgres::Client, sql: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut cols = Vec::new();
+    let mut out = Vec::new();
+    for m in c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+    {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            cols = r.columns().iter().map(|c| c.name().to_string()).collect();
+            out.push(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("").to_string())
+                    .collect(),
+            );
+        }
+    }
+    (cols, out)
+}
+
+fn admin_dsn(port: u16, user: &str, password: &str, db: &str) -> String {
+    format!("host=127.0.0.1 port={port} user={user} password={password} dbname={db}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_console() {
+    let db = topology().create_db("admin");
+    let text = config(&db, "default_pool_size = 2")
+        + "\n[admin]\nuser = \"boss\"\npassword = \"adminpw\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usher.toml");
+    std::fs::write(&path, &text).unwrap();
+    let u = start_usher(&text).await;
+    u.app.set_config_path(path.clone());
+    let admin = connect_dsn(&admin_dsn(u.port, "boss", "adminpw", "usher"))
+        .await
+        .unwrap();
+    // Refusals: another user, a wrong password.
+    let e = connect_dsn(&admin_dsn(u.port, "app", PASSWORD, "usher"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().code()),
+        Some("28000"),
+        "{e:?}"
+    );
+    let e = connect_dsn(&admin_dsn(u.port, "boss", "nope", "pgbouncer"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().code()),
+        Some("28P01"),
+        "{e:?}"
+    );
+    let alias = connect_dsn(&admin_dsn(u.port, "boss", "adminpw", "pgbouncer"))
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&alias, "SHOW VERSION").await.1[0][0],
+        format!("usher {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    let a = connect(u.port, "app", &db).await.unwrap();
+    a.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let (cols, pools) = rows(&admin, "SHOW POOLS").await;
+    for c in [
+        "database",
+        "user",
+        "cl_active",
+        "cl_waiting",
+        "sv_active",
+        "sv_idle",
+        "sv_login",
+        "maxwait",
+        "pool_mode",
+        "shard",
+        "role",
+    ] {
+        assert!(
+            cols.contains(&c.to_string()),
+            "SHOW POOLS lacks {c}: {cols:?}"
+        );
+    }
+    let col = |name: &str| cols.iter().position(|c| c == name).unwrap();
+    let mine = pools
+        .iter()
+        .find(|r| r[col("database")] == db)
+        .expect("a pool row");
+    assert_eq!(
+        (
+            mine[col("cl_active")].as_str(),
+            mine[col("sv_active")].as_str(),
+            mine[col("role")].as_str()
+        ),
+        ("1", "1", "primary")
+    );
+    let (cols, clients) = rows(&admin, "SHOW CLIENTS").await;
+    let state = cols.iter().position(|c| c == "state").unwrap();
+    let dbc = cols.iter().position(|c| c == "database").unwrap();
+    assert!(
+        clients.iter().any(|r| r[dbc] == db && r[state] == "active"),
+        "{clients:?}"
+    );
+    let (cols, servers) = rows(&admin, "SHOW SERVERS").await;
+    assert!(
+        cols.contains(&"remote_pid".to_string())
+            && servers.iter().any(|r| r.contains(&"active".to_string())),
+        "{servers:?}"
+    );
+    for (cmd, needs) in [
+        ("SHOW STATS", "total_xact_count"),
+        ("SHOW STATS_TOTALS", "xact_count"),
+        ("SHOW STATS_AVERAGES", "query_time"),
+        ("SHOW DATABASES", "pool_size"),
+        ("SHOW USERS", "pool_mode"),
+        ("SHOW CONFIG", "changeable"),
+        ("SHOW LISTS", "items"),
+        ("SHOW SHARDS", "primary"),
+        ("SHOW REPLICAS", "lag_ms"),
+    ] {
+        let (cols, r) = rows(&admin, cmd).await;
+        assert!(
+            cols.contains(&needs.to_string()) && !r.is_empty(),
+            "{cmd}: {cols:?} {r:?}"
+        );
+    }
+    let (_, config_rows) = rows(&admin, "show config").await;
+    assert!(
+        config_rows
+            .iter()
+            .any(|r| r[0] == "default_pool_size" && r[1] == "2"),
+        "{config_rows:?}"
+    );
+    // Unknown commands and the extended protocol get clear errors; the console goes on.
+    let e = admin.simple_query("SHOW NONSENSE").await.unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "42601");
+    let e = admin.simple_query("DROP TABLE x").await.unwrap_err();
+    assert!(e
+        .as_db_error()
+        .unwrap()
+        .message()
+        .contains("unknown admin command"));
+    let e = admin.query("SHOW POOLS", &[]).await.unwrap_err();
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().code()),
+        Some("08P01"),
+        "{e:?}"
+    );
+
+    // PAUSE waits for the running transaction, then holds new ones until RESUME.
+    let pausing = {
+        let admin = connect_dsn(&admin_dsn(u.port, "boss", "adminpw", "usher"))
+            .await
+            .unwrap();
+        let db = db.clone();
+        tokio::spawn(async move { admin.simple_query(&format!("PAUSE {db}")).await.map(|_| ()) })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !pausing.is_finished(),
+        "PAUSE returned while a transaction was running"
+    );
+    a.batch_execute("COMMIT").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), pausing)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let b = connect(u.port, "app", &db).await.unwrap();
+    let held = tokio::spawn(async move {
+        b.query_one("SELECT 42", &[])
+            .await
+            .map(|r| r.get::<_, i32>(0))
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !held.is_finished(),
+        "a query ran while the database was paused"
+    );
+    admin.simple_query(&format!("RESUME {db}")).await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), held)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        42
+    );
+
+    // RECONNECT: the next transaction gets a new server connection.
+    let before: i32 = a
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    admin
+        .simple_query(&format!("RECONNECT {db}"))
+        .await
+        .unwrap();
+    let after: i32 = a
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(before, after);
+
+    // RELOAD applies the file; a broken file is refused with usher check's words.
+    std::fs::write(
+        &path,
+        text.replace("default_pool_size = 2", "default_pool_size = 7"),
+    )
+    .unwrap();
+    admin.simple_query("RELOAD").await.unwrap();
+    let (_, config_rows) = rows(&admin, "SHOW CONFIG").await;
+    assert!(config_rows
+        .iter()
+        .any(|r| r[0] == "default_pool_size" && r[1] == "7"));
+    std::fs::write(
+        &path,
+        text.replace("default_pool_size = 2", "default_pool_size = true"),
+    )
+    .unwrap();
+    let e = admin.simple_query("RELOAD").await.unwrap_err();
+    assert!(
+        e.as_db_error()
+            .unwrap()
+            .message()
+            .contains("general.default_pool_size"),
+        "{e:?}"
+    );
+    assert_eq!(u.app.config().general.default_pool_size, 7);
+
+    // SHUTDOWN: acknowledged, then no new clients.
+    admin.simple_query("SHUTDOWN").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(connect(u.port, "app", &db).await.is_err());
+}

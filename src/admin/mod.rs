@@ -1,4 +1,7 @@
 //! Operating usher: the HTTP endpoint Prometheus scrapes (`/metrics`, `/health`, `/ready`,
 //! `/pools`) and the PgBouncer-style admin console.
 
+pub mod console;
 pub mod http;
+mod show;
+mod table;

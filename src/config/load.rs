@@ -329,6 +329,21 @@ fn validate(c: &Config) -> Vec<(Vec<Seg>, String)> {
             _ => {}
         }
     }
+    if let Some(admin) = &c.admin {
+        if admin.password.is_none() && c.auth_method(&admin.as_user()) != AuthMethod::Trust {
+            out.push((
+                vec![k("admin"), k("password")],
+                "the admin console needs a password (or auth_type = \"trust\")".into(),
+            ));
+        }
+        if c.databases.contains_key("usher") || c.databases.contains_key("pgbouncer") {
+            out.push((
+                vec![k("admin")],
+                "a database named \"usher\" or \"pgbouncer\" hides the admin console; rename it"
+                    .into(),
+            ));
+        }
+    }
     if c.databases.is_empty() {
         out.push((
             vec![k("databases")],

@@ -32,10 +32,46 @@ pub struct Config {
     /// Databases clients may connect to, keyed by the name clients use.
     #[serde(default)]
     pub databases: BTreeMap<String, Database>,
+    /// The admin console (`psql -U admin usher`); without this section it is disabled.
+    #[serde(default)]
+    pub admin: Option<Admin>,
+}
+
+/// `[admin]`: who may use the admin console (database `usher`, alias `pgbouncer`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// The console's user name.
+    #[serde(default = "default_admin_user")]
+    pub user: String,
+    /// Its password: plain text, an `md5...` hash or a `SCRAM-SHA-256$...` verifier.
+    pub password: Option<String>,
+    /// How the admin authenticates; defaults to `general.auth_type`.
+    #[serde(default)]
+    pub auth_type: Option<AuthMethod>,
+}
+
+fn default_admin_user() -> String {
+    "admin".into()
+}
+
+impl Admin {
+    /// The admin as a user entry, for the authentication code.
+    pub fn as_user(&self) -> User {
+        User {
+            name: self.user.clone(),
+            password: self.password.clone(),
+            server_user: None,
+            server_password: None,
+            auth_type: self.auth_type,
+            pool_size: None,
+            pool_mode: None,
+        }
+    }
 }
 
 /// How long a client keeps a server connection.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
     /// A server is lent for one transaction and returned at ReadyForQuery 'I' (the default).
@@ -46,7 +82,7 @@ pub enum PoolMode {
 }
 
 /// How clients prove who they are to usher.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq, Default)]
 pub enum AuthMethod {
     /// SASL SCRAM-SHA-256 (RFC 7677), the default; works with a plain password or a verifier.
     #[default]
@@ -61,7 +97,7 @@ pub enum AuthMethod {
 }
 
 /// `[general]`: settings shared by every pool.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct General {
     /// Address clients connect to, e.g. `"127.0.0.1:6432"` or `"0.0.0.0:6432"`.
@@ -128,7 +164,7 @@ pub struct General {
 }
 
 /// `log_format`.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.

@@ -27,6 +27,8 @@ pub struct Login {
     pub cancel_key: (i32, i32),
     /// Where the client's current query runs, for cancel requests.
     pub cancel_slot: CancelSlot,
+    /// The admin console (database `usher` or `pgbouncer`), not a proxied database.
+    pub admin: bool,
 }
 
 /// Runs the handshake. `Ok(None)` when the connection was a cancel request (already handled).
@@ -115,6 +117,69 @@ pub async fn handshake(
         io.send(&out).await?;
     }
     let config = app.config();
+    let admin_db = (database == "usher" || database == "pgbouncer")
+        && !config.databases.contains_key(&database);
+    if admin_db {
+        let Some(admin) = config.admin.as_ref().map(|a| a.as_user()) else {
+            return refuse(
+                io,
+                "3D000",
+                format!("database \"{database}\" does not exist (the admin console is disabled: add an [admin] section)"),
+            )
+            .await;
+        };
+        if admin.name != user_name {
+            return refuse(
+                io,
+                "28000",
+                format!("user \"{user_name}\" may not use the admin console"),
+            )
+            .await;
+        }
+        match authenticate(app, &config, &admin, io).await {
+            Ok(()) => {}
+            Err(AuthError::Failed(u)) => {
+                return refuse(
+                    io,
+                    "28P01",
+                    format!("password authentication failed for user \"{u}\""),
+                )
+                .await;
+            }
+            Err(e) => return refuse(io, "08P01", e.to_string()).await,
+        }
+        let (cancel_key, cancel_slot) = app.cancels.register();
+        let mut out = BytesMut::new();
+        messages::auth_ok(&mut out);
+        for (k, v) in [
+            ("server_version", "16.0 (usher admin console)"),
+            ("server_encoding", "UTF8"),
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO, MDY"),
+            ("integer_datetimes", "on"),
+            ("standard_conforming_strings", "on"),
+            (
+                "application_name",
+                params.get("application_name").map_or("", |v| v),
+            ),
+        ] {
+            messages::parameter_status(&mut out, k, v);
+        }
+        messages::backend_key_data(&mut out, cancel_key.0, cancel_key.1);
+        messages::ready_for_query(&mut out, b'I');
+        if let Err(e) = io.send(&out).await {
+            app.cancels.unregister(cancel_key.0);
+            return Err(e.into());
+        }
+        return Ok(Some(Login {
+            user: user_name,
+            database,
+            params,
+            cancel_key,
+            cancel_slot,
+            admin: true,
+        }));
+    }
     let Some(user) = config.user(&user_name).cloned() else {
         // Same message as a wrong password: do not reveal which users exist.
         return refuse(
@@ -171,6 +236,7 @@ pub async fn handshake(
         params,
         cancel_key,
         cancel_slot,
+        admin: false,
     }))
 }
 

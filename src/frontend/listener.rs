@@ -71,6 +71,13 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
                             return;
                         }
                     };
+                if login.admin {
+                    tracing::info!(user = %login.user, "admin console login");
+                    let key = login.cancel_key.0;
+                    crate::admin::console::run(app.clone(), io).await;
+                    app.cancels.unregister(key);
+                    return;
+                }
                 let span =
                     tracing::info_span!("session", user = %login.user, database = %login.database);
                 crate::session::Session::new(app, io, login)

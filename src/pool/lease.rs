@@ -17,6 +17,7 @@ pub struct Lease {
 
 impl Lease {
     pub(super) fn new(conn: ServerConn, pool: Arc<Pool>) -> Lease {
+        pool.note_lent(&conn);
         Lease {
             conn: Some(conn),
             pool,
@@ -36,6 +37,7 @@ impl Lease {
     /// Returns the connection to its pool (which may still close it if it is broken or old).
     pub fn release(mut self) {
         if let Some(conn) = self.conn.take() {
+            self.pool.note_returned(conn.id);
             self.pool.checkin(conn);
         }
     }
@@ -44,6 +46,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
+            self.pool.note_returned(conn.id);
             self.pool.discard(conn);
         }
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 pub use lease::Lease;
-pub use pool::{Pool, PoolCounts};
+pub use pool::{Pool, PoolCounts, ServerInfo};
 
 use crate::config::ServerAddr;
 use crate::server::ServerError;

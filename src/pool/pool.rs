@@ -46,6 +46,21 @@ pub struct PoolCounts {
     pub max_wait: Duration,
 }
 
+/// One server connection as SHOW SERVERS lists it.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    /// usher's id of the connection.
+    pub id: u64,
+    /// The server's process id.
+    pub pid: i32,
+    /// When it was opened.
+    pub opened: Instant,
+    /// Since when it is in its current state.
+    pub since: Instant,
+    /// "active" (lent to a client) or "idle".
+    pub state: &'static str,
+}
+
 /// A pool of connections to one server for one (database, user).
 pub struct Pool {
     /// What this pool is for.
@@ -57,6 +72,8 @@ pub struct Pool {
     tested: AtomicU64,
     /// Connections opened before this instant are closed when they come back (RECONNECT).
     reconnect_at: Mutex<Option<Instant>>,
+    /// Connections lent out now, for SHOW SERVERS.
+    lent_info: Mutex<std::collections::HashMap<u64, ServerInfo>>,
     /// Parameters the server reported at the first login, sent to clients at their login.
     server_params: Mutex<Option<BTreeMap<String, String>>>,
 }
@@ -75,6 +92,7 @@ impl Pool {
             connects: AtomicU64::new(0),
             tested: AtomicU64::new(0),
             reconnect_at: Mutex::new(None),
+            lent_info: Mutex::new(std::collections::HashMap::new()),
             server_params: Mutex::new(None),
         }
     }
@@ -404,6 +422,39 @@ impl Pool {
     pub fn reconnect(&self) {
         *self.reconnect_at.lock() = Some(Instant::now());
         self.close_idle();
+    }
+
+    /// Records a connection lent out (called by [`Lease`]).
+    pub(super) fn note_lent(&self, conn: &ServerConn) {
+        self.lent_info.lock().insert(
+            conn.id,
+            ServerInfo {
+                id: conn.id,
+                pid: conn.backend_key.0,
+                opened: conn.created,
+                since: Instant::now(),
+                state: "active",
+            },
+        );
+    }
+
+    /// Forgets a connection that came back or was closed.
+    pub(super) fn note_returned(&self, id: u64) {
+        self.lent_info.lock().remove(&id);
+    }
+
+    /// Every connection of the pool: lent ones, then idle ones.
+    pub fn servers(&self) -> Vec<ServerInfo> {
+        let mut out: Vec<ServerInfo> = self.lent_info.lock().values().cloned().collect();
+        let s = self.state.lock();
+        out.extend(s.idle.iter().map(|c| ServerInfo {
+            id: c.id,
+            pid: c.backend_key.0,
+            opened: c.created,
+            since: c.last_used,
+            state: "idle",
+        }));
+        out
     }
 
     /// Replaces the settings (reload); connections are kept.

@@ -113,6 +113,8 @@ pub struct Session {
     round_start: Option<std::time::Instant>,
     /// When the current transaction's first messages were sent (transaction duration).
     xact_start: Option<std::time::Instant>,
+    /// This client in the registry SHOW CLIENTS reads.
+    info: Arc<crate::stats::ClientInfo>,
 }
 
 impl Session {
@@ -124,14 +126,30 @@ impl Session {
         let mode = config.pool_mode(db, user);
         let sharded = db.sharding.is_some();
         let stats = app.metrics.client(&login.database, &login.user);
+        let id = app.next_client_id();
+        let info = Arc::new(crate::stats::ClientInfo {
+            id,
+            peer: io.peer,
+            database: login.database.clone(),
+            user: login.user.clone(),
+            application_name: login
+                .params
+                .get("application_name")
+                .cloned()
+                .unwrap_or_default(),
+            connected: std::time::SystemTime::now(),
+            state: std::sync::atomic::AtomicU8::new(crate::stats::CLIENT_IDLE),
+        });
+        app.client_list.add(info.clone());
         Session {
+            info,
             stats,
             round_start: None,
             xact_start: None,
             sharded,
             deferred: false,
             side_trip: false,
-            id: app.next_client_id(),
+            id,
             params: ClientParams::new(login.params.clone()),
             app,
             io,
@@ -165,6 +183,7 @@ impl Session {
         self.stats
             .logged_in
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.app.client_list.remove(self.id);
         match &result {
             Ok(()) => tracing::info!(client = self.id, "client disconnected"),
             Err(e) => tracing::info!(client = self.id, error = %e, "session ended"),
@@ -587,6 +606,32 @@ impl Session {
     /// Gets a server for the transaction starting with `first`; on failure returns the
     /// SQLSTATE and message for the client.
     async fn attach(&mut self, first: &Frame, shard: usize) -> Result<(), (String, String)> {
+        // PAUSE: new transactions of a paused database wait for RESUME.
+        loop {
+            let resumed = self.app.resumed.notified();
+            if !self.app.paused.lock().contains(&self.login.database) {
+                break;
+            }
+            self.set_state(crate::stats::CLIENT_WAITING);
+            resumed.await;
+        }
+        self.set_state(crate::stats::CLIENT_WAITING);
+        let result = self.attach_now(first, shard).await;
+        self.set_state(if result.is_ok() {
+            crate::stats::CLIENT_ACTIVE
+        } else {
+            crate::stats::CLIENT_IDLE
+        });
+        result
+    }
+
+    fn set_state(&self, state: u8) {
+        self.info
+            .state
+            .store(state, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn attach_now(&mut self, first: &Frame, shard: usize) -> Result<(), (String, String)> {
         let config = self.app.config();
         let (mut lease, _target) = self.route_and_checkout(first, &config, shard).await?;
         let conn = lease.conn();
@@ -718,6 +763,7 @@ impl Session {
         let Some(mut lease) = self.server.take() else {
             return;
         };
+        self.set_state(crate::stats::CLIENT_IDLE);
         *self.login.cancel_slot.lock() = None;
         let conn = lease.conn();
         for name in self.tracker.unprepared.drain(..) {

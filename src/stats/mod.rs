@@ -91,6 +91,11 @@ pub struct Metrics {
     cache_misses: IntCounter,
     reloads: IntCounterVec,
     handles: Mutex<HashMap<(String, String), Arc<ClientMetrics>>>,
+    /// (totals at the last tick, averages over the last period) by database.
+    averages: Mutex<(
+        std::collections::BTreeMap<String, Totals>,
+        std::collections::BTreeMap<String, Totals>,
+    )>,
 }
 
 const DB_USER: &[&str] = &["database", "user"];
@@ -151,6 +156,7 @@ impl Metrics {
             cache_misses: reg(&registry, IntCounter::new("usher_query_cache_misses_total", "Statements parsed with libpg_query.").expect("valid")),
             reloads: ic("usher_config_reloads_total", "Config reloads by result (ok, error).", &["result"]),
             handles: Mutex::new(HashMap::new()),
+            averages: Mutex::new(Default::default()),
             registry,
         }
     }
@@ -205,5 +211,152 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// One client connection as SHOW CLIENTS lists it; its session keeps `state` current.
+pub struct ClientInfo {
+    /// usher's client id.
+    pub id: u64,
+    /// Peer address.
+    pub peer: std::net::SocketAddr,
+    /// Database it logged in to.
+    pub database: String,
+    /// User it logged in as.
+    pub user: String,
+    /// Its application_name startup parameter.
+    pub application_name: String,
+    /// When it connected.
+    pub connected: std::time::SystemTime,
+    /// [`CLIENT_IDLE`], [`CLIENT_ACTIVE`] or [`CLIENT_WAITING`].
+    pub state: std::sync::atomic::AtomicU8,
+}
+
+/// The client holds no server connection.
+pub const CLIENT_IDLE: u8 = 0;
+/// The client holds a server connection.
+pub const CLIENT_ACTIVE: u8 = 1;
+/// The client waits for a server connection.
+pub const CLIENT_WAITING: u8 = 2;
+
+/// Live client connections by id.
+#[derive(Default)]
+pub struct ClientRegistry {
+    map: Mutex<HashMap<u64, Arc<ClientInfo>>>,
+}
+
+impl ClientRegistry {
+    /// Adds a client.
+    pub fn add(&self, info: Arc<ClientInfo>) {
+        self.map.lock().insert(info.id, info);
+    }
+
+    /// Removes a client.
+    pub fn remove(&self, id: u64) {
+        self.map.lock().remove(&id);
+    }
+
+    /// Every client, by id.
+    pub fn all(&self) -> Vec<Arc<ClientInfo>> {
+        let mut v: Vec<Arc<ClientInfo>> = self.map.lock().values().cloned().collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+}
+
+/// Totals of one database (summed over its users), PgBouncer's SHOW STATS columns.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Totals {
+    /// Transactions.
+    pub xacts: f64,
+    /// Queries.
+    pub queries: f64,
+    /// Bytes received from clients.
+    pub received: f64,
+    /// Bytes sent to clients.
+    pub sent: f64,
+    /// Transaction time, microseconds.
+    pub xact_us: f64,
+    /// Query time, microseconds.
+    pub query_us: f64,
+    /// Wait time, microseconds.
+    pub wait_us: f64,
+}
+
+impl Totals {
+    fn minus(&self, o: &Totals) -> Totals {
+        Totals {
+            xacts: self.xacts - o.xacts,
+            queries: self.queries - o.queries,
+            received: self.received - o.received,
+            sent: self.sent - o.sent,
+            xact_us: self.xact_us - o.xact_us,
+            query_us: self.query_us - o.query_us,
+            wait_us: self.wait_us - o.wait_us,
+        }
+    }
+}
+
+/// How often SHOW STATS_AVERAGES is recomputed (PgBouncer's `stats_period`).
+pub const STATS_PERIOD: std::time::Duration = std::time::Duration::from_secs(15);
+
+impl Metrics {
+    /// Totals per database.
+    pub fn totals(&self) -> std::collections::BTreeMap<String, Totals> {
+        let mut out: std::collections::BTreeMap<String, Totals> = Default::default();
+        for ((db, _), m) in self.clients() {
+            let t = out.entry(db).or_default();
+            t.xacts += m.transactions.get() as f64;
+            t.queries += m.queries.get() as f64;
+            t.received += m.received.get() as f64;
+            t.sent += m.sent.get() as f64;
+            t.xact_us += m.transaction_duration.get_sample_sum() * 1e6;
+            t.query_us += m.query_duration.get_sample_sum() * 1e6;
+            t.wait_us += m.wait.get() * 1e6;
+        }
+        out
+    }
+
+    /// Per-second rates over the last [`STATS_PERIOD`] (counts and bytes per second; times
+    /// as the average per transaction / query, microseconds), as SHOW STATS_AVERAGES shows.
+    pub fn averages(&self) -> std::collections::BTreeMap<String, Totals> {
+        self.averages.lock().1.clone()
+    }
+
+    /// Takes a snapshot and recomputes the averages (run every [`STATS_PERIOD`]).
+    pub fn tick_averages(&self) {
+        let now = self.totals();
+        let mut guard = self.averages.lock();
+        let (prev, avg) = &mut *guard;
+        let secs = STATS_PERIOD.as_secs_f64();
+        avg.clear();
+        for (db, t) in &now {
+            let d = t.minus(prev.get(db).unwrap_or(&Totals::default()));
+            avg.insert(
+                db.clone(),
+                Totals {
+                    xacts: d.xacts / secs,
+                    queries: d.queries / secs,
+                    received: d.received / secs,
+                    sent: d.sent / secs,
+                    xact_us: if d.xacts > 0.0 {
+                        d.xact_us / d.xacts
+                    } else {
+                        0.0
+                    },
+                    query_us: if d.queries > 0.0 {
+                        d.query_us / d.queries
+                    } else {
+                        0.0
+                    },
+                    wait_us: if d.xacts > 0.0 {
+                        d.wait_us / d.xacts
+                    } else {
+                        0.0
+                    },
+                },
+            );
+        }
+        *prev = now;
     }
 }
