@@ -74,6 +74,11 @@ listen = "127.0.0.1:6432"
 pool_mode = "transaction"
 default_pool_size = 25
 min_pool_size = 2
+metrics_listen = "127.0.0.1:9930"
+
+[admin]
+user = "admin"
+password = "admin"
 
 [[users]]
 name = "app"
@@ -112,4 +117,6 @@ TOML
 
 echo "usher on 127.0.0.1:6432 — try: psql postgres://app:secret@127.0.0.1:6432/app" >&2
 echo "sharded:               psql postgres://app:secret@127.0.0.1:6432/learning" >&2
+echo "admin console:         psql postgres://admin:admin@127.0.0.1:6432/usher   (SHOW POOLS;)" >&2
+echo "metrics:               curl http://127.0.0.1:9930/metrics" >&2
 exec "$REPO/target/release/usher" --config "$ROOT/usher.toml"

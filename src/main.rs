@@ -135,8 +135,12 @@ fn run(config: usher::Config, path: PathBuf) -> ExitCode {
             .with_current_span(true)
             .with_span_list(true)
             .with_env_filter(filter)
+            .with_writer(std::io::stderr)
             .init(),
-        usher::config::LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        usher::config::LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.general.worker_threads > 0 {

@@ -130,6 +130,10 @@ struct Running {
 }
 
 fn spawn_usher(db: &str, extra: &str) -> Running {
+    spawn_usher_logging(db, extra, Stdio::null())
+}
+
+fn spawn_usher_logging(db: &str, extra: &str, stderr: Stdio) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("usher.toml");
     let (port, metrics_port) = (free_port(), free_port());
@@ -144,9 +148,9 @@ fn spawn_usher(db: &str, extra: &str) -> Running {
     std::fs::write(&path, text).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_usher"))
         .args(["--config", path.to_str().unwrap()])
-        .env("USHER_LOG", "warn")
+        .env("USHER_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -255,5 +259,64 @@ async fn sigterm_lets_transactions_finish_and_exits_zero() {
             "{left} server connections left open"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_the_client_and_never_the_secrets() {
+    let db = topology().create_db("logs");
+    let u = spawn_usher_logging(&db, "log_format = \"json\"", Stdio::piped());
+    let client = connect(u.port, "app", &db).await.unwrap();
+    client
+        .simple_query("SELECT 'sensitive literal 7731'")
+        .await
+        .unwrap();
+    client
+        .query("SELECT $1::text", &[&"sensitive parameter 8842"])
+        .await
+        .unwrap();
+    let _ = connect_dsn(&format!(
+        "host=127.0.0.1 port={} user=app password=wrongpass99 dbname={db}",
+        u.port
+    ))
+    .await;
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(&u.child, libc::SIGTERM);
+    let out = u.child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let login = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "client logged in")
+        .unwrap_or_else(|| panic!("no login line in {text}"));
+    let spans = login["spans"].to_string();
+    assert!(
+        spans.contains("\"peer\":\"127.0.0.1:")
+            && spans.contains(&db)
+            && spans.contains("\"user\":\"app\""),
+        "{login}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "login failed"),
+        "{text}"
+    );
+    for secret in [
+        PASSWORD,
+        "wrongpass99",
+        "sensitive literal",
+        "sensitive parameter",
+        "SCRAM-SHA-256$",
+    ] {
+        assert!(
+            !text.contains(secret),
+            "{secret:?} appears in the info log:\n{text}"
+        );
     }
 }

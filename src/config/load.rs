@@ -237,6 +237,19 @@ fn key_at(doc: &Spanned<DeTable>, offset: usize, path: &mut Vec<Seg>) {
 fn validate(c: &Config) -> Vec<(Vec<Seg>, String)> {
     let mut out = Vec::new();
     let g = &c.general;
+    if let Some(m) = &g.metrics_listen {
+        if m.parse::<SocketAddr>().is_err() {
+            out.push((
+                vec![k("general"), k("metrics_listen")],
+                format!("invalid metrics_listen address {m:?}: expected ip:port"),
+            ));
+        } else if *m == g.listen {
+            out.push((
+                vec![k("general"), k("metrics_listen")],
+                "metrics_listen must differ from listen".into(),
+            ));
+        }
+    }
     if g.listen.parse::<SocketAddr>().is_err() {
         out.push((
             vec![k("general"), k("listen")],

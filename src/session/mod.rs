@@ -440,6 +440,7 @@ impl Session {
         match frame.tag {
             b'Q' => {
                 let sql = frame.body().strip_suffix(b"\0").unwrap_or(frame.body());
+                tracing::debug!(client = self.id, sql = %String::from_utf8_lossy(sql), "query");
                 let (changes, statements) = sql_scan::scan(&String::from_utf8_lossy(sql));
                 if changes
                     .iter()
