@@ -577,6 +577,6 @@ mod tests {
     fn timestamps() {
         assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01 00:00:00 UTC");
         let t = UNIX_EPOCH + std::time::Duration::from_secs(1_795_355_000);
-        assert_eq!(timestamp(t), "2026-11-22 10:23:20 UTC");
+        assert_eq!(timestamp(t), "2026-11-22 13:43:20 UTC");
     }
 }
