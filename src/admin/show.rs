@@ -189,31 +189,34 @@ fn timestamp(at: SystemTime) -> String {
     )
 }
 
+/// PgBouncer's columns of SHOW SERVERS and SHOW CLIENTS.
+const CONNECTION_COLUMNS: [&str; 20] = [
+    "type",
+    "user",
+    "database",
+    "replication",
+    "state",
+    "addr",
+    "port",
+    "local_addr",
+    "local_port",
+    "connect_time",
+    "request_time",
+    "wait",
+    "wait_us",
+    "close_needed",
+    "ptr",
+    "link",
+    "remote_pid",
+    "tls",
+    "application_name",
+    "prepared_statements",
+];
+
 fn servers(app: &App) -> Table {
-    let mut t = Table::new(&[
-        "type",
-        "user",
-        "database",
-        "replication",
-        "state",
-        "addr",
-        "port",
-        "local_addr",
-        "local_port",
-        "connect_time",
-        "request_time",
-        "wait",
-        "wait_us",
-        "close_needed",
-        "ptr",
-        "link",
-        "remote_pid",
-        "tls",
-        "application_name",
-        "prepared_statements",
-        "shard",
-        "role",
-    ]);
+    let mut columns = CONNECTION_COLUMNS.to_vec();
+    columns.extend(["shard", "role"]);
+    let mut t = Table::new(&columns);
     let rows = pool_rows(app);
     for pool in app.pools.all() {
         let key = &pool.key;
@@ -251,28 +254,7 @@ fn servers(app: &App) -> Table {
 }
 
 fn clients(app: &App) -> Table {
-    let mut t = Table::new(&[
-        "type",
-        "user",
-        "database",
-        "replication",
-        "state",
-        "addr",
-        "port",
-        "local_addr",
-        "local_port",
-        "connect_time",
-        "request_time",
-        "wait",
-        "wait_us",
-        "close_needed",
-        "ptr",
-        "link",
-        "remote_pid",
-        "tls",
-        "application_name",
-        "prepared_statements",
-    ]);
+    let mut t = Table::new(&CONNECTION_COLUMNS);
     for c in app.client_list.all() {
         let state = match c.state.load(Ordering::Relaxed) {
             CLIENT_ACTIVE => "active",

@@ -136,17 +136,8 @@ pub async fn handshake(
             )
             .await;
         }
-        match authenticate(app, &config, &admin, io).await {
-            Ok(()) => {}
-            Err(AuthError::Failed(u)) => {
-                return refuse(
-                    io,
-                    "28P01",
-                    format!("password authentication failed for user \"{u}\""),
-                )
-                .await;
-            }
-            Err(e) => return refuse(io, "08P01", e.to_string()).await,
+        if let Err((code, message)) = authenticated(app, &config, &admin, io).await {
+            return refuse(io, code, message).await;
         }
         let (cancel_key, cancel_slot) = app.cancels.register();
         let mut out = BytesMut::new();
@@ -197,18 +188,8 @@ pub async fn handshake(
         )
         .await;
     }
-    match authenticate(app, &config, &user, io).await {
-        Ok(()) => {}
-        Err(AuthError::Failed(u)) => {
-            return refuse(
-                io,
-                "28P01",
-                format!("password authentication failed for user \"{u}\""),
-            )
-            .await;
-        }
-        Err(e @ AuthError::BadExchange(_)) => return refuse(io, "08P01", e.to_string()).await,
-        Err(e @ AuthError::BadVerifier(_)) => return refuse(io, "XX000", e.to_string()).await,
+    if let Err((code, message)) = authenticated(app, &config, &user, io).await {
+        return refuse(io, code, message).await;
     }
     let server_params = match app.server_params(&config, &database, &user).await {
         Ok(p) => p,
@@ -241,6 +222,24 @@ pub async fn handshake(
 }
 
 /// Tells the client why it is refused and ends the handshake.
+/// Authenticates `user`; on failure the SQLSTATE and message the client gets.
+async fn authenticated(
+    app: &App,
+    config: &Config,
+    user: &User,
+    io: &mut ClientIo,
+) -> Result<(), (&'static str, String)> {
+    match authenticate(app, config, user, io).await {
+        Ok(()) => Ok(()),
+        Err(AuthError::Failed(u)) => Err((
+            "28P01",
+            format!("password authentication failed for user \"{u}\""),
+        )),
+        Err(e @ AuthError::BadExchange(_)) => Err(("08P01", e.to_string())),
+        Err(e @ AuthError::BadVerifier(_)) => Err(("XX000", e.to_string())),
+    }
+}
+
 async fn refuse(
     io: &mut ClientIo,
     code: &str,
