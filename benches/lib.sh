@@ -30,7 +30,7 @@ start_primary() {
 port = $port
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$WORK'
-max_connections = 1200
+max_connections = 1500
 shared_buffers = 256MB
 fsync = off
 synchronous_commit = off

@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# The side-by-side benchmark: usher vs PgBouncer (Debian package, same pool settings:
+# transaction mode, pool 25) vs direct Postgres, on a throwaway local topology (a primary, a
+# streaming replica, four shard databases), runs interleaved target by target so drift on a
+# noisy machine hits all alike. Writes benches/RESULTS.md (date, machine, exact commands,
+# every run, and the usher/PgBouncer ratios against the targets).
+#
+#   benches/bench.sh                       # SECS=10 ROUNDS=1, about 10 minutes
+#   SECS=20 ROUNDS=2 benches/bench.sh      # steadier figures
+#
+# Per run: TPS, average and p99 latency (pgbench --log), the pooler's CPU time per transaction
+# (user+sys from /proc/PID/stat) and its peak RSS during the run (VmHWM after clear_refs).
+# Also: RSS per idle client with IDLE (10,000) idle connections, and COPY of COPY_MB (1024) MB
+# to STDOUT through usher vs direct (throughput and usher's peak RSS).
+cd "$(dirname "$0")/.."
+SECS=${SECS:-10}; ROUNDS=${ROUNDS:-1}; IDLE=${IDLE:-10000}; COPY_MB=${COPY_MB:-1024}
+source benches/lib.sh
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+PG=$(free_port); REP=$(free_port)
+start_primary "$PG"
+start_replica "$PG" "$REP"
+psql_pg() { "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG" -U postgres "$@"; }
+for i in 0 1 2 3; do psql_pg -c "CREATE DATABASE shard_$i OWNER app"; done
+PGPASSWORD=secret "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG" -U app app -f benches/family_schema.sql 2>/dev/null
+PGPASSWORD=secret "$BIN/psql" -X -q -h 127.0.0.1 -p "$PG" -U app app \
+  -c "INSERT INTO bench_families (id, name) SELECT g, 'family ' || g FROM generate_series(1, 10000) g"
+
+header() { # port: the same [general] for every usher here
+  cat <<TOML
+[general]
+listen = "127.0.0.1:$1"
+pool_mode = "transaction"
+default_pool_size = 25
+max_client_conn = $((IDLE + 2000))
+[[users]]
+name = "app"
+password = "secret"
+[[users]]
+name = "idle"
+auth_type = "trust"
+server_user = "app"
+server_password = "secret"
+TOML
+}
+P_USHER=$(free_port)
+start_usher usher "$(header "$P_USHER")
+[databases.app]
+shards = [ { primary = \"127.0.0.1:$PG/app\" } ]"
+PID_USHER=$LAST_PID
+P_SPLIT=$(free_port)
+start_usher split "$(header "$P_SPLIT")
+[databases.app]
+read_write_split = true
+shards = [ { primary = \"127.0.0.1:$PG/app\", replicas = [\"127.0.0.1:$REP/app\"] } ]"
+PID_SPLIT=$LAST_PID
+P_SHARD=$(free_port)
+start_usher sharded "$(header "$P_SHARD")
+[databases.app]
+shards = [
+  { primary = \"127.0.0.1:$PG/shard_0\" }, { primary = \"127.0.0.1:$PG/shard_1\" },
+  { primary = \"127.0.0.1:$PG/shard_2\" }, { primary = \"127.0.0.1:$PG/shard_3\" },
+]
+[databases.app.sharding]
+key_type = \"bigint\"
+tables = [ { name = \"bench_families\", column = \"id\" }, { name = \"bench_progress\", column = \"family_id\" } ]"
+PID_SHARD=$LAST_PID
+
+P_BOUNCER=$(free_port)
+cat <<INI | as_pg tee "$WORK/pgbouncer.ini" >/dev/null
+[databases]
+app = host=127.0.0.1 port=$PG dbname=app user=app password=secret
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $P_BOUNCER
+unix_socket_dir =
+auth_type = hba
+auth_file = $WORK/userlist.txt
+auth_hba_file = $WORK/pgbouncer_hba.conf
+pool_mode = transaction
+default_pool_size = 25
+max_client_conn = $((IDLE + 2000))
+logfile = $WORK/pgbouncer.log
+INI
+printf '"app" "secret"\n"idle" ""\n' | as_pg tee "$WORK/userlist.txt" >/dev/null
+printf 'host all idle 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n' | as_pg tee "$WORK/pgbouncer_hba.conf" >/dev/null
+if [ "$(id -u)" -eq 0 ]; then
+  # Started as root so it keeps this shell's file limit, then it drops to the postgres user.
+  pgbouncer -u postgres "$WORK/pgbouncer.ini" > /dev/null 2>&1 &
+else
+  pgbouncer "$WORK/pgbouncer.ini" > /dev/null 2>&1 &
+fi
+PIDS+=($!)
+sleep 1
+PID_BOUNCER=$(pgrep -f "pgbouncer.* $WORK/pgbouncer.ini" | head -1)
+PIDS+=("$PID_BOUNCER")
+
+# The sharded schema through usher (DDL runs on every shard), families routed one by one.
+PGPASSWORD=secret "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$P_SHARD" -U app app -f benches/family_schema.sql 2>/dev/null
+seq 1 10000 | awk '{ printf "INSERT INTO bench_families (id, name) VALUES (%d, '"'"'family %d'"'"');\n", $1, $1 }' \
+  | PGPASSWORD=secret "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$P_SHARD" -U app app >/dev/null
+sleep 2
+
+peak_reset() { [ -n "$1" ] && echo 5 > "/proc/$1/clear_refs" 2>/dev/null || true; }
+peak_kib() { [ -n "$1" ] && awk '/^VmHWM/ {print $2}' "/proc/$1/status" || echo "-"; }
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# measure PORT PID ARGS...: "tps avg_ms p99_ms cpu_us_per_txn peak_rss_mib"
+measure() {
+  local port=$1 pid=$2; shift 2
+  rm -f "$WORK"/pglog*
+  peak_reset "$pid"
+  local before=0 after=0 out
+  [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+  out=$(cd "$WORK" && PGPASSWORD=secret "$BIN/pgbench" "$@" -n --log --log-prefix=pglog -h 127.0.0.1 -p "$port" -U app app 2>&1) || { echo "$out" >&2; echo "- - - - -"; return; }
+  [ -n "$pid" ] && after=$(cpu_ticks "$pid")
+  local tps lat xacts p99 cpu peak
+  tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+  if [ -z "$tps" ] || awk -v t="$tps" 'BEGIN {exit !(t == 0)}'; then echo "$out" | tail -5 >&2; fi
+  lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
+  xacts=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
+  p99=$(cat "$WORK"/pglog* | awk '{print $3}' | sort -n | awk '{v[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.2f", v[i]/1000}')
+  cpu=$(awk -v a="$after" -v b="$before" -v t="$TICK" -v x="$xacts" 'BEGIN { if (x > 0 && a > b) printf "%.1f", (a - b) / t * 1e6 / x; else print "-" }')
+  peak=$(peak_kib "$pid"); [ "$peak" != "-" ] && peak=$(awk -v k="$peak" 'BEGIN {printf "%.1f", k/1024}')
+  echo "$tps $lat $p99 $cpu $peak"
+}
+
+RESULTS="$WORK/results"
+: > "$RESULTS"
+run() { # case target port pid args...
+  local case=$1 target=$2 port=$3 pid=$4; shift 4
+  local r; r=$(measure "$port" "$pid" "$@")
+  echo "$case $target $r" | tee -a "$RESULTS" >&2
+}
+for round in $(seq 1 "$ROUNDS"); do
+  for mode in simple extended; do
+    for c in 10 100 1000; do
+      j=$(( c < 4 ? c : 4 ))
+      # 1,000 logins take seconds: those runs get twice the time so most of it is load.
+      t=$(( c >= 1000 ? SECS * 2 : SECS ))
+      run "S-$mode-$c" usher "$P_USHER" "$PID_USHER" -S -M "$mode" -c "$c" -j "$j" -T "$t"
+      run "S-$mode-$c" pgbouncer "$P_BOUNCER" "$PID_BOUNCER" -S -M "$mode" -c "$c" -j "$j" -T "$t"
+      run "S-$mode-$c" direct "$PG" "" -S -M "$mode" -c "$c" -j "$j" -T "$t"
+    done
+  done
+  run S-prepared-100 usher "$P_USHER" "$PID_USHER" -S -M prepared -c 100 -j 4 -T "$SECS"
+  run S-prepared-100 direct "$PG" "" -S -M prepared -c 100 -j 4 -T "$SECS"
+  run N-simple-100 usher "$P_USHER" "$PID_USHER" -N -M simple -c 100 -j 4 -T "$SECS"
+  run N-simple-100 pgbouncer "$P_BOUNCER" "$PID_BOUNCER" -N -M simple -c 100 -j 4 -T "$SECS"
+  run N-simple-100 direct "$PG" "" -N -M simple -c 100 -j 4 -T "$SECS"
+  run split-S-100 usher-plain "$P_USHER" "$PID_USHER" -S -M simple -c 100 -j 4 -T "$SECS"
+  run split-S-100 usher-split "$P_SPLIT" "$PID_SPLIT" -S -M simple -c 100 -j 4 -T "$SECS"
+  run family-100 usher-one-db "$P_USHER" "$PID_USHER" -f "$PWD/benches/family.pgbench" -M simple -c 100 -j 4 -T "$SECS"
+  run family-100 usher-4-shards "$P_SHARD" "$PID_SHARD" -f "$PWD/benches/family.pgbench" -M simple -c 100 -j 4 -T "$SECS"
+done
+
+# Idle clients: RSS per idle connection (trust logins, held open, nothing sent).
+idle_rss() { # port pid
+  local port=$1 pid=$2 base after
+  base=$(rss_kib "$pid")
+  python3 - "$port" "$IDLE" > "$WORK/idle.out" 2>&1 <<'PY' &
+import asyncio, struct, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+def startup():
+    body = struct.pack("!I", 196608) + b"user\0idle\0database\0app\0\0"
+    return struct.pack("!I", len(body) + 4) + body
+async def one(sem, held):
+    async with sem:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(startup())
+        buf = b""
+        while True:
+            chunk = await r.read(4096)
+            if not chunk:
+                raise SystemExit("closed: " + repr(buf[:200]))
+            buf += chunk
+            if b"Z\0\0\0\x05I" in buf:
+                break
+        held.append((r, w))
+async def main():
+    sem, held = asyncio.Semaphore(200), []
+    await asyncio.gather(*(one(sem, held) for _ in range(n)))
+    print("ok", len(held), flush=True)
+    await asyncio.sleep(3600)
+asyncio.run(main())
+PY
+  local opener=$!
+  for _ in $(seq 1 600); do grep -q '^ok' "$WORK/idle.out" 2>/dev/null && break; kill -0 "$opener" 2>/dev/null || break; sleep 0.2; done
+  sleep 1
+  after=$(rss_kib "$pid")
+  if grep -q '^ok' "$WORK/idle.out"; then
+    awk -v a="$after" -v b="$base" -v n="$IDLE" 'BEGIN { printf "%.1f", (a - b) * 1024 / n / 1024 }'
+  else
+    echo "failed ($(head -c 200 "$WORK/idle.out"))"
+  fi
+  kill "$opener" 2>/dev/null; wait "$opener" 2>/dev/null
+  sleep 1
+}
+IDLE_USHER=$(idle_rss "$P_USHER" "$PID_USHER")
+IDLE_BOUNCER=$(idle_rss "$P_BOUNCER" "$PID_BOUNCER")
+echo "idle: usher $IDLE_USHER KiB/client, pgbouncer $IDLE_BOUNCER KiB/client" >&2
+
+# COPY streaming: COPY_MB of 1 KB rows to STDOUT, through usher and directly.
+ROWS=$((COPY_MB * 1024))
+copy_secs() { # port
+  local t0 t1
+  t0=$(date +%s.%N)
+  PGPASSWORD=secret "$BIN/psql" -X -q -h 127.0.0.1 -p "$1" -U app app \
+    -c "COPY (SELECT repeat('x', 1023) FROM generate_series(1, $ROWS)) TO STDOUT" > /dev/null
+  t1=$(date +%s.%N)
+  awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}'
+}
+peak_reset "$PID_USHER"
+COPY_USHER=$(copy_secs "$P_USHER")
+COPY_PEAK=$(awk -v k="$(peak_kib "$PID_USHER")" 'BEGIN {printf "%.1f", k/1024}')
+COPY_DIRECT=$(copy_secs "$PG")
+echo "copy: usher ${COPY_USHER}s (peak ${COPY_PEAK} MiB), direct ${COPY_DIRECT}s" >&2
+
+# Report.
+avg() { awk -v c="$1" -v t="$2" -v f="$3" '$1==c && $2==t && $f!="-" {s+=$f; n++} END {if (n) printf "%.1f", s/n; else print "-"}' "$RESULTS"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "-" && b != "-" && b > 0) printf "%.2f", a / b; else print "-" }'; }
+REPORT="$WORK/report.md"
+{
+  echo "# Benchmark results"
+  echo
+  echo "Written by \`benches/bench.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC'). Re-run: \`SECS=$SECS ROUNDS=$ROUNDS benches/bench.sh\`."
+  echo
+  echo "- Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM; shared and noisy, so the ratios (same run, interleaved) are the headline, not absolute numbers."
+  echo "- PostgreSQL $("$BIN/postgres" --version | awk '{print $3}') (fsync off, primary + streaming replica on the same machine), $(pgbouncer --version | head -1), usher $(./target/release/usher --version | awk '{print $2}') (release build)."
+  echo "- Pools: transaction mode, pool size 25, for usher and PgBouncer alike. pgbench scale 10, ${SECS} s per run, $ROUNDS round(s), targets interleaved usher → PgBouncer → direct."
+  echo "- Commands: \`pgbench -S|-N -M simple|extended|prepared -c C -j min(C,4) -T $SECS -n --log\`; the family runs use \`-f benches/family.pgbench\`. CPU = user+sys of the pooler process over the run ÷ transactions; peak RSS = VmHWM after resetting it with clear_refs."
+  echo
+  echo "## Targets (usher / PgBouncer in the same run)"
+  echo
+  echo "| measure | target | measured | met |"
+  echo "| --- | --- | --- | --- |"
+  cpu_u=$(avg S-simple-100 usher 6); cpu_b=$(avg S-simple-100 pgbouncer 6)
+  echo "| pooler CPU per transaction, -S simple, 100 clients | usher ≤ PgBouncer | $cpu_u vs $cpu_b µs ($(ratio "$cpu_u" "$cpu_b")×) | $(awk -v a="$cpu_u" -v b="$cpu_b" 'BEGIN {print (a <= b) ? "yes" : "no"}') |"
+  for c in 100 1000; do
+    for m in simple extended; do
+      r=$(ratio "$(avg "S-$m-$c" usher 3)" "$(avg "S-$m-$c" pgbouncer 3)")
+      echo "| TPS, -S $m, $c clients | ≥ 1.1× PgBouncer | ${r}× | $(awk -v r="$r" 'BEGIN {print (r >= 1.1) ? "yes" : "no"}') |"
+    done
+  done
+  p_u=$(avg S-simple-100 usher 5); p_b=$(avg S-simple-100 pgbouncer 5)
+  echo "| p99 latency, -S simple, 100 clients | usher ≤ PgBouncer | $p_u vs $p_b ms | $(awk -v a="$p_u" -v b="$p_b" 'BEGIN {print (a <= b) ? "yes" : "no"}') |"
+  r=$(ratio "$(avg split-S-100 usher-split 3)" "$(avg split-S-100 usher-plain 3)")
+  echo "| TPS with read/write split on vs plain pooling (same primary) | ≥ 0.9 | ${r}× | $(awk -v r="$r" 'BEGIN {print (r >= 0.9) ? "yes" : "no"}') |"
+  echo "| route decision, cache hit | ≤ 1 µs | see \`cargo bench --bench routing\` | |"
+  echo "| RSS per idle client ($IDLE idle connections) | ≤ 16 KiB | usher $IDLE_USHER KiB, PgBouncer $IDLE_BOUNCER KiB | $(awk -v a="$IDLE_USHER" 'BEGIN {print (a+0 > 0 && a <= 16) ? "yes" : "no"}') |"
+  cr=$(ratio "$COPY_DIRECT" "$COPY_USHER")
+  echo "| COPY TO $COPY_MB MB throughput | ≥ 0.8× direct, usher RSS < 64 MiB | ${cr}× ($COPY_USHER s vs $COPY_DIRECT s), peak $COPY_PEAK MiB | $(awk -v r="$cr" -v m="$COPY_PEAK" 'BEGIN {print (r >= 0.8 && m < 64) ? "yes" : "no"}') |"
+  echo
+  echo "## Every run (means over rounds)"
+  echo
+  echo "| case | target | TPS | avg latency ms | p99 latency ms | pooler CPU µs/txn | pooler peak RSS MiB | TPS vs PgBouncer |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+  for case in $(awk '{print $1}' "$RESULTS" | awk '!seen[$0]++'); do
+    base=$(avg "$case" pgbouncer 3)
+    for t in $(awk -v c="$case" '$1==c {print $2}' "$RESULTS" | awk '!seen[$0]++'); do
+      tps=$(avg "$case" "$t" 3)
+      echo "| $case | $t | $tps | $(avg "$case" "$t" 4) | $(avg "$case" "$t" 5) | $(avg "$case" "$t" 6) | $(avg "$case" "$t" 7) | $(ratio "$tps" "$base") |"
+    done
+  done
+} > "$REPORT"
+cp "$REPORT" benches/RESULTS.md
+cat "$REPORT"
