@@ -154,6 +154,23 @@ for round in $(seq 1 "$ROUNDS"); do
   run family-100 usher-4-shards "$P_SHARD" "$PID_SHARD" -f "$PWD/benches/family.pgbench" -M simple -c 100 -j 4 -T "$SECS"
 done
 
+# COPY streaming: COPY_MB of 1 KB rows to STDOUT, through usher and directly.
+ROWS=$((COPY_MB * 1024))
+copy_secs() { # port
+  local t0 t1
+  t0=$(date +%s.%N)
+  PGPASSWORD=secret "$BIN/psql" -X -q -h 127.0.0.1 -p "$1" -U app app \
+    -c "COPY (SELECT repeat('x', 1023) FROM generate_series(1, $ROWS)) TO STDOUT" > /dev/null
+  t1=$(date +%s.%N)
+  awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}'
+}
+COPY_DIRECT=$(copy_secs "$PG")
+COPY_BASE=$(awk -v k="$(rss_kib "$PID_USHER")" 'BEGIN {printf "%.1f", k/1024}')
+peak_reset "$PID_USHER"
+COPY_USHER=$(copy_secs "$P_USHER")
+COPY_PEAK=$(awk -v k="$(peak_kib "$PID_USHER")" 'BEGIN {printf "%.1f", k/1024}')
+echo "copy: usher ${COPY_USHER}s (RSS ${COPY_BASE} MiB before, peak ${COPY_PEAK} MiB), direct ${COPY_DIRECT}s" >&2
+
 # Idle clients: RSS per idle connection (trust logins, held open, nothing sent).
 idle_rss() { # port pid
   local port=$1 pid=$2 base after
@@ -200,22 +217,6 @@ IDLE_USHER=$(idle_rss "$P_USHER" "$PID_USHER")
 IDLE_BOUNCER=$(idle_rss "$P_BOUNCER" "$PID_BOUNCER")
 echo "idle: usher $IDLE_USHER KiB/client, pgbouncer $IDLE_BOUNCER KiB/client" >&2
 
-# COPY streaming: COPY_MB of 1 KB rows to STDOUT, through usher and directly.
-ROWS=$((COPY_MB * 1024))
-copy_secs() { # port
-  local t0 t1
-  t0=$(date +%s.%N)
-  PGPASSWORD=secret "$BIN/psql" -X -q -h 127.0.0.1 -p "$1" -U app app \
-    -c "COPY (SELECT repeat('x', 1023) FROM generate_series(1, $ROWS)) TO STDOUT" > /dev/null
-  t1=$(date +%s.%N)
-  awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}'
-}
-peak_reset "$PID_USHER"
-COPY_USHER=$(copy_secs "$P_USHER")
-COPY_PEAK=$(awk -v k="$(peak_kib "$PID_USHER")" 'BEGIN {printf "%.1f", k/1024}')
-COPY_DIRECT=$(copy_secs "$PG")
-echo "copy: usher ${COPY_USHER}s (peak ${COPY_PEAK} MiB), direct ${COPY_DIRECT}s" >&2
-
 # Report.
 avg() { awk -v c="$1" -v t="$2" -v f="$3" '$1==c && $2==t && $f!="-" {s+=$f; n++} END {if (n) printf "%.1f", s/n; else print "-"}' "$RESULTS"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "-" && b != "-" && b > 0) printf "%.2f", a / b; else print "-" }'; }
@@ -249,7 +250,7 @@ REPORT="$WORK/report.md"
   echo "| route decision, cache hit | ≤ 1 µs | see \`cargo bench --bench routing\` | |"
   echo "| RSS per idle client ($IDLE idle connections) | ≤ 16 KiB | usher $IDLE_USHER KiB, PgBouncer $IDLE_BOUNCER KiB | $(awk -v a="$IDLE_USHER" 'BEGIN {print (a+0 > 0 && a <= 16) ? "yes" : "no"}') |"
   cr=$(ratio "$COPY_DIRECT" "$COPY_USHER")
-  echo "| COPY TO $COPY_MB MB throughput | ≥ 0.8× direct, usher RSS < 64 MiB | ${cr}× ($COPY_USHER s vs $COPY_DIRECT s), peak $COPY_PEAK MiB | $(awk -v r="$cr" -v m="$COPY_PEAK" 'BEGIN {print (r >= 0.8 && m < 64) ? "yes" : "no"}') |"
+  echo "| COPY TO $COPY_MB MB throughput | ≥ 0.8× direct, usher RSS < 64 MiB | ${cr}× ($COPY_USHER s vs $COPY_DIRECT s), usher RSS $COPY_BASE MiB before, peak $COPY_PEAK MiB | $(awk -v r="$cr" -v m="$COPY_PEAK" 'BEGIN {print (r >= 0.8 && m < 64) ? "yes" : "no"}') |"
   echo
   echo "## Every run (means over rounds)"
   echo

@@ -43,6 +43,8 @@ pub struct App {
     pub client_list: crate::stats::ClientRegistry,
     /// Databases paused by the admin console (PAUSE): their new transactions wait.
     pub paused: parking_lot::Mutex<std::collections::HashSet<String>>,
+    /// True while `paused` is not empty (checked lock-free on every transaction).
+    pub any_paused: std::sync::atomic::AtomicBool,
     /// Woken on RESUME.
     pub resumed: tokio::sync::Notify,
     /// The config file, for reloads.
@@ -64,6 +66,7 @@ impl App {
             config_path: parking_lot::Mutex::new(None),
             client_list: crate::stats::ClientRegistry::default(),
             paused: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            any_paused: std::sync::atomic::AtomicBool::new(false),
             resumed: tokio::sync::Notify::new(),
             shutdown: tokio::sync::watch::Sender::new(false),
             volatile: parking_lot::Mutex::new(HashMap::new()),

@@ -107,6 +107,7 @@ async fn command(
         ["pause"] | ["pause", _] => {
             let dbs = databases(app, arg.as_deref())?;
             app.paused.lock().extend(dbs.iter().cloned());
+            app.any_paused.store(true, std::sync::atomic::Ordering::SeqCst);
             // Wait for the transactions running now to finish (new ones are held).
             loop {
                 let busy: usize = app
@@ -127,7 +128,12 @@ async fn command(
         }
         ["resume"] | ["resume", _] => {
             let dbs = databases(app, arg.as_deref())?;
-            app.paused.lock().retain(|d| !dbs.contains(d));
+            {
+                let mut paused = app.paused.lock();
+                paused.retain(|d| !dbs.contains(d));
+                app.any_paused
+                    .store(!paused.is_empty(), std::sync::atomic::Ordering::SeqCst);
+            }
             app.resumed.notify_waiters();
             tracing::info!(databases = ?dbs, "resumed");
             frame(out, b'C', b"RESUME\0");

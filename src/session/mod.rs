@@ -608,7 +608,11 @@ impl Session {
     /// SQLSTATE and message for the client.
     async fn attach(&mut self, first: &Frame, shard: usize) -> Result<(), (String, String)> {
         // PAUSE: new transactions of a paused database wait for RESUME.
-        loop {
+        while self
+            .app
+            .any_paused
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
             let resumed = self.app.resumed.notified();
             if !self.app.paused.lock().contains(&self.login.database) {
                 break;
