@@ -21,10 +21,7 @@ PG=$(free_port); REP=$(free_port)
 start_primary "$PG"
 start_replica "$PG" "$REP"
 psql_pg() { "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG" -U postgres "$@"; }
-for i in 0 1 2 3; do psql_pg -c "CREATE DATABASE shard_$i OWNER app"; done
-PGPASSWORD=secret "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG" -U app app -f benches/family_schema.sql 2>/dev/null
-PGPASSWORD=secret "$BIN/psql" -X -q -h 127.0.0.1 -p "$PG" -U app app \
-  -c "INSERT INTO bench_families (id, name) SELECT g, 'family ' || g FROM generate_series(1, 10000) g"
+family_databases "$PG"
 
 header() { # port: the same [general] for every usher here
   cat <<TOML
@@ -56,14 +53,7 @@ shards = [ { primary = \"127.0.0.1:$PG/app\", replicas = [\"127.0.0.1:$REP/app\"
 PID_SPLIT=$LAST_PID
 P_SHARD=$(free_port)
 start_usher sharded "$(header "$P_SHARD")
-[databases.app]
-shards = [
-  { primary = \"127.0.0.1:$PG/shard_0\" }, { primary = \"127.0.0.1:$PG/shard_1\" },
-  { primary = \"127.0.0.1:$PG/shard_2\" }, { primary = \"127.0.0.1:$PG/shard_3\" },
-]
-[databases.app.sharding]
-key_type = \"bigint\"
-tables = [ { name = \"bench_families\", column = \"id\" }, { name = \"bench_progress\", column = \"family_id\" } ]"
+$(family_shards_toml "$PG")"
 PID_SHARD=$LAST_PID
 
 P_BOUNCER=$(free_port)
@@ -96,9 +86,7 @@ PID_BOUNCER=$(pgrep -f "pgbouncer.* $WORK/pgbouncer.ini" | head -1)
 PIDS+=("$PID_BOUNCER")
 
 # The sharded schema through usher (DDL runs on every shard), families routed one by one.
-PGPASSWORD=secret "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$P_SHARD" -U app app -f benches/family_schema.sql 2>/dev/null
-seq 1 10000 | awk '{ printf "INSERT INTO bench_families (id, name) VALUES (%d, '"'"'family %d'"'"');\n", $1, $1 }' \
-  | PGPASSWORD=secret "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$P_SHARD" -U app app >/dev/null
+family_load_through "$P_SHARD"
 sleep 2
 
 peak_reset() { [ -n "$1" ] && echo 5 > "/proc/$1/clear_refs" 2>/dev/null || true; }

@@ -91,3 +91,35 @@ run_pgbench() {
   cpu=$(awk -v a="$after" -v b="$before" -v t="$TICK" -v x="$xacts" 'BEGIN { if (x > 0 && a > b) printf "%.1f", (a - b) / t * 1e6 / x; else print "-" }')
   echo "$tps $lat $cpu"
 }
+
+# family_databases PORT: shard_0..shard_3 next to app, and the family-script tables with
+# 10,000 families in app (the one-database baseline). Needs psql_pg defined by the caller.
+family_databases() {
+  local port=$1
+  for i in 0 1 2 3; do psql_pg -c "CREATE DATABASE shard_$i OWNER app"; done
+  PGPASSWORD=secret "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U app app -f benches/family_schema.sql 2>/dev/null
+  PGPASSWORD=secret "$BIN/psql" -X -q -h 127.0.0.1 -p "$port" -U app app \
+    -c "INSERT INTO bench_families (id, name) SELECT g, 'family ' || g FROM generate_series(1, 10000) g"
+}
+
+# family_shards_toml PORT: [databases.app] split over shard_0..shard_3 on that Postgres.
+family_shards_toml() {
+  cat <<TOML
+[databases.app]
+shards = [
+  { primary = "127.0.0.1:$1/shard_0" }, { primary = "127.0.0.1:$1/shard_1" },
+  { primary = "127.0.0.1:$1/shard_2" }, { primary = "127.0.0.1:$1/shard_3" },
+]
+[databases.app.sharding]
+key_type = "bigint"
+tables = [ { name = "bench_families", column = "id" }, { name = "bench_progress", column = "family_id" } ]
+TOML
+}
+
+# family_load_through PORT: the family tables through a sharded usher (DDL runs on every
+# shard) and 10,000 families routed one by one.
+family_load_through() {
+  PGPASSWORD=secret "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$1" -U app app -f benches/family_schema.sql 2>/dev/null
+  seq 1 10000 | awk '{ printf "INSERT INTO bench_families (id, name) VALUES (%d, '"'"'family %d'"'"');\n", $1, $1 }' \
+    | PGPASSWORD=secret "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$1" -U app app >/dev/null
+}

@@ -14,21 +14,11 @@ source benches/lib.sh
 PG=$(free_port)
 start_primary "$PG"
 psql_pg() { "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG" -U postgres "$@"; }
-for i in 0 1 2 3; do psql_pg -c "CREATE DATABASE shard_$i OWNER app"; done
-PGPASSWORD=secret "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG" -U app app -f benches/family_schema.sql
-PGPASSWORD=secret "$BIN/psql" -X -q -h 127.0.0.1 -p "$PG" -U app app \
-  -c "INSERT INTO bench_families (id, name) SELECT g, 'family ' || g FROM generate_series(1, 10000) g"
+family_databases "$PG"
 
 P_SHARD=$(free_port)
 start_usher sharded "$(usher_header "$P_SHARD")
-[databases.app]
-shards = [
-  { primary = \"127.0.0.1:$PG/shard_0\" }, { primary = \"127.0.0.1:$PG/shard_1\" },
-  { primary = \"127.0.0.1:$PG/shard_2\" }, { primary = \"127.0.0.1:$PG/shard_3\" },
-]
-[databases.app.sharding]
-key_type = \"bigint\"
-tables = [ { name = \"bench_families\", column = \"id\" }, { name = \"bench_progress\", column = \"family_id\" } ]"
+$(family_shards_toml "$PG")"
 PID_SHARD=$LAST_PID
 P_PLAIN=$(free_port)
 start_usher plain "$(usher_header "$P_PLAIN")
@@ -38,9 +28,7 @@ PID_PLAIN=$LAST_PID
 sleep 1
 
 # The schema through usher runs on every shard; the families are routed one by one.
-PGPASSWORD=secret "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$P_SHARD" -U app app -f benches/family_schema.sql
-seq 1 10000 | awk '{ printf "INSERT INTO bench_families (id, name) VALUES (%d, '"'"'family %d'"'"');\n", $1, $1 }' \
-  | PGPASSWORD=secret "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$P_SHARD" -U app app >/dev/null
+family_load_through "$P_SHARD"
 echo "families per shard: $(for i in 0 1 2 3; do psql_pg -d "shard_$i" -Atc 'SELECT count(*) FROM bench_families'; done | paste -sd' ')" >&2
 
 RESULTS="$WORK/results"

@@ -139,10 +139,7 @@ pub async fn handshake(
         if let Err((code, message)) = authenticated(app, &config, &admin, io).await {
             return refuse(io, code, message).await;
         }
-        let (cancel_key, cancel_slot) = app.cancels.register();
-        let mut out = BytesMut::new();
-        messages::auth_ok(&mut out);
-        for (k, v) in [
+        let reported: Vec<(String, String)> = [
             ("server_version", "16.0 (usher admin console)"),
             ("server_encoding", "UTF8"),
             ("client_encoding", "UTF8"),
@@ -153,23 +150,11 @@ pub async fn handshake(
                 "application_name",
                 params.get("application_name").map_or("", |v| v),
             ),
-        ] {
-            messages::parameter_status(&mut out, k, v);
-        }
-        messages::backend_key_data(&mut out, cancel_key.0, cancel_key.1);
-        messages::ready_for_query(&mut out, b'I');
-        if let Err(e) = io.send(&out).await {
-            app.cancels.unregister(cancel_key.0);
-            return Err(e.into());
-        }
-        return Ok(Some(Login {
-            user: user_name,
-            database,
-            params,
-            cancel_key,
-            cancel_slot,
-            admin: true,
-        }));
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        return welcome(app, io, reported, user_name, database, params, true).await;
     }
     let Some(user) = config.user(&user_name).cloned() else {
         // Same message as a wrong password: do not reveal which users exist.
@@ -198,11 +183,31 @@ pub async fn handshake(
             return refuse(io, &code, e.to_string()).await;
         }
     };
+    let reported: Vec<(String, String)> = server_params
+        .into_iter()
+        .map(|(k, v)| {
+            let v = params.get(&k).cloned().unwrap_or(v);
+            (k, v)
+        })
+        .collect();
+    welcome(app, io, reported, user_name, database, params, false).await
+}
+
+/// Ends a successful login: AuthenticationOk, the `reported` ParameterStatus messages, a
+/// cancel key and ReadyForQuery.
+async fn welcome(
+    app: &App,
+    io: &mut ClientIo,
+    reported: Vec<(String, String)>,
+    user: String,
+    database: String,
+    params: BTreeMap<String, String>,
+    admin: bool,
+) -> Result<Option<Login>, FrontendError> {
     let (cancel_key, cancel_slot) = app.cancels.register();
     let mut out = BytesMut::new();
     messages::auth_ok(&mut out);
-    for (k, v) in &server_params {
-        let v = params.get(k).unwrap_or(v);
+    for (k, v) in &reported {
         messages::parameter_status(&mut out, k, v);
     }
     messages::backend_key_data(&mut out, cancel_key.0, cancel_key.1);
@@ -212,12 +217,12 @@ pub async fn handshake(
         return Err(e.into());
     }
     Ok(Some(Login {
-        user: user_name,
+        user,
         database,
         params,
         cancel_key,
         cancel_slot,
-        admin: false,
+        admin,
     }))
 }
 

@@ -21,9 +21,12 @@ impl Session {
     /// back (aggressive strategy, or a sharded database): holds a BEGIN, or answers the
     /// COMMIT/ROLLBACK of a transaction that never ran anything. Works for a simple Query and
     /// for an extended-protocol batch (Parse/Bind/Describe/Execute/Sync, as pgbench and JDBC
-    /// send it). Returns true when the frame (and its batch) was handled.
+    /// send it; sharded databases only). Returns true when the frame (and its batch) was
+    /// handled.
     pub(super) fn hold_begin(&mut self, frame: &Frame) -> bool {
-        if self.mode != PoolMode::Transaction || !matches!(frame.tag, b'Q' | b'P' | b'B') {
+        if self.mode != PoolMode::Transaction
+            || !(frame.tag == b'Q' || (self.sharded && matches!(frame.tag, b'P' | b'B')))
+        {
             return false;
         }
         let config = self.app.config();
