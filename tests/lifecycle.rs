@@ -154,7 +154,10 @@ fn spawn_usher_logging(db: &str, extra: &str, stderr: Stdio) -> Running {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    // Both listeners: clients and the HTTP endpoint (bound a moment later).
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        || std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_err()
+    {
         assert!(Instant::now() < deadline, "usher did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
