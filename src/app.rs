@@ -33,6 +33,9 @@ pub struct App {
     /// 4096 PBKDF2 rounds, too much to repeat on every login.
     verifiers: parking_lot::Mutex<HashMap<(String, String), Arc<ScramVerifier>>>,
     topology: RwLock<Arc<Topology>>,
+    /// Bumped after every swap of `config` and `topology`: sessions check their
+    /// [`Snapshot`] with one atomic load per transaction instead of taking the locks.
+    generation: AtomicU64,
     /// Routing classifications by query text.
     pub query_cache: QueryCache,
     /// Control-plane connections for probes and catalog lookups.
@@ -49,10 +52,23 @@ pub struct App {
     pub resumed: tokio::sync::Notify,
     /// The config file, for reloads.
     config_path: parking_lot::Mutex<Option<std::path::PathBuf>>,
-    /// True once a graceful shutdown started.
+    /// True once a graceful shutdown started (for the listener and the signal handler).
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// The same, read lock-free by sessions.
+    stopping: std::sync::atomic::AtomicBool,
     /// Whether a user-defined function is VOLATILE, by (database, name).
     volatile: parking_lot::Mutex<HashMap<(String, String), bool>>,
+}
+
+/// A consistent view of the config and topology in force, for a session to keep between
+/// transactions (see [`App::refresh`]).
+#[derive(Clone)]
+pub struct Snapshot {
+    generation: u64,
+    /// The config.
+    pub config: Arc<Config>,
+    /// The servers' run-time state.
+    pub topology: Arc<Topology>,
 }
 
 impl App {
@@ -69,8 +85,10 @@ impl App {
             any_paused: std::sync::atomic::AtomicBool::new(false),
             resumed: tokio::sync::Notify::new(),
             shutdown: tokio::sync::watch::Sender::new(false),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             volatile: parking_lot::Mutex::new(HashMap::new()),
             config: RwLock::new(Arc::new(config)),
+            generation: AtomicU64::new(0),
             pools: Arc::new(Pools::default()),
             cancels: CancelRegistry::default(),
             clients: AtomicUsize::new(0),
@@ -139,6 +157,28 @@ impl App {
             .lock()
             .get(&(database.to_string(), function.to_string()))
             .copied()
+    }
+
+    /// The config and topology in force, stamped with their generation.
+    pub fn snapshot(&self) -> Snapshot {
+        // The generation is read first: a swap racing with this leaves an older stamp on
+        // newer data, and the next [`App::refresh`] reads again.
+        let generation = self.generation.load(Ordering::Acquire);
+        Snapshot {
+            generation,
+            config: self.config(),
+            topology: self.topology(),
+        }
+    }
+
+    /// Brings `snap` up to date; returns true when it changed. Costs one atomic load when
+    /// nothing was reloaded.
+    pub fn refresh(&self, snap: &mut Snapshot) -> bool {
+        if self.generation.load(Ordering::Acquire) == snap.generation {
+            return false;
+        }
+        *snap = self.snapshot();
+        true
     }
 
     /// The config in force.

@@ -12,6 +12,7 @@
 //! it logged in with.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,19 +97,24 @@ impl App {
         }
         *self.topology.write() = Arc::new(topology);
         *self.config.write() = Arc::new(new);
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Starts a graceful shutdown: no new clients; idle clients are told (57P01) and
     /// disconnected; clients in a transaction finish it first.
     pub fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
         if !self.shutdown.send_replace(true) {
             tracing::info!("shutting down: no new clients, waiting for transactions to finish");
         }
+        for client in self.client_list.all() {
+            client.wake.notify_one();
+        }
     }
 
-    /// True once a shutdown started.
+    /// True once a shutdown started (checked by every session between transactions).
     pub fn shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+        self.stopping.load(Ordering::Acquire)
     }
 
     /// A receiver that changes when a shutdown starts.

@@ -11,17 +11,29 @@ use crate::server::ServerConn;
 /// vanished mid-transaction, a task was cancelled), the connection is closed, never reused in an
 /// unknown state.
 pub struct Lease {
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
     pool: Arc<Pool>,
+    waited: std::time::Duration,
 }
 
 impl Lease {
-    pub(super) fn new(conn: ServerConn, pool: Arc<Pool>) -> Lease {
-        pool.note_lent(&conn);
+    /// A connection the pool already counts as lent; `waited` is how long the checkout took
+    /// (zero when an idle connection was at hand).
+    pub(super) fn new(
+        conn: Box<ServerConn>,
+        pool: Arc<Pool>,
+        waited: std::time::Duration,
+    ) -> Lease {
         Lease {
             conn: Some(conn),
             pool,
+            waited,
         }
+    }
+
+    /// How long the client waited for this connection (queued, or while it was opened).
+    pub fn waited(&self) -> std::time::Duration {
+        self.waited
     }
 
     /// The connection.
@@ -37,7 +49,6 @@ impl Lease {
     /// Returns the connection to its pool (which may still close it if it is broken or old).
     pub fn release(mut self) {
         if let Some(conn) = self.conn.take() {
-            self.pool.note_returned(conn.id);
             self.pool.checkin(conn);
         }
     }
@@ -46,7 +57,6 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            self.pool.note_returned(conn.id);
             self.pool.discard(conn);
         }
     }

@@ -12,21 +12,51 @@ use super::{Lease, PoolError, PoolKey, PoolSettings};
 use crate::server::ServerConn;
 
 /// What a waiting client is given: a connection, or the right to open one.
-#[allow(clippy::large_enum_variant)] // moved once per hand-over; boxing would cost an allocation
 enum Grant {
-    Conn(ServerConn),
+    Conn(Box<ServerConn>),
     Slot,
 }
 
+/// Everything behind the pool's one lock. A checkout or a checkin takes it once; nothing
+/// on that path allocates or hashes.
 struct State {
-    settings: PoolSettings,
-    idle: VecDeque<ServerConn>,
+    /// Shared with checkouts that must wait or open a connection (cloned by reference).
+    settings: Arc<PoolSettings>,
+    /// Connections are boxed so that handing one over moves a pointer, not the whole struct.
+    idle: VecDeque<Box<ServerConn>>,
     /// Connections open, being opened or lent out.
     open: usize,
     /// Connections lent out.
     lent: usize,
+    /// The lent connections as SHOW SERVERS lists them (a pool has tens of connections, so a
+    /// linear search beats hashing).
+    lent_info: Vec<ServerInfo>,
     /// Waiting clients, with when each started waiting.
     waiters: VecDeque<(Instant, oneshot::Sender<Grant>)>,
+    /// Connections opened before this instant are closed when they come back (RECONNECT).
+    reconnect_at: Option<Instant>,
+}
+
+impl State {
+    /// Records `conn` as lent out since `now`.
+    fn lend(&mut self, conn: &ServerConn, now: Instant) {
+        self.lent += 1;
+        self.lent_info.push(ServerInfo {
+            id: conn.id,
+            pid: conn.backend_key.0,
+            opened: conn.created,
+            since: now,
+            state: "active",
+        });
+    }
+
+    /// Forgets the lent connection `id` (if it was recorded).
+    fn unlend(&mut self, id: u64) {
+        self.lent -= 1;
+        if let Some(i) = self.lent_info.iter().position(|l| l.id == id) {
+            self.lent_info.swap_remove(i);
+        }
+    }
 }
 
 /// Counts for stats and tests.
@@ -70,10 +100,6 @@ pub struct Pool {
     pub connects: AtomicU64,
     /// Connections being checked before use.
     tested: AtomicU64,
-    /// Connections opened before this instant are closed when they come back (RECONNECT).
-    reconnect_at: Mutex<Option<Instant>>,
-    /// Connections lent out now, for SHOW SERVERS.
-    lent_info: Mutex<std::collections::HashMap<u64, ServerInfo>>,
     /// Parameters the server reported at the first login, sent to clients at their login.
     server_params: Mutex<Option<BTreeMap<String, String>>>,
 }
@@ -83,16 +109,16 @@ impl Pool {
         Pool {
             key,
             state: Mutex::new(State {
-                settings,
+                settings: Arc::new(settings),
                 idle: VecDeque::new(),
                 open: 0,
                 lent: 0,
+                lent_info: Vec::new(),
                 waiters: VecDeque::new(),
+                reconnect_at: None,
             }),
             connects: AtomicU64::new(0),
             tested: AtomicU64::new(0),
-            reconnect_at: Mutex::new(None),
-            lent_info: Mutex::new(std::collections::HashMap::new()),
             server_params: Mutex::new(None),
         }
     }
@@ -103,7 +129,7 @@ impl Pool {
     }
 
     /// Current settings.
-    pub fn settings(&self) -> PoolSettings {
+    pub fn settings(&self) -> Arc<PoolSettings> {
         self.state.lock().settings.clone()
     }
 
@@ -129,15 +155,15 @@ impl Pool {
     /// `server_check_query`; one that fails the check is closed and another one taken.
     pub async fn checkout(self: &Arc<Self>) -> Result<Lease, PoolError> {
         loop {
-            let mut lease = self.checkout_unchecked().await?;
-            let settings = self.settings();
-            let conn = lease.conn();
-            let Some(delay) = settings.check_delay else {
+            let (mut lease, check_delay) = self.checkout_unchecked().await?;
+            let Some(delay) = check_delay else {
                 return Ok(lease);
             };
+            let conn = lease.conn();
             if conn.last_used.elapsed() < delay || conn.created.elapsed() < delay {
                 return Ok(lease);
             }
+            let settings = self.settings();
             self.tested.fetch_add(1, Ordering::Relaxed);
             let checked = tokio::time::timeout(
                 settings.connect_timeout,
@@ -158,26 +184,28 @@ impl Pool {
         }
     }
 
-    async fn checkout_unchecked(self: &Arc<Self>) -> Result<Lease, PoolError> {
-        let started = Instant::now();
+    /// A connection, and the `server_check_delay` in force when it was taken.
+    async fn checkout_unchecked(self: &Arc<Self>) -> Result<(Lease, Option<Duration>), PoolError> {
         enum Next {
-            Open(PoolSettings),
-            Wait(PoolSettings, oneshot::Receiver<Grant>),
+            Open(Arc<PoolSettings>),
+            Wait(Arc<PoolSettings>, oneshot::Receiver<Grant>, Instant),
         }
         let next = {
             let mut s = self.state.lock();
             let mut found = None;
             while let Some(conn) = s.idle.pop_back() {
                 if Self::reusable(&s.settings, &conn, true) {
-                    s.lent += 1;
                     found = Some(conn);
                     break;
                 }
                 s.open -= 1;
-                close(conn);
+                close(*conn);
             }
             if let Some(conn) = found {
-                return Ok(Lease::new(conn, self.clone()));
+                s.lend(&conn, Instant::now());
+                let delay = s.settings.check_delay;
+                drop(s);
+                return Ok((Lease::new(conn, self.clone(), Duration::ZERO), delay));
             }
             if s.open < s.settings.size {
                 s.open += 1;
@@ -185,21 +213,24 @@ impl Pool {
             } else {
                 let (tx, rx) = oneshot::channel();
                 s.waiters.retain(|(_, w)| !w.is_closed());
-                s.waiters.push_back((Instant::now(), tx));
-                Next::Wait(s.settings.clone(), rx)
+                let now = Instant::now();
+                s.waiters.push_back((now, tx));
+                Next::Wait(s.settings.clone(), rx, now)
             }
         };
-        let (settings, rx) = match next {
-            Next::Open(settings) => return self.open_new(&settings).await,
-            Next::Wait(settings, rx) => (settings, rx),
+        let (lease, settings) = match next {
+            Next::Open(settings) => (self.open_new(&settings, Instant::now()).await?, settings),
+            Next::Wait(settings, rx, started) => {
+                (self.wait(rx, &settings, started).await?, settings)
+            }
         };
-        self.wait(rx, settings, started).await
+        Ok((lease, settings.check_delay))
     }
 
     async fn wait(
         self: &Arc<Self>,
         mut rx: oneshot::Receiver<Grant>,
-        settings: PoolSettings,
+        settings: &PoolSettings,
         started: Instant,
     ) -> Result<Lease, PoolError> {
         let reserve_at = started + settings.reserve_timeout;
@@ -221,15 +252,15 @@ impl Pool {
                                 rx.close();
                                 if let Ok(grant) = rx.try_recv() {
                                     self.give_back_slot();
-                                    return self.accept(grant, &settings).await;
+                                    return self.accept(grant, settings, started).await;
                                 }
-                                return self.open_new(&settings).await;
+                                return self.open_new(settings, started).await;
                             }
                             continue;
                         }
                         rx.close();
                         if let Ok(grant) = rx.try_recv() {
-                            return self.accept(grant, &settings).await;
+                            return self.accept(grant, settings, started).await;
                         }
                         return Err(PoolError::WaitTimeout {
                             pool: self.key.to_string(),
@@ -241,7 +272,7 @@ impl Pool {
                 None => (&mut rx).await,
             };
             match grant {
-                Ok(grant) => return self.accept(grant, &settings).await,
+                Ok(grant) => return self.accept(grant, settings, started).await,
                 // The pool dropped the waiter (it never does while it lives); treat as a timeout.
                 Err(_) => {
                     return Err(PoolError::WaitTimeout {
@@ -254,14 +285,17 @@ impl Pool {
         }
     }
 
+    /// What a waiter was granted; `started` is when it began waiting.
     async fn accept(
         self: &Arc<Self>,
         grant: Grant,
         settings: &PoolSettings,
+        started: Instant,
     ) -> Result<Lease, PoolError> {
         match grant {
-            Grant::Conn(conn) => Ok(Lease::new(conn, self.clone())),
-            Grant::Slot => self.open_new(settings).await,
+            // Recorded as lent by the checkin that handed it over.
+            Grant::Conn(conn) => Ok(Lease::new(conn, self.clone(), started.elapsed())),
+            Grant::Slot => self.open_new(settings, started).await,
         }
     }
 
@@ -275,12 +309,18 @@ impl Pool {
         }
     }
 
-    /// Opens a connection for a slot already counted in `open`.
-    async fn open_new(self: &Arc<Self>, settings: &PoolSettings) -> Result<Lease, PoolError> {
+    /// Opens a connection for a slot already counted in `open`, for a checkout that started
+    /// at `started`.
+    async fn open_new(
+        self: &Arc<Self>,
+        settings: &PoolSettings,
+        started: Instant,
+    ) -> Result<Lease, PoolError> {
         match self.connect(settings).await {
             Ok(conn) => {
-                self.state.lock().lent += 1;
-                Ok(Lease::new(conn, self.clone()))
+                let conn = Box::new(conn);
+                self.state.lock().lend(&conn, Instant::now());
+                Ok(Lease::new(conn, self.clone(), started.elapsed()))
             }
             Err(e) => {
                 self.give_back_slot();
@@ -330,34 +370,40 @@ impl Pool {
             && !(probe_socket && conn.is_broken())
     }
 
-    /// Takes a connection back from a client.
-    pub(super) fn checkin(&self, mut conn: ServerConn) {
-        let stale = self.reconnect_at.lock().is_some_and(|t| conn.created <= t);
+    /// Takes a connection back from a client: straight to the first waiter (it stays lent),
+    /// or to the idle list.
+    pub(super) fn checkin(&self, mut conn: Box<ServerConn>) {
         let mut s = self.state.lock();
-        s.lent -= 1;
+        let stale = s.reconnect_at.is_some_and(|t| conn.created <= t);
         if stale || !Self::reusable(&s.settings, &conn, false) {
+            s.unlend(conn.id);
             drop(s);
-            self.discard_counted(conn);
+            self.discard_counted(*conn);
             return;
         }
-        conn.last_used = Instant::now();
+        let now = Instant::now();
+        conn.last_used = now;
+        let id = conn.id;
         while let Some((_, w)) = s.waiters.pop_front() {
             match w.send(Grant::Conn(conn)) {
                 Ok(()) => {
-                    s.lent += 1;
+                    if let Some(l) = s.lent_info.iter_mut().find(|l| l.id == id) {
+                        l.since = now;
+                    }
                     return;
                 }
                 Err(Grant::Conn(back)) => conn = back,
                 Err(Grant::Slot) => unreachable!("sent a connection"),
             }
         }
+        s.unlend(id);
         s.idle.push_back(conn);
     }
 
     /// Closes a lent connection instead of returning it.
-    pub(super) fn discard(&self, conn: ServerConn) {
-        self.state.lock().lent -= 1;
-        self.discard_counted(conn);
+    pub(super) fn discard(&self, conn: Box<ServerConn>) {
+        self.state.lock().unlend(conn.id);
+        self.discard_counted(*conn);
     }
 
     fn discard_counted(&self, conn: ServerConn) {
@@ -379,7 +425,7 @@ impl Pool {
             });
             if too_idle || !Self::reusable(&settings, &conn, true) {
                 closed += 1;
-                close(conn);
+                close(*conn);
             } else {
                 keep.push_back(conn);
             }
@@ -395,7 +441,8 @@ impl Pool {
     pub(super) fn add_warm(&self, conn: Result<ServerConn, crate::server::ServerError>) {
         match conn {
             Ok(conn) => {
-                self.state.lock().lent += 1;
+                let conn = Box::new(conn);
+                self.state.lock().lend(&conn, Instant::now());
                 self.checkin(conn);
             }
             Err(e) => {
@@ -409,44 +456,25 @@ impl Pool {
     /// returns how many.
     pub fn close_idle(&self) -> usize {
         let mut s = self.state.lock();
-        let idle: Vec<ServerConn> = s.idle.drain(..).collect();
+        let idle: Vec<Box<ServerConn>> = s.idle.drain(..).collect();
         s.open -= idle.len();
         drop(s);
         let n = idle.len();
-        idle.into_iter().for_each(close);
+        idle.into_iter().for_each(|c| close(*c));
         n
     }
 
     /// RECONNECT: idle connections are closed now, connections in use when they come back, so
     /// every client gets a fresh connection from its next transaction on.
     pub fn reconnect(&self) {
-        *self.reconnect_at.lock() = Some(Instant::now());
+        self.state.lock().reconnect_at = Some(Instant::now());
         self.close_idle();
-    }
-
-    /// Records a connection lent out (called by [`Lease`]).
-    pub(super) fn note_lent(&self, conn: &ServerConn) {
-        self.lent_info.lock().insert(
-            conn.id,
-            ServerInfo {
-                id: conn.id,
-                pid: conn.backend_key.0,
-                opened: conn.created,
-                since: Instant::now(),
-                state: "active",
-            },
-        );
-    }
-
-    /// Forgets a connection that came back or was closed.
-    pub(super) fn note_returned(&self, id: u64) {
-        self.lent_info.lock().remove(&id);
     }
 
     /// Every connection of the pool: lent ones, then idle ones.
     pub fn servers(&self) -> Vec<ServerInfo> {
-        let mut out: Vec<ServerInfo> = self.lent_info.lock().values().cloned().collect();
         let s = self.state.lock();
+        let mut out = s.lent_info.clone();
         out.extend(s.idle.iter().map(|c| ServerInfo {
             id: c.id,
             pid: c.backend_key.0,
@@ -459,7 +487,7 @@ impl Pool {
 
     /// Replaces the settings (reload); connections are kept.
     pub fn update_settings(&self, settings: PoolSettings) {
-        self.state.lock().settings = settings;
+        self.state.lock().settings = Arc::new(settings);
     }
 
     /// How long the oldest live waiter has waited is not tracked here; this is the idle age of

@@ -29,8 +29,7 @@ impl Session {
         {
             return false;
         }
-        let config = self.app.config();
-        let Some(db) = config.databases.get(&self.login.database) else {
+        let Some(db) = self.snap().config.databases.get(&self.login.database) else {
             return false;
         };
         let sharded = db.sharding.is_some();

@@ -127,7 +127,7 @@ impl Session {
                 ));
                 continue;
             };
-            let pool = self.pool_at(&config, user, i, target.server, &addr);
+            let pool = self.pool_at(&config, user, i, target.server, &addr).clone();
             let outcome = match pool.checkout().await {
                 Err(e) => Outcome::Unreachable(e.to_string()),
                 Ok(mut lease) => match self.prepare_server(&mut lease).await {

@@ -115,12 +115,19 @@ pub struct Session {
     xact_start: Option<std::time::Instant>,
     /// This client in the registry SHOW CLIENTS reads.
     info: Arc<crate::stats::ClientInfo>,
+    /// The config and topology this session routes with, refreshed when a transaction
+    /// starts (one atomic load unless a reload happened). `None` only while
+    /// [`Session::attach_now`] has it out.
+    snap: Option<crate::app::Snapshot>,
+    /// The database's name, shared cheaply with routing and metrics code.
+    db_name: Arc<str>,
 }
 
 impl Session {
     /// A session for a client that just logged in.
     pub fn new(app: Arc<App>, io: ClientIo, login: Login) -> Session {
-        let config = app.config();
+        let snap = app.snapshot();
+        let config = &snap.config;
         let db = &config.databases[&login.database];
         let user = config.user(&login.user).expect("login checked the user");
         let mode = config.pool_mode(db, user);
@@ -139,9 +146,12 @@ impl Session {
                 .unwrap_or_default(),
             connected: std::time::SystemTime::now(),
             state: std::sync::atomic::AtomicU8::new(crate::stats::CLIENT_IDLE),
+            wake: tokio::sync::Notify::new(),
         });
         app.client_list.add(info.clone());
         Session {
+            db_name: Arc::from(login.database.as_str()),
+            snap: Some(snap),
             info,
             stats,
             round_start: None,
@@ -193,7 +203,6 @@ impl Session {
     }
 
     async fn main_loop(&mut self) -> Result<(), SessionError> {
-        let mut shutdown = self.app.shutdown_signal();
         loop {
             if self.app.shutting_down() && self.idle_for_shutdown() {
                 self.io
@@ -205,20 +214,30 @@ impl Session {
                 return Ok(());
             }
             let event = {
-                let Session { io, server, .. } = self;
+                let Session {
+                    io, server, info, ..
+                } = self;
                 match server {
                     Some(lease) if self.deferred => Event::Server(lease.conn().fill().await),
+                    // Mid-transaction a shutdown waits for the transaction: no need to listen.
+                    Some(lease) if self.mode == PoolMode::Transaction => {
+                        let conn = lease.conn();
+                        tokio::select! {
+                            r = conn.fill() => Event::Server(r),
+                            r = io.fill() => Event::Client(r),
+                        }
+                    }
                     Some(lease) => {
                         let conn = lease.conn();
                         tokio::select! {
                             r = conn.fill() => Event::Server(r),
                             r = io.fill() => Event::Client(r),
-                            _ = shutdown.changed() => Event::Shutdown,
+                            _ = info.wake.notified() => Event::Shutdown,
                         }
                     }
                     None => tokio::select! {
                         r = io.fill() => Event::Client(r),
-                        _ = shutdown.changed() => Event::Shutdown,
+                        _ = info.wake.notified() => Event::Shutdown,
                     },
                 }
             };
@@ -321,6 +340,9 @@ impl Session {
             return Ok(Flow::Continue);
         }
         if self.server.is_none() {
+            if let Some(snap) = &mut self.snap {
+                self.app.refresh(snap);
+            }
             match frame.tag {
                 b'S' => {
                     self.push_local_ready();
@@ -375,23 +397,17 @@ impl Session {
                 }
                 Ok(None) => return Ok(Flow::Wait(frame)),
                 Err(e) => {
-                    self.app
-                        .metrics
-                        .route(&self.login.database, crate::stats::RouteOutcome::Rejected);
+                    self.stats.route(crate::stats::RouteOutcome::Rejected);
                     let e = messages::error_response("ERROR", e.sqlstate(), &e.to_string(), None);
                     self.refuse_in_held_transaction(frame.tag, e);
                     return Ok(Flow::Continue);
                 }
             };
             if self.sharded {
-                self.app
-                    .metrics
-                    .route(&self.login.database, crate::stats::RouteOutcome::Shard);
+                self.stats.route(crate::stats::RouteOutcome::Shard);
             }
             if let Err((code, message)) = self.attach(&frame, shard).await {
-                self.app
-                    .metrics
-                    .route(&self.login.database, crate::stats::RouteOutcome::Rejected);
+                self.stats.route(crate::stats::RouteOutcome::Rejected);
                 let e = messages::error_response("ERROR", &code, &message, None);
                 self.refuse_in_held_transaction(frame.tag, e);
                 return Ok(Flow::Continue);
@@ -410,9 +426,7 @@ impl Session {
                 shard::PinCheck::Run => {}
                 shard::PinCheck::Defer => return Ok(Flow::Wait(frame)),
                 shard::PinCheck::Reject(code, message) => {
-                    self.app
-                        .metrics
-                        .route(&self.login.database, crate::stats::RouteOutcome::Rejected);
+                    self.stats.route(crate::stats::RouteOutcome::Rejected);
                     self.replay = None;
                     self.inject_error(&frame, code, &message);
                     self.client_out.append(&mut self.tracker.ready);
@@ -441,7 +455,7 @@ impl Session {
             b'Q' => {
                 let sql = frame.body().strip_suffix(b"\0").unwrap_or(frame.body());
                 tracing::debug!(client = self.id, sql = %String::from_utf8_lossy(sql), "query");
-                let (changes, statements) = sql_scan::scan(&String::from_utf8_lossy(sql));
+                let (changes, statements) = sql_scan::scan(sql);
                 if changes
                     .iter()
                     .any(|c| matches!(c, SessionChange::ResetAll | SessionChange::DiscardAll))
@@ -585,8 +599,7 @@ impl Session {
         if !self.sharded {
             return Ok(Some(shard::ShardChoice::Shard(0)));
         }
-        let config = self.app.config();
-        let Some(db) = config.databases.get(&self.login.database) else {
+        let Some(db) = self.snap().config.databases.get(&self.login.database) else {
             return Ok(Some(shard::ShardChoice::Shard(0)));
         };
         let (frames, complete) = self.batch(frame);
@@ -594,6 +607,13 @@ impl Session {
             return Ok(None);
         }
         self.choose_shard(&frames, db).map(Some)
+    }
+
+    /// The config and topology in force for this session.
+    fn snap(&self) -> &crate::app::Snapshot {
+        self.snap
+            .as_ref()
+            .expect("the snapshot is only lent out during attach")
     }
 
     /// Answers a Sync usher handled itself.
@@ -637,8 +657,14 @@ impl Session {
     }
 
     async fn attach_now(&mut self, first: &Frame, shard: usize) -> Result<(), (String, String)> {
-        let config = self.app.config();
-        let (mut lease, _target) = self.route_and_checkout(first, &config, shard).await?;
+        // Lent out (not cloned) for the checkout: no shared reference count is touched.
+        let snap = self
+            .snap
+            .take()
+            .expect("the snapshot is back after every attach");
+        let result = self.route_and_checkout(first, &snap, shard).await;
+        self.snap = Some(snap);
+        let (mut lease, _target) = result?;
         let conn = lease.conn();
         *self.login.cancel_slot.lock() = Some(CancelTarget {
             addr: conn.addr.clone(),
@@ -774,7 +800,10 @@ impl Session {
         for name in self.tracker.unprepared.drain(..) {
             conn.state.prepared.pop(&name);
         }
-        let config = self.app.config();
+        let general = &self.snap().config.general;
+        let reset_query = (general.server_reset_query_always
+            && !general.server_reset_query.is_empty())
+        .then(|| general.server_reset_query.clone());
         let mut ok = true;
         if !self.params.to_read_back.is_empty() {
             let names = std::mem::take(&mut self.params.to_read_back);
@@ -819,11 +848,8 @@ impl Session {
             ok = conn.control_query("DEALLOCATE ALL").await.is_ok();
             conn.state.prepared.clear();
         }
-        if ok
-            && config.general.server_reset_query_always
-            && !config.general.server_reset_query.is_empty()
-        {
-            ok = reset(conn, &config.general.server_reset_query).await;
+        if let (true, Some(sql)) = (ok, reset_query) {
+            ok = reset(conn, &sql).await;
         }
         if ok {
             lease.release();

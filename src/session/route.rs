@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::Session;
+use crate::app::Snapshot;
 use crate::config::{Config, PoolMode};
 use crate::pool::{Lease, Pool, PoolError};
 use crate::protocol::frame::peek_header;
@@ -150,11 +151,12 @@ impl Session {
     pub(super) async fn route_and_checkout(
         &mut self,
         first: &Frame,
-        config: &Arc<Config>,
+        snap: &Snapshot,
         shard_index: usize,
     ) -> Result<(Lease, Target), (String, String)> {
-        let name = self.login.database.clone();
-        let db = &config.databases[&name];
+        let config = &snap.config;
+        let name = self.db_name.clone();
+        let db = &config.databases[&*name];
         let user = config.user(&self.login.user).ok_or_else(|| {
             (
                 "28000".to_string(),
@@ -188,10 +190,10 @@ impl Session {
             self.route.txn_writes = db.read_your_writes && (class.write || volatile);
             self.route.track_writes = db.read_your_writes && wants_primary;
         }
-        let topology = self.app.topology();
-        let shard = topology
+        let shard = snap
+            .topology
             .databases
-            .get(&name)
+            .get(&*name)
             .and_then(|s| s.get(shard_index))
             .ok_or_else(|| {
                 (
@@ -202,10 +204,10 @@ impl Session {
         let mut exclude = std::mem::take(&mut self.route.exclude);
         let mut attempts = 0;
         loop {
-            let pools = self.pools_for(config, shard_index);
             let target = if wants_primary {
                 router::primary_of(&name, shard_index, shard)
             } else {
+                let pools = self.pools_for(config, shard_index);
                 let min_lsn = if db.read_your_writes {
                     self.route.min_lsn.get(shard_index).copied().unwrap_or(0)
                 } else {
@@ -224,10 +226,15 @@ impl Session {
             }
             .map_err(|e| (e.sqlstate().to_string(), e.to_string()))?;
             let server = &shard.servers[target.server];
-            let pool = self.pool_at(config, user, shard_index, target.server, &server.addr);
-            let waited = std::time::Instant::now();
-            let checked_out = pool.checkout().await;
-            self.stats.wait.inc_by(waited.elapsed().as_secs_f64());
+            let checked_out = self
+                .pool_at(config, user, shard_index, target.server, &server.addr)
+                .checkout()
+                .await;
+            if let Some(waited) = checked_out.as_ref().ok().map(Lease::waited) {
+                if !waited.is_zero() {
+                    self.stats.wait.inc_by(waited.as_secs_f64());
+                }
+            }
             match checked_out {
                 Ok(mut lease) => match self.prepare_server(&mut lease).await {
                     Ok(()) => {
@@ -236,7 +243,7 @@ impl Session {
                             (Role::Primary, false) if split => RouteOutcome::Fallback,
                             _ => RouteOutcome::Primary,
                         };
-                        self.app.metrics.route(&name, outcome);
+                        self.stats.route(outcome);
                         self.route.attached_role = Some(target.role);
                         self.route.attached_server = target.server;
                         self.route.attached_shard = shard_index;
@@ -297,14 +304,11 @@ impl Session {
         shard: usize,
         index: usize,
         addr: &crate::config::ServerAddr,
-    ) -> Arc<Pool> {
-        let pools = match &mut self.route.pools {
-            Some((c, pools)) if Arc::ptr_eq(c, config) => pools,
-            _ => {
-                self.route.pools = Some((config.clone(), Vec::new()));
-                &mut self.route.pools.as_mut().expect("just set").1
-            }
-        };
+    ) -> &Arc<Pool> {
+        if !matches!(&self.route.pools, Some((c, _)) if Arc::ptr_eq(c, config)) {
+            self.route.pools = Some((config.clone(), Vec::new()));
+        }
+        let pools = &mut self.route.pools.as_mut().expect("just set").1;
         if pools.len() <= shard {
             pools.resize(shard + 1, Vec::new());
         }
@@ -312,13 +316,10 @@ impl Session {
         if pools.len() <= index {
             pools.resize(index + 1, None);
         }
-        if let Some(p) = &pools[index] {
-            if *p.key.server == *addr {
-                return p.clone();
-            }
+        let slot = &mut pools[index];
+        if slot.as_ref().is_none_or(|p| *p.key.server != *addr) {
+            *slot = Some(self.app.pool(config, &self.login.database, user, addr));
         }
-        let pool = self.app.pool(config, &self.login.database, user, addr);
-        pools[index] = Some(pool.clone());
-        pool
+        slot.as_ref().expect("just filled")
     }
 }

@@ -142,8 +142,7 @@ impl Session {
 
     /// Checks a Query or Bind arriving while a server of a sharded database is attached.
     pub(super) fn check_pinned(&self, frame: &Frame) -> PinCheck {
-        let config = self.app.config();
-        let Some(db) = config.databases.get(&self.login.database) else {
+        let Some(db) = self.snap().config.databases.get(&self.login.database) else {
             return PinCheck::Run;
         };
         let Some(map) = &db.sharding else {

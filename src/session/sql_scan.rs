@@ -24,107 +24,109 @@ pub enum SessionChange {
     Deallocate(String),
 }
 
-/// Session changes in `sql`, in order, and how many statements it holds.
-pub fn scan(sql: &str) -> (Vec<SessionChange>, usize) {
-    let mut changes = Vec::new();
-    let mut statements = 0;
-    for tokens in statements_first_tokens(sql.as_bytes(), 4) {
-        if tokens.is_empty() {
-            continue;
-        }
-        statements += 1;
-        let t: Vec<&str> = tokens.iter().map(String::as_str).collect();
-        let change = match t.as_slice() {
-            ["set", "local", ..] | ["set", "transaction", ..] => None,
-            ["set", "session", "characteristics", ..] => None,
-            ["set", "session", "authorization", ..] => {
-                Some(SessionChange::Set("session_authorization".into()))
-            }
-            ["set", "time", "zone", ..] | ["set", "session", "time", "zone"] => {
-                Some(SessionChange::Set("timezone".into()))
-            }
-            ["set", "session", name, ..] | ["set", name, ..] => {
-                Some(SessionChange::Set(name.to_string()))
-            }
-            ["reset", "all", ..] => Some(SessionChange::ResetAll),
-            ["reset", "time", "zone", ..] => Some(SessionChange::Reset("timezone".into())),
-            ["reset", "session", "authorization", ..] => {
-                Some(SessionChange::Reset("session_authorization".into()))
-            }
-            ["reset", name, ..] => Some(SessionChange::Reset(name.to_string())),
-            ["discard", "all", ..] => Some(SessionChange::DiscardAll),
-            ["deallocate", "prepare", "all", ..] | ["deallocate", "all", ..] => {
-                Some(SessionChange::DeallocateAll)
-            }
-            ["deallocate", "prepare", name, ..] | ["deallocate", name, ..] => {
-                Some(SessionChange::Deallocate(name.to_string()))
-            }
-            _ => None,
-        };
-        changes.extend(change);
-    }
-    (changes, statements)
+/// A token at the start of a statement, borrowed from the query text.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tok<'a> {
+    /// A keyword or plain identifier, as written (compared ignoring ASCII case).
+    Word(&'a [u8]),
+    /// A double-quoted identifier, without its quotes (`""` still doubled).
+    Quoted(&'a [u8]),
+    /// `=`.
+    Eq,
+    /// Anything else (a literal, a parameter, punctuation).
+    Other,
 }
 
-/// The first `n` tokens of each `;`-separated statement (keywords and plain identifiers
-/// lowercased; quoted identifiers kept as written; other tokens as `"?"`).
-fn statements_first_tokens(s: &[u8], n: usize) -> Vec<Vec<String>> {
-    let mut out = vec![Vec::new()];
-    let mut i = 0;
-    let push = |out: &mut Vec<Vec<String>>, tok: String| {
-        let cur = out.last_mut().expect("never empty");
-        if cur.len() < n {
-            cur.push(tok);
+impl Tok<'_> {
+    fn is(&self, keyword: &str) -> bool {
+        matches!(self, Tok::Word(w) if w.eq_ignore_ascii_case(keyword.as_bytes()))
+    }
+
+    /// The name this token stands for: lowercased unless quoted.
+    fn name(&self) -> String {
+        match self {
+            Tok::Word(w) => String::from_utf8_lossy(w).to_lowercase(),
+            Tok::Quoted(q) => String::from_utf8_lossy(q).replace("\"\"", "\""),
+            Tok::Eq => "=".into(),
+            Tok::Other => "?".into(),
         }
+    }
+}
+
+/// How many leading tokens of a statement decide what it changes.
+const LEAD: usize = 4;
+
+/// Session changes in `sql`, in order, and how many statements it holds.
+///
+/// This runs on every simple-protocol query, so it allocates nothing unless a statement
+/// changes session state: tokens are byte slices of `sql`, and words past the first few of a
+/// statement are skipped, not copied.
+pub fn scan(sql: &[u8]) -> (Vec<SessionChange>, usize) {
+    let mut changes = Vec::new();
+    let mut statements = 0;
+    let mut lead = [Tok::Other; LEAD];
+    let mut n = 0;
+    let mut end_statement = |lead: &[Tok<'_>], n: &mut usize| {
+        if *n > 0 {
+            statements += 1;
+            changes.extend(change_of(&lead[..*n]));
+        }
+        *n = 0;
     };
+    let s = sql;
+    let mut i = 0;
     while i < s.len() {
+        if n == LEAD || (n > 0 && !starts_change(&lead[0])) {
+            // This statement is decided: jump to its `;` when nothing on the way could hide
+            // one (a quote, a comment, a dollar quote), or stop when there is none.
+            let Some(off) = memchr::memchr(b';', &s[i..]) else {
+                break;
+            };
+            let on_the_way = &s[i..i + off];
+            if memchr::memchr3(b'\'', b'"', b'$', on_the_way).is_none()
+                && memchr::memchr2(b'-', b'/', on_the_way).is_none()
+            {
+                i += off;
+            }
+        }
         let c = s[i];
-        match c {
+        let tok = match c {
             b';' => {
-                out.push(Vec::new());
+                end_statement(&lead, &mut n);
                 i += 1;
+                continue;
             }
             b'-' if s.get(i + 1) == Some(&b'-') => {
                 while i < s.len() && s[i] != b'\n' {
                     i += 1;
                 }
+                continue;
             }
             b'/' if s.get(i + 1) == Some(&b'*') => {
-                let mut depth = 0;
-                while i < s.len() {
-                    if s[i] == b'/' && s.get(i + 1) == Some(&b'*') {
-                        depth += 1;
-                        i += 2;
-                    } else if s[i] == b'*' && s.get(i + 1) == Some(&b'/') {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
+                i = skip_block_comment(s, i);
+                continue;
             }
             b'\'' => {
                 let escapes = i > 0 && matches!(s[i - 1], b'e' | b'E');
                 i = skip_quoted(s, i, escapes).0;
-                push(&mut out, "?".into());
+                Tok::Other
             }
             b'"' => {
                 let end = skip_quoted(s, i, false).0;
-                let inner = String::from_utf8_lossy(&s[i + 1..end.saturating_sub(1).max(i + 1)])
-                    .replace("\"\"", "\"");
-                push(&mut out, inner);
+                let tok = Tok::Quoted(&s[i + 1..end.saturating_sub(1).max(i + 1)]);
                 i = end;
+                tok
             }
             b'$' => match dollar_quote(s, i) {
                 // $tag$ ... $tag$ is a literal; $1 a parameter.
                 Some((end, _)) => {
                     i = end;
-                    push(&mut out, "?".into());
+                    Tok::Other
                 }
-                None => i += 1,
+                None => {
+                    i += 1;
+                    continue;
+                }
             },
             _ if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
                 let start = i;
@@ -137,27 +139,104 @@ fn statements_first_tokens(s: &[u8], n: usize) -> Vec<Vec<String>> {
                 {
                     i += 1;
                 }
-                if (s[i - 1] == b'e' || s[i - 1] == b'E')
-                    && i - start == 1
-                    && s.get(i) == Some(&b'\'')
-                {
+                if i - start == 1 && matches!(c, b'e' | b'E') && s.get(i) == Some(&b'\'') {
                     continue; // E'...' string: handled by the quote arm.
                 }
-                push(
-                    &mut out,
-                    String::from_utf8_lossy(&s[start..i]).to_lowercase(),
-                );
+                Tok::Word(&s[start..i])
             }
-            _ if c.is_ascii_whitespace() => i += 1,
-            _ => {
-                if c == b'=' {
-                    push(&mut out, "=".into());
-                }
+            _ if c.is_ascii_whitespace() => {
                 i += 1;
+                continue;
             }
+            b'=' => {
+                i += 1;
+                Tok::Eq
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        if n < LEAD {
+            lead[n] = tok;
+            n += 1;
         }
     }
-    out
+    end_statement(&lead, &mut n);
+    (changes, statements)
+}
+
+/// Whether a statement starting with `first` may change session state.
+fn starts_change(first: &Tok<'_>) -> bool {
+    ["set", "reset", "discard", "deallocate"]
+        .iter()
+        .any(|k| first.is(k))
+}
+
+/// The end of the (nested) block comment starting at `i`.
+fn skip_block_comment(s: &[u8], mut i: usize) -> usize {
+    let mut depth = 0;
+    while i < s.len() {
+        if s[i] == b'/' && s.get(i + 1) == Some(&b'*') {
+            depth += 1;
+            i += 2;
+        } else if s[i] == b'*' && s.get(i + 1) == Some(&b'/') {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                break;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    i
+}
+
+/// What a statement starting with `t` changes.
+fn change_of(t: &[Tok<'_>]) -> Option<SessionChange> {
+    let at = |k: usize, keyword: &str| t.get(k).is_some_and(|x| x.is(keyword));
+    let name = |k: usize| t.get(k).map(Tok::name);
+    if at(0, "set") {
+        if at(1, "local") || at(1, "transaction") {
+            return None;
+        }
+        let session = at(1, "session");
+        let first = if session { 2 } else { 1 };
+        if session && at(2, "characteristics") {
+            return None;
+        }
+        if session && at(2, "authorization") {
+            return Some(SessionChange::Set("session_authorization".into()));
+        }
+        if at(first, "time") && at(first + 1, "zone") {
+            return Some(SessionChange::Set("timezone".into()));
+        }
+        return name(first).map(SessionChange::Set);
+    }
+    if at(0, "reset") {
+        if at(1, "all") {
+            return Some(SessionChange::ResetAll);
+        }
+        if at(1, "time") && at(2, "zone") {
+            return Some(SessionChange::Reset("timezone".into()));
+        }
+        if at(1, "session") && at(2, "authorization") {
+            return Some(SessionChange::Reset("session_authorization".into()));
+        }
+        return name(1).map(SessionChange::Reset);
+    }
+    if at(0, "discard") && at(1, "all") {
+        return Some(SessionChange::DiscardAll);
+    }
+    if at(0, "deallocate") {
+        let first = if at(1, "prepare") { 2 } else { 1 };
+        if at(first, "all") {
+            return Some(SessionChange::DeallocateAll);
+        }
+        return name(first).map(SessionChange::Deallocate);
+    }
+    None
 }
 
 #[cfg(test)]
@@ -168,33 +247,85 @@ mod tests {
     #[test]
     fn finds_changes() {
         let (c, n) =
-            scan("SET search_path TO app, public; select 1; RESET TimeZone; set local x = 1");
+            scan(b"SET search_path TO app, public; select 1; RESET TimeZone; set local x = 1");
         assert_eq!(c, vec![Set("search_path".into()), Reset("timezone".into())]);
         assert_eq!(n, 4);
         assert_eq!(
-            scan("SET SESSION \"MyVar.X\" = 1").0,
+            scan(b"SET SESSION \"MyVar.X\" = 1").0,
             vec![Set("MyVar.X".into())]
         );
-        assert_eq!(scan("set time zone 'UTC'").0, vec![Set("timezone".into())]);
-        assert_eq!(scan("DISCARD ALL").0, vec![DiscardAll]);
-        assert_eq!(scan("deallocate prepare all").0, vec![DeallocateAll]);
-        assert_eq!(scan("DEALLOCATE s1").0, vec![Deallocate("s1".into())]);
-        assert_eq!(scan("RESET ALL").0, vec![ResetAll]);
+        assert_eq!(scan(b"set time zone 'UTC'").0, vec![Set("timezone".into())]);
+        assert_eq!(scan(b"DISCARD ALL").0, vec![DiscardAll]);
+        assert_eq!(scan(b"deallocate prepare all").0, vec![DeallocateAll]);
+        assert_eq!(scan(b"DEALLOCATE s1").0, vec![Deallocate("s1".into())]);
+        assert_eq!(scan(b"RESET ALL").0, vec![ResetAll]);
     }
 
     #[test]
     fn ignores_quoted_and_commented() {
-        assert_eq!(scan("select 'x; SET a = 1'").0, vec![]);
+        assert_eq!(scan(b"select 'x; SET a = 1'").0, vec![]);
         assert_eq!(
-            scan("select $$; SET a = 1$$; /* ; set b = 2 */ -- ; set c = 3\n").0,
+            scan(b"select $$; SET a = 1$$; /* ; set b = 2 */ -- ; set c = 3\n").0,
             vec![]
         );
-        assert_eq!(scan("select E'\\'; set a = 1'").0, vec![]);
-        assert_eq!(scan("select $tag$ $$ ; set x=1 $tag$").0, vec![]);
+        assert_eq!(scan(b"select E'\\'; set a = 1'").0, vec![]);
+        assert_eq!(scan(b"select $tag$ $$ ; set x=1 $tag$").0, vec![]);
         assert_eq!(
-            scan("/* c */ SET application_name = 'a;b'").0,
+            scan(b"/* c */ SET application_name = 'a;b'").0,
             vec![Set("application_name".into())]
         );
-        assert_eq!(scan("").1, 0);
+        assert_eq!(scan(b"").1, 0);
+    }
+
+    #[test]
+    fn decided_statements_are_skipped_to_their_end() {
+        let (c, n) = scan(b"SELECT abalance FROM pgbench_accounts WHERE aid = 1;");
+        assert_eq!((c, n), (vec![], 1));
+        let (c, n) = scan(b"select a, b, c, d, e from t; SET x = 1");
+        assert_eq!((c, n), (vec![Set("x".into())], 2));
+        // A quote or comment before the `;` is lexed, not jumped over.
+        assert_eq!(
+            scan(b"select 'a;b' from t; set y to 1").0,
+            vec![Set("y".into())]
+        );
+        assert_eq!(
+            scan(b"select 1 -- ; set z = 1\n; set w = 1").0,
+            vec![Set("w".into())]
+        );
+        assert_eq!(
+            scan(b"select $$;$$, 2 ; reset q").0,
+            vec![Reset("q".into())]
+        );
+        assert_eq!(scan(b"select 1;;  ; select 2").1, 2);
+        // Words past the first few of a statement are neither kept nor confused with a start.
+        assert_eq!(scan(b"select set, reset, discard all from t").0, vec![]);
+    }
+
+    #[test]
+    fn session_forms() {
+        assert_eq!(
+            scan(b"SET SESSION AUTHORIZATION bob").0,
+            vec![Set("session_authorization".into())]
+        );
+        assert_eq!(
+            scan(b"reset session authorization").0,
+            vec![Reset("session_authorization".into())]
+        );
+        assert_eq!(
+            scan(b"SET SESSION TIME ZONE 'UTC'").0,
+            vec![Set("timezone".into())]
+        );
+        assert_eq!(
+            scan(b"SET LOCAL x = 1; SET TRANSACTION READ ONLY").0,
+            vec![]
+        );
+        assert_eq!(
+            scan(b"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY").0,
+            vec![]
+        );
+        assert_eq!(
+            scan(b"DEALLOCATE PREPARE \"Q1\"").0,
+            vec![Deallocate("Q1".into())]
+        );
     }
 }

@@ -34,6 +34,15 @@ pub enum RouteOutcome {
 }
 
 impl RouteOutcome {
+    /// Every outcome, in declaration order (the index of each is `outcome as usize`).
+    pub const ALL: [RouteOutcome; 5] = [
+        RouteOutcome::Primary,
+        RouteOutcome::Replica,
+        RouteOutcome::Fallback,
+        RouteOutcome::Shard,
+        RouteOutcome::Rejected,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             RouteOutcome::Primary => "primary",
@@ -65,6 +74,15 @@ pub struct ClientMetrics {
     pub query_duration: Histogram,
     /// From a transaction's first message until it ended.
     pub transaction_duration: Histogram,
+    /// Routing decisions of the database, by [`RouteOutcome`] (shared by its users).
+    routes: [IntCounter; RouteOutcome::ALL.len()],
+}
+
+impl ClientMetrics {
+    /// Counts a routing decision.
+    pub fn route(&self, outcome: RouteOutcome) {
+        self.routes[outcome as usize].inc();
+    }
 }
 
 /// Every metric of one usher process.
@@ -179,6 +197,8 @@ impl Metrics {
                     wait: self.wait.with_label_values(&l),
                     query_duration: self.query_duration.with_label_values(&l),
                     transaction_duration: self.transaction_duration.with_label_values(&l),
+                    routes: RouteOutcome::ALL
+                        .map(|o| self.routes.with_label_values(&[database, o.label()])),
                 })
             })
             .clone()
@@ -230,6 +250,9 @@ pub struct ClientInfo {
     pub connected: std::time::SystemTime,
     /// [`CLIENT_IDLE`], [`CLIENT_ACTIVE`] or [`CLIENT_WAITING`].
     pub state: std::sync::atomic::AtomicU8,
+    /// Wakes the session when the process needs it to look up (a shutdown began). Each session
+    /// has its own, so waiting for it touches no lock other sessions use.
+    pub wake: tokio::sync::Notify,
 }
 
 /// The client holds no server connection.
