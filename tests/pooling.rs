@@ -172,6 +172,47 @@ async fn waiters_are_served_in_turn() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_that_gave_up_are_swept_and_skipped() {
+    // Enough waiters give up to cross the queue's sweep threshold several times; a live waiter
+    // behind them still gets the connection as soon as it comes back.
+    let (u, db) = setup(
+        "gaveup",
+        "default_pool_size = 1\nquery_wait_timeout = \"1s\"",
+    )
+    .await;
+    let holder = connect(u.port, "app", &db).await.unwrap();
+    holder.batch_execute("BEGIN").await.unwrap();
+    let mut handles = Vec::new();
+    for _ in 0..150 {
+        let c = connect(u.port, "app", &db).await.unwrap();
+        handles.push(tokio::spawn(async move {
+            let err = c.simple_query("SELECT 1").await.unwrap_err();
+            assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    assert_eq!(counts(&u).waiting, 0);
+    let late = connect(u.port, "app", &db).await.unwrap();
+    let late = tokio::spawn(async move {
+        let started = Instant::now();
+        backend_pid(&late).await;
+        started.elapsed()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(counts(&u).waiting, 1);
+    holder.batch_execute("COMMIT").await.unwrap();
+    let waited = late.await.unwrap();
+    assert!(
+        waited < Duration::from_secs(1),
+        "late waiter waited {waited:?}"
+    );
+    let c = counts(&u);
+    assert!(c.open == 1 && c.waiting == 0 && c.active == 0, "{c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_pool_size_kept_warm_and_idle_retired() {
     let (u, db) = setup(
         "warm",

@@ -33,6 +33,8 @@ struct State {
     lent_info: Vec<ServerInfo>,
     /// Waiting clients, with when each started waiting.
     waiters: VecDeque<(Instant, oneshot::Sender<Grant>)>,
+    /// Queue length at which waiters that gave up are swept out.
+    prune_at: usize,
     /// Connections opened before this instant are closed when they come back (RECONNECT).
     reconnect_at: Option<Instant>,
 }
@@ -115,6 +117,7 @@ impl Pool {
                 lent: 0,
                 lent_info: Vec::new(),
                 waiters: VecDeque::new(),
+                prune_at: 64,
                 reconnect_at: None,
             }),
             connects: AtomicU64::new(0),
@@ -155,12 +158,14 @@ impl Pool {
     /// `server_check_query`; one that fails the check is closed and another one taken.
     pub async fn checkout(self: &Arc<Self>) -> Result<Lease, PoolError> {
         loop {
-            let (mut lease, check_delay) = self.checkout_unchecked().await?;
+            let (mut lease, check_delay, now) = self.checkout_unchecked().await?;
             let Some(delay) = check_delay else {
                 return Ok(lease);
             };
             let conn = lease.conn();
-            if conn.last_used.elapsed() < delay || conn.created.elapsed() < delay {
+            if now.saturating_duration_since(conn.last_used) < delay
+                || now.saturating_duration_since(conn.created) < delay
+            {
                 return Ok(lease);
             }
             let settings = self.settings();
@@ -184,17 +189,20 @@ impl Pool {
         }
     }
 
-    /// A connection, and the `server_check_delay` in force when it was taken.
-    async fn checkout_unchecked(self: &Arc<Self>) -> Result<(Lease, Option<Duration>), PoolError> {
+    /// A connection, the `server_check_delay` in force when it was taken, and when that was.
+    async fn checkout_unchecked(
+        self: &Arc<Self>,
+    ) -> Result<(Lease, Option<Duration>, Instant), PoolError> {
         enum Next {
             Open(Arc<PoolSettings>),
             Wait(Arc<PoolSettings>, oneshot::Receiver<Grant>, Instant),
         }
+        let now = Instant::now();
         let next = {
             let mut s = self.state.lock();
             let mut found = None;
             while let Some(conn) = s.idle.pop_back() {
-                if Self::reusable(&s.settings, &conn, true) {
+                if Self::reusable(&s.settings, &conn, true, now) {
                     found = Some(conn);
                     break;
                 }
@@ -202,29 +210,33 @@ impl Pool {
                 close(*conn);
             }
             if let Some(conn) = found {
-                s.lend(&conn, Instant::now());
+                s.lend(&conn, now);
                 let delay = s.settings.check_delay;
                 drop(s);
-                return Ok((Lease::new(conn, self.clone(), Duration::ZERO), delay));
+                return Ok((Lease::new(conn, self.clone(), Duration::ZERO), delay, now));
             }
             if s.open < s.settings.size {
                 s.open += 1;
                 Next::Open(s.settings.clone())
             } else {
                 let (tx, rx) = oneshot::channel();
-                s.waiters.retain(|(_, w)| !w.is_closed());
-                let now = Instant::now();
+                if s.waiters.len() >= s.prune_at {
+                    // Waiters that gave up are skipped when a connection is handed over; this
+                    // also sweeps them now and then (amortized: the queue may hold thousands).
+                    s.waiters.retain(|(_, w)| !w.is_closed());
+                    s.prune_at = (2 * s.waiters.len()).max(64);
+                }
                 s.waiters.push_back((now, tx));
                 Next::Wait(s.settings.clone(), rx, now)
             }
         };
         let (lease, settings) = match next {
-            Next::Open(settings) => (self.open_new(&settings, Instant::now()).await?, settings),
+            Next::Open(settings) => (self.open_new(&settings, now).await?, settings),
             Next::Wait(settings, rx, started) => {
                 (self.wait(rx, &settings, started).await?, settings)
             }
         };
-        Ok((lease, settings.check_delay))
+        Ok((lease, settings.check_delay, Instant::now()))
     }
 
     async fn wait(
@@ -363,25 +375,32 @@ impl Pool {
     /// May `conn` serve another client? `probe_socket` also asks the socket whether the server
     /// closed it while idle (one non-blocking read); a connection coming straight back from a
     /// client has just finished a full exchange and needs only the cheap checks.
-    fn reusable(settings: &PoolSettings, conn: &ServerConn, probe_socket: bool) -> bool {
+    fn reusable(
+        settings: &PoolSettings,
+        conn: &ServerConn,
+        probe_socket: bool,
+        now: Instant,
+    ) -> bool {
         !conn.dirty
             && conn.rbuf.is_empty()
-            && settings.lifetime.is_none_or(|l| conn.created.elapsed() < l)
+            && settings
+                .lifetime
+                .is_none_or(|l| now.saturating_duration_since(conn.created) < l)
             && !(probe_socket && conn.is_broken())
     }
 
     /// Takes a connection back from a client: straight to the first waiter (it stays lent),
     /// or to the idle list.
     pub(super) fn checkin(&self, mut conn: Box<ServerConn>) {
+        let now = Instant::now();
         let mut s = self.state.lock();
         let stale = s.reconnect_at.is_some_and(|t| conn.created <= t);
-        if stale || !Self::reusable(&s.settings, &conn, false) {
+        if stale || !Self::reusable(&s.settings, &conn, false, now) {
             s.unlend(conn.id);
             drop(s);
             self.discard_counted(*conn);
             return;
         }
-        let now = Instant::now();
         conn.last_used = now;
         let id = conn.id;
         while let Some((_, w)) = s.waiters.pop_front() {
@@ -423,7 +442,7 @@ impl Pool {
             let too_idle = settings.idle_timeout.is_some_and(|t| {
                 now.duration_since(conn.last_used) >= t && open_before - closed > settings.min
             });
-            if too_idle || !Self::reusable(&settings, &conn, true) {
+            if too_idle || !Self::reusable(&settings, &conn, true, now) {
                 closed += 1;
                 close(*conn);
             } else {

@@ -730,9 +730,28 @@ impl Session {
             self.replay = None;
         }
         self.account_round();
-        self.flush_client().await?;
-        self.maybe_release().await;
+        if self.release_is_local() {
+            // The server goes back to the pool (and to the next waiting client) before the
+            // answer is written to this client: the connection does not idle through a send.
+            self.maybe_release().await;
+            self.flush_client().await?;
+        } else {
+            self.flush_client().await?;
+            self.maybe_release().await;
+        }
         Ok(())
+    }
+
+    /// Releasing the server needs no round trip to it (no settings to read back, no commit
+    /// LSN, no DEALLOCATE or reset query), so it cannot delay the answer to the client.
+    fn release_is_local(&self) -> bool {
+        let reads_commit_lsn =
+            self.route.txn_writes && self.route.attached_role == Some(router::Role::Primary);
+        let round_trip = !self.params.to_read_back.is_empty()
+            || reads_commit_lsn
+            || self.dropped_statements
+            || self.snap().config.general.server_reset_query_always;
+        !round_trip
     }
 
     /// Updates the counters once the server answered everything it was sent.
@@ -744,15 +763,16 @@ impl Session {
         if !self.tracker.is_idle() {
             return;
         }
+        let now = std::time::Instant::now();
         if let Some(t) = self.round_start.take() {
-            self.stats.query_duration.observe(t.elapsed().as_secs_f64());
+            let took = now.saturating_duration_since(t);
+            self.stats.query_duration.observe(took.as_secs_f64());
         }
         if self.txn_status == b'I' {
             if let Some(t) = self.xact_start.take() {
                 self.stats.transactions.inc();
-                self.stats
-                    .transaction_duration
-                    .observe(t.elapsed().as_secs_f64());
+                let took = now.saturating_duration_since(t);
+                self.stats.transaction_duration.observe(took.as_secs_f64());
             }
         }
     }

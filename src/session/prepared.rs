@@ -112,15 +112,18 @@ impl ClientStatements {
         match frame.tag {
             b'P' => {
                 let (span, query) = extended::parse_fields(body)?;
-                let types = &body[span.end + 1 + query.len() + 1..];
                 if span.start == span.end {
                     self.unnamed_generation += 1;
+                    // One copy for both fields: the unnamed statement is replaced on every
+                    // Parse of drivers that do not name their statements.
+                    let rest = Bytes::copy_from_slice(&body[span.end + 1..]);
+                    let query_len = query.len();
                     self.unnamed = Some((
                         self.unnamed_generation,
                         Arc::new(Statement {
                             global: Bytes::new(),
-                            query: Bytes::copy_from_slice(query),
-                            param_types: Bytes::copy_from_slice(types),
+                            query: rest.slice(..query_len),
+                            param_types: rest.slice(query_len + 1..),
                         }),
                     ));
                     server.unnamed_owner = Some((client_id, self.unnamed_generation));
