@@ -93,16 +93,18 @@ peak_reset() { [ -n "$1" ] && echo 5 > "/proc/$1/clear_refs" 2>/dev/null || true
 peak_kib() { [ -n "$1" ] && awk '/^VmHWM/ {print $2}' "/proc/$1/status" || echo "-"; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
-# measure PORT PID ARGS...: "tps avg_ms p99_ms cpu_us_per_txn peak_rss_mib"
+# measure PORT PID ARGS...: "tps avg_ms p99_ms cpu_us_per_txn peak_rss_mib postgres_cpu_us_per_txn"
 measure() {
   local port=$1 pid=$2; shift 2
   rm -f "$WORK"/pglog*
   peak_reset "$pid"
-  local before=0 after=0 out
+  local before=0 after=0 out pg_before pg_after
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
-  out=$(cd "$WORK" && PGPASSWORD=secret "$BIN/pgbench" "$@" -n --log --log-prefix=pglog -h 127.0.0.1 -p "$port" -U app app 2>&1) || { echo "$out" >&2; echo "- - - - -"; return; }
+  pg_before=$(postgres_ticks)
+  out=$(cd "$WORK" && PGPASSWORD=secret "$BIN/pgbench" "$@" -n --log --log-prefix=pglog -h 127.0.0.1 -p "$port" -U app app 2>&1) || { echo "$out" >&2; echo "- - - - - -"; return; }
   [ -n "$pid" ] && after=$(cpu_ticks "$pid")
-  local tps lat xacts p99 cpu peak
+  pg_after=$(postgres_ticks)
+  local tps lat xacts p99 cpu peak pgcpu
   tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
   if [ -z "$tps" ] || awk -v t="$tps" 'BEGIN {exit !(t == 0)}'; then echo "$out" | tail -5 >&2; fi
   lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
@@ -110,7 +112,9 @@ measure() {
   p99=$(cat "$WORK"/pglog* | awk '{print $3}' | sort -n | awk '{v[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.2f", v[i]/1000}')
   cpu=$(awk -v a="$after" -v b="$before" -v t="$TICK" -v x="$xacts" 'BEGIN { if (x > 0 && a > b) printf "%.1f", (a - b) / t * 1e6 / x; else print "-" }')
   peak=$(peak_kib "$pid"); [ "$peak" != "-" ] && peak=$(awk -v k="$peak" 'BEGIN {printf "%.1f", k/1024}')
-  echo "$tps $lat $p99 $cpu $peak"
+  # What the servers spent per transaction: a pooler changes this too (wake-ups, batching).
+  pgcpu=$(awk -v a="$pg_after" -v b="$pg_before" -v t="$TICK" -v x="$xacts" 'BEGIN { if (x > 0) printf "%.1f", (a - b) / t * 1e6 / x; else print "-" }')
+  echo "$tps $lat $p99 $cpu $peak $pgcpu"
 }
 
 RESULTS="$WORK/results"
@@ -217,7 +221,7 @@ REPORT="$WORK/report.md"
   echo "- Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM; shared and noisy, so the ratios (same run, interleaved) are the headline, not absolute numbers."
   echo "- PostgreSQL $("$BIN/postgres" --version | awk '{print $3}') (fsync off, primary + streaming replica on the same machine), $(pgbouncer --version | head -1), usher $(./target/release/usher --version | awk '{print $2}') (release build)."
   echo "- Pools: transaction mode, pool size 25, for usher and PgBouncer alike. pgbench scale 10, ${SECS} s per run, $ROUNDS round(s), targets interleaved usher → PgBouncer → direct."
-  echo "- Commands: \`pgbench -S|-N -M simple|extended|prepared -c C -j min(C,4) -T $SECS -n --log\`; the family runs use \`-f benches/family.pgbench\`. CPU = user+sys of the pooler process over the run ÷ transactions; peak RSS = VmHWM after resetting it with clear_refs."
+  echo "- Commands: \`pgbench -S|-N -M simple|extended|prepared -c C -j min(C,4) -T $SECS -n --log\`; the family runs use \`-f benches/family.pgbench\`. CPU = user+sys of the pooler process over the run ÷ transactions (Postgres CPU: the same for every postgres process on the machine); peak RSS = VmHWM after resetting it with clear_refs."
   echo
   echo "## Targets (usher / PgBouncer in the same run)"
   echo
@@ -242,13 +246,13 @@ REPORT="$WORK/report.md"
   echo
   echo "## Every run (means over rounds)"
   echo
-  echo "| case | target | TPS | avg latency ms | p99 latency ms | pooler CPU µs/txn | pooler peak RSS MiB | TPS vs PgBouncer |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| case | target | TPS | avg latency ms | p99 latency ms | pooler CPU µs/txn | pooler peak RSS MiB | Postgres CPU µs/txn | TPS vs PgBouncer |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   for case in $(awk '{print $1}' "$RESULTS" | awk '!seen[$0]++'); do
     base=$(avg "$case" pgbouncer 3)
     for t in $(awk -v c="$case" '$1==c {print $2}' "$RESULTS" | awk '!seen[$0]++'); do
       tps=$(avg "$case" "$t" 3)
-      echo "| $case | $t | $tps | $(avg "$case" "$t" 4) | $(avg "$case" "$t" 5) | $(avg "$case" "$t" 6) | $(avg "$case" "$t" 7) | $(ratio "$tps" "$base") |"
+      echo "| $case | $t | $tps | $(avg "$case" "$t" 4) | $(avg "$case" "$t" 5) | $(avg "$case" "$t" 6) | $(avg "$case" "$t" 7) | $(avg "$case" "$t" 8) | $(ratio "$tps" "$base") |"
     done
   done
 } > "$REPORT"
