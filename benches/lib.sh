@@ -8,8 +8,9 @@ BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# postgres_ticks: user+sys ticks of every postgres process on the machine so far.
-postgres_ticks() { cat /proc/[0-9]*/stat 2>/dev/null | awk '$2 == "(postgres)" {t += $14 + $15} END {print t + 0}'; }
+# postgres_ticks: user+sys ticks of every postgres process on the machine so far, including
+# backends that already exited (counted in their postmaster's cutime/cstime once reaped).
+postgres_ticks() { cat /proc/[0-9]*/stat 2>/dev/null | awk '$2 == "(postgres)" {t += $14 + $15 + $16 + $17} END {print t + 0}'; }
 TICK=$(getconf CLK_TCK)
 
 WORK=$(mktemp -d /tmp/usher-bench-XXXXXX)
