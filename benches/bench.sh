@@ -57,21 +57,8 @@ $(family_shards_toml "$PG")"
 PID_SHARD=$LAST_PID
 
 P_BOUNCER=$(free_port)
-cat <<INI | as_pg tee "$WORK/pgbouncer.ini" >/dev/null
-[databases]
-app = host=127.0.0.1 port=$PG dbname=app user=app password=secret
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $P_BOUNCER
-unix_socket_dir =
-auth_type = hba
-auth_file = $WORK/userlist.txt
-auth_hba_file = $WORK/pgbouncer_hba.conf
-pool_mode = transaction
-default_pool_size = 25
-max_client_conn = $((IDLE + 2000))
-logfile = $WORK/pgbouncer.log
-INI
+pgbouncer_ini "$P_BOUNCER" "$PG" "auth_type = hba" "auth_hba_file = $WORK/pgbouncer_hba.conf" \
+  "max_client_conn = $((IDLE + 2000))"
 printf '"app" "secret"\n"idle" ""\n' | as_pg tee "$WORK/userlist.txt" >/dev/null
 printf 'host all idle 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n' | as_pg tee "$WORK/pgbouncer_hba.conf" >/dev/null
 if [ "$(id -u)" -eq 0 ]; then

@@ -70,6 +70,28 @@ password = "secret"
 TOML
 }
 
+# pgbouncer_ini PORT PG_PORT [LINE...]: writes $WORK/pgbouncer.ini, PgBouncer with the
+# benchmark's pool settings (transaction mode, pool 25) serving database app of the Postgres on
+# PG_PORT, users from $WORK/userlist.txt, plus each LINE under [pgbouncer] (auth_type, ...).
+pgbouncer_ini() {
+  local port=$1 pg=$2; shift 2
+  {
+    cat <<INI
+[databases]
+app = host=127.0.0.1 port=$pg dbname=app user=app password=secret
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_file = $WORK/userlist.txt
+pool_mode = transaction
+default_pool_size = 25
+logfile = $WORK/pgbouncer.log
+INI
+    printf '%s\n' "$@"
+  } | as_pg tee "$WORK/pgbouncer.ini" >/dev/null
+}
+
 # start_usher NAME TOML: runs target/release/usher with that config; sets LAST_PID.
 start_usher() {
   echo "$2" > "$WORK/$1.toml"

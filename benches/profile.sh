@@ -26,19 +26,7 @@ echo "$(usher_header "$P_USHER")
 [databases.app]
 shards = [ { primary = \"127.0.0.1:$PG/app\" } ]" > "$WORK/usher.toml"
 P_BOUNCER=$(free_port)
-cat <<INI | as_pg tee "$WORK/pgbouncer.ini" >/dev/null
-[databases]
-app = host=127.0.0.1 port=$PG dbname=app user=app password=secret
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $P_BOUNCER
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $WORK/userlist.txt
-pool_mode = transaction
-default_pool_size = 25
-logfile = $WORK/pgbouncer.log
-INI
+pgbouncer_ini "$P_BOUNCER" "$PG" "auth_type = scram-sha-256"
 printf '"app" "secret"\n' | as_pg tee "$WORK/userlist.txt" >/dev/null
 
 wait_port() { for _ in $(seq 1 120); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.5; done; echo "port $1 never opened" >&2; exit 1; }

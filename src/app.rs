@@ -62,7 +62,6 @@ pub struct App {
 
 /// A consistent view of the config and topology in force, for a session to keep between
 /// transactions (see [`App::refresh`]).
-#[derive(Clone)]
 pub struct Snapshot {
     generation: u64,
     /// The config.
@@ -171,14 +170,11 @@ impl App {
         }
     }
 
-    /// Brings `snap` up to date; returns true when it changed. Costs one atomic load when
-    /// nothing was reloaded.
-    pub fn refresh(&self, snap: &mut Snapshot) -> bool {
-        if self.generation.load(Ordering::Acquire) == snap.generation {
-            return false;
+    /// Brings `snap` up to date. Costs one atomic load when nothing was reloaded.
+    pub fn refresh(&self, snap: &mut Snapshot) {
+        if self.generation.load(Ordering::Acquire) != snap.generation {
+            *snap = self.snapshot();
         }
-        *snap = self.snapshot();
-        true
     }
 
     /// The config in force.

@@ -26,10 +26,8 @@ struct State {
     idle: VecDeque<Box<ServerConn>>,
     /// Connections open, being opened or lent out.
     open: usize,
-    /// Connections lent out.
-    lent: usize,
-    /// The lent connections as SHOW SERVERS lists them (a pool has tens of connections, so a
-    /// linear search beats hashing).
+    /// The connections lent out, as SHOW SERVERS lists them (a pool has tens of connections,
+    /// so a linear search beats hashing); its length is the lent count.
     lent_info: Vec<ServerInfo>,
     /// Waiting clients, with when each started waiting.
     waiters: VecDeque<(Instant, oneshot::Sender<Grant>)>,
@@ -42,7 +40,6 @@ struct State {
 impl State {
     /// Records `conn` as lent out since `now`.
     fn lend(&mut self, conn: &ServerConn, now: Instant) {
-        self.lent += 1;
         self.lent_info.push(ServerInfo {
             id: conn.id,
             pid: conn.backend_key.0,
@@ -54,7 +51,6 @@ impl State {
 
     /// Forgets the lent connection `id` (if it was recorded).
     fn unlend(&mut self, id: u64) {
-        self.lent -= 1;
         if let Some(i) = self.lent_info.iter().position(|l| l.id == id) {
             self.lent_info.swap_remove(i);
         }
@@ -114,7 +110,6 @@ impl Pool {
                 settings: Arc::new(settings),
                 idle: VecDeque::new(),
                 open: 0,
-                lent: 0,
                 lent_info: Vec::new(),
                 waiters: VecDeque::new(),
                 prune_at: 64,
@@ -142,7 +137,7 @@ impl Pool {
         let live = || s.waiters.iter().filter(|(_, w)| !w.is_closed());
         PoolCounts {
             idle: s.idle.len(),
-            active: s.lent,
+            active: s.lent_info.len(),
             open: s.open,
             waiting: live().count(),
             tested: self.tested.load(Ordering::Relaxed) as usize,

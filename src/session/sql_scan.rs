@@ -75,19 +75,29 @@ pub fn scan(sql: &[u8]) -> (Vec<SessionChange>, usize) {
     };
     let s = sql;
     let mut i = 0;
+    // Where the next `;`, quote-like byte (' " $) and comment-like byte (- /) are, found once
+    // and reused until lexing passes them, so a long statement is searched in linear time.
+    let (mut semi_at, mut quote_at, mut dash_at) = (None, None, None);
     while i < s.len() {
         if n == LEAD || (n > 0 && !starts_change(&lead[0])) {
-            // This statement is decided: jump to its `;` when nothing on the way could hide
-            // one (a quote, a comment, a dollar quote), or stop when there is none.
-            let Some(off) = memchr::memchr(b';', &s[i..]) else {
+            // This statement is decided: skip plain text up to its `;` or up to what could
+            // hide one (a quote, a comment, a dollar quote), or stop when no `;` follows.
+            let semi = next_at(&mut semi_at, s, i, |t| memchr::memchr(b';', t));
+            if semi == s.len() {
                 break;
-            };
-            let on_the_way = &s[i..i + off];
-            if memchr::memchr3(b'\'', b'"', b'$', on_the_way).is_none()
-                && memchr::memchr2(b'-', b'/', on_the_way).is_none()
-            {
-                i += off;
             }
+            let quote = next_at(&mut quote_at, s, i, |t| {
+                memchr::memchr3(b'\'', b'"', b'$', t)
+            });
+            let dash = next_at(&mut dash_at, s, i, |t| memchr::memchr2(b'-', b'/', t));
+            let mut resume = semi.min(quote).min(dash);
+            // Resume at the start of the word it ends, if any (a `$` inside an identifier
+            // is no dollar quote): there the lexer is in the same state as if it had read
+            // every skipped byte.
+            while resume > i && is_word_byte(s[resume - 1]) {
+                resume -= 1;
+            }
+            i = resume;
         }
         let c = s[i];
         let tok = match c {
@@ -130,13 +140,7 @@ pub fn scan(sql: &[u8]) -> (Vec<SessionChange>, usize) {
             },
             _ if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
                 let start = i;
-                while i < s.len()
-                    && (s[i].is_ascii_alphanumeric()
-                        || s[i] == b'_'
-                        || s[i] == b'$'
-                        || s[i] == b'.'
-                        || s[i] >= 0x80)
-                {
+                while i < s.len() && is_word_byte(s[i]) {
                     i += 1;
                 }
                 if i - start == 1 && matches!(c, b'e' | b'E') && s.get(i) == Some(&b'\'') {
@@ -164,6 +168,29 @@ pub fn scan(sql: &[u8]) -> (Vec<SessionChange>, usize) {
     }
     end_statement(&lead, &mut n);
     (changes, statements)
+}
+
+/// The first position at or after `i` that `find` reports (`s.len()` for none), reusing
+/// `cache` while it is still ahead of `i`.
+fn next_at(
+    cache: &mut Option<usize>,
+    s: &[u8],
+    i: usize,
+    find: impl Fn(&[u8]) -> Option<usize>,
+) -> usize {
+    match *cache {
+        Some(p) if p >= i => p,
+        _ => {
+            let p = find(&s[i..]).map_or(s.len(), |p| i + p);
+            *cache = Some(p);
+            p
+        }
+    }
+}
+
+/// A byte that continues a word (keyword, identifier or number).
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b == b'.' || b >= 0x80
 }
 
 /// Whether a statement starting with `first` may change session state.
@@ -201,7 +228,7 @@ fn change_of(t: &[Tok<'_>]) -> Option<SessionChange> {
         if at(1, "local") || at(1, "transaction") {
             return None;
         }
-        let session = at(1, "session");
+        let session = at(1, "session") && t.len() > 2;
         let first = if session { 2 } else { 1 };
         if session && at(2, "characteristics") {
             return None;
@@ -230,7 +257,11 @@ fn change_of(t: &[Tok<'_>]) -> Option<SessionChange> {
         return Some(SessionChange::DiscardAll);
     }
     if at(0, "deallocate") {
-        let first = if at(1, "prepare") { 2 } else { 1 };
+        let first = if at(1, "prepare") && t.len() > 2 {
+            2
+        } else {
+            1
+        };
         if at(first, "all") {
             return Some(SessionChange::DeallocateAll);
         }
@@ -299,6 +330,27 @@ mod tests {
         assert_eq!(scan(b"select 1;;  ; select 2").1, 2);
         // Words past the first few of a statement are neither kept nor confused with a start.
         assert_eq!(scan(b"select set, reset, discard all from t").0, vec![]);
+        // A `$` inside an identifier is no dollar quote, even where the scan skips ahead.
+        assert_eq!(
+            scan(b"select a$x$ from t; set p = 1; select $x$;$x$").0,
+            vec![Set("p".into())]
+        );
+        // After a number, `$q$` does open a dollar quote (as the lexer reads it everywhere).
+        assert_eq!(
+            scan(b"select 1 from t where x = 1$q$;$q$; set r = 1").0,
+            vec![Set("r".into())]
+        );
+        assert_eq!(
+            scan(b"select x-1, a/2, 'it''s' from t; set s = 1").0,
+            vec![Set("s".into())]
+        );
+        // Many quotes in one long statement: every one is lexed, and the `;` after them counts.
+        let mut long = b"insert into t values ".to_vec();
+        for _ in 0..10_000 {
+            long.extend_from_slice(b"('a;b', $$c;d$$), ");
+        }
+        long.extend_from_slice(b"('e'); reset t");
+        assert_eq!(scan(&long), (vec![Reset("t".into())], 2));
     }
 
     #[test]
@@ -326,6 +378,12 @@ mod tests {
         assert_eq!(
             scan(b"DEALLOCATE PREPARE \"Q1\"").0,
             vec![Deallocate("Q1".into())]
+        );
+        // Too short for the longer forms: the second word is the name.
+        assert_eq!(scan(b"SET session").0, vec![Set("session".into())]);
+        assert_eq!(
+            scan(b"DEALLOCATE prepare").0,
+            vec![Deallocate("prepare".into())]
         );
     }
 }

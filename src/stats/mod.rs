@@ -204,13 +204,6 @@ impl Metrics {
             .clone()
     }
 
-    /// Counts a routing decision.
-    pub fn route(&self, database: &str, outcome: RouteOutcome) {
-        self.routes
-            .with_label_values(&[database, outcome.label()])
-            .inc();
-    }
-
     /// Counts a config reload.
     pub fn reload(&self, ok: bool) {
         self.reloads
