@@ -91,13 +91,16 @@ async fn metrics_tell_the_truth() {
     for _ in 0..10 {
         c.simple_query("SELECT 1").await.unwrap();
     }
-    c.batch_execute("BEGIN; SELECT 1; SELECT 2; COMMIT")
-        .await
-        .unwrap();
+    // The error goes first: tokio-postgres returns it as soon as the ErrorResponse arrives,
+    // which Postgres flushes ahead of its ReadyForQuery, so the transaction is only over (and
+    // counted) once usher relayed that ReadyForQuery. The next string's answer comes after it.
     assert!(c
         .batch_execute("SELECT * FROM no_such_table")
         .await
         .is_err());
+    c.batch_execute("BEGIN; SELECT 1; SELECT 2; COMMIT")
+        .await
+        .unwrap();
     let after = http_get(u.metrics_port, "/metrics").await.1;
     let delta = |name: &str| metric(&after, name, &[d]) - metric(&login_done, name, &[d]);
     assert_eq!(
@@ -134,6 +137,49 @@ async fn metrics_tell_the_truth() {
             + metric(&after, "usher_query_cache_misses_total", &[])
             >= 0.0
     );
+    // A pipelining client: three transactions in one write, the middle one failing, each
+    // counted on its own (never merged because the next was already queued).
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut raw = raw_login(u.port, "trust_user", &db).await;
+        let before = http_get(u.metrics_port, "/metrics").await.1;
+        let q = |sql: &str| {
+            let mut m = vec![b'Q'];
+            m.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+            m.extend_from_slice(sql.as_bytes());
+            m.push(0);
+            m
+        };
+        let batch = [
+            q("SELECT 1"),
+            q("SELECT * FROM no_such_table"),
+            q("SELECT 2"),
+        ]
+        .concat();
+        raw.write_all(&batch).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while got
+            .windows(6)
+            .filter(|w| *w == [b'Z', 0, 0, 0, 5, b'I'])
+            .count()
+            < 3
+        {
+            let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "{got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let now = http_get(u.metrics_port, "/metrics").await.1;
+        let delta = |name: &str| metric(&now, name, &[d]) - metric(&before, name, &[d]);
+        assert_eq!(delta("usher_transactions_total"), 3.0, "{now}");
+        assert_eq!(delta("usher_queries_total"), 3.0);
+        assert_eq!(delta("usher_errors_total"), 1.0);
+        assert_eq!(delta("usher_query_duration_seconds_count"), 3.0);
+        assert_eq!(delta("usher_transaction_duration_seconds_count"), 3.0);
+    }
     // Ready: the primary is reachable. Unknown paths are 404.
     assert_eq!(http_get(u.metrics_port, "/ready").await.0, 200);
     assert_eq!(http_get(u.metrics_port, "/nope").await.0, 404);

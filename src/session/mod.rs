@@ -714,7 +714,7 @@ impl Session {
             ..
         } = self;
         let conn = server.as_mut().expect("attached").conn();
-        relay::scan(
+        let answered = relay::scan(
             conn,
             tracker,
             params,
@@ -729,7 +729,7 @@ impl Session {
         if !self.client_out.is_empty() {
             self.replay = None;
         }
-        self.account_round();
+        self.account_round(answered);
         if self.release_is_local() {
             // The server goes back to the pool (and to the next waiting client) before the
             // answer is written to this client: the connection does not idle through a send.
@@ -754,26 +754,38 @@ impl Session {
         !round_trip
     }
 
-    /// Updates the counters once the server answered everything it was sent.
-    fn account_round(&mut self) {
+    /// Counts what the server answered, as PgBouncer does: every ReadyForQuery ends a query
+    /// round trip and every idle one a transaction. A pipelining client's next round started
+    /// at the latest when the previous answer arrived, so its duration is counted from there
+    /// (the time the server spent on it), and two transactions are never merged into one.
+    fn account_round(&mut self, answered: relay::Answered) {
         let errors = std::mem::take(&mut self.tracker.errors);
         if errors > 0 {
             self.stats.errors.inc_by(errors);
         }
-        if !self.tracker.is_idle() {
+        if answered.ready == 0 {
             return;
         }
         let now = std::time::Instant::now();
-        if let Some(t) = self.round_start.take() {
-            let took = now.saturating_duration_since(t);
-            self.stats.query_duration.observe(took.as_secs_f64());
-        }
-        if self.txn_status == b'I' {
-            if let Some(t) = self.xact_start.take() {
-                self.stats.transactions.inc();
-                let took = now.saturating_duration_since(t);
-                self.stats.transaction_duration.observe(took.as_secs_f64());
+        let more = !self.tracker.is_idle();
+        if let Some(t) = self.round_start {
+            let took = now.saturating_duration_since(t).as_secs_f64();
+            self.stats.query_duration.observe(took);
+            for _ in 1..answered.ready {
+                self.stats.query_duration.observe(0.0);
             }
+        }
+        self.round_start = more.then_some(now);
+        if answered.idle > 0 {
+            self.stats.transactions.inc_by(u64::from(answered.idle));
+            if let Some(t) = self.xact_start {
+                let took = now.saturating_duration_since(t).as_secs_f64();
+                self.stats.transaction_duration.observe(took);
+                for _ in 1..answered.idle {
+                    self.stats.transaction_duration.observe(0.0);
+                }
+            }
+            self.xact_start = (more || self.txn_status != b'I').then_some(now);
         }
     }
 

@@ -29,11 +29,21 @@ pub struct Rewrite {
     pub idle_as_in_transaction: bool,
 }
 
+/// The ReadyForQuery frames one scan forwarded to the client: each ends a round trip, and
+/// each showing the client an idle status ends a transaction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Answered {
+    /// ReadyForQuery frames forwarded.
+    pub ready: u32,
+    /// Of those, how many told the client it is outside a transaction block.
+    pub idle: u32,
+}
+
 /// Largest server frame accepted (Postgres never sends one over 1 GB + header).
 const MAX_SERVER_FRAME: usize = (1 << 30) + 64;
 
 /// Moves what is in `conn.rbuf` towards the client (`out`), updating the tracker, the
-/// transaction status and the parameters.
+/// transaction status and the parameters. Returns the ReadyForQuery frames it forwarded.
 pub fn scan(
     conn: &mut ServerConn,
     tracker: &mut Tracker,
@@ -42,8 +52,10 @@ pub fn scan(
     out: &mut Vec<Bytes>,
     txn_status: &mut u8,
     rewrite: Rewrite,
-) -> Result<(), ServerError> {
+) -> Result<Answered, ServerError> {
     let mut run = 0usize;
+    let mut answered = Answered::default();
+    let mut shown_idle = false;
     loop {
         if let Some(p) = pass {
             let n = p.remaining.min(conn.rbuf.len() - run);
@@ -91,6 +103,7 @@ pub fn scan(
                 if rewrite.idle_as_in_transaction && *txn_status == b'I' {
                     conn.rbuf[run + 5] = b'T';
                 }
+                shown_idle = conn.rbuf[run + 5] == b'I';
             } else if let Some((name, value)) = crate::server::parse_param_status(body) {
                 params.on_report(&name, &value, &mut conn.state);
             }
@@ -98,6 +111,10 @@ pub fn scan(
         let decision = tracker.on_frame(tag);
         tracing::trace!(tag = %(tag as char), len = total, ?decision, "server frame");
         let take = total.min(available);
+        if tag == b'Z' && decision == Decision::Forward {
+            answered.ready += 1;
+            answered.idle += u32::from(shown_idle);
+        }
         match decision {
             Decision::Forward => run += take,
             Decision::Swallow => {
@@ -117,7 +134,7 @@ pub fn scan(
         }
     }
     flush_run(&mut conn.rbuf, &mut run, out);
-    Ok(())
+    Ok(answered)
 }
 
 fn flush_run(buf: &mut bytes::BytesMut, run: &mut usize, out: &mut Vec<Bytes>) {

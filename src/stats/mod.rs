@@ -165,7 +165,7 @@ impl Metrics {
             sent: ic("usher_client_sent_bytes_total", "Bytes sent to clients.", DB_USER),
             errors: ic("usher_errors_total", "ErrorResponses sent to clients, from servers or from usher.", DB_USER),
             wait: reg(&registry, CounterVec::new(Opts::new("usher_wait_seconds_total", "Time clients spent waiting for a server connection."), DB_USER).expect("valid")),
-            query_duration: hist("usher_query_duration_seconds", "From sending a client's messages to the server until it is ready for more."),
+            query_duration: hist("usher_query_duration_seconds", "One per ReadyForQuery: from sending a client's messages to the server (or, pipelined, from the previous answer) until it is ready for more."),
             transaction_duration: hist("usher_transaction_duration_seconds", "From a transaction's first message to its end."),
             routes: ic("usher_route_decisions_total", "Routing decisions by outcome: primary, replica, fallback (a read on the primary for want of a replica), shard (picked by key or hint), rejected.", &["database", "outcome"]),
             lag: reg(&registry, GaugeVec::new(Opts::new("usher_replica_lag_seconds", "Replication lag of each replica as last measured (-1: unknown)."), &["database", "shard", "server"]).expect("valid")),
