@@ -80,7 +80,10 @@ peak_reset() { [ -n "$1" ] && echo 5 > "/proc/$1/clear_refs" 2>/dev/null || true
 peak_kib() { [ -n "$1" ] && awk '/^VmHWM/ {print $2}' "/proc/$1/status" || echo "-"; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
-# measure PORT PID ARGS...: "tps avg_ms p99_ms cpu_us_per_txn peak_rss_mib postgres_cpu_us_per_txn"
+# cpu_times: "idle total" jiffies of the whole machine (idle + iowait, every state).
+cpu_times() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print $5 + $6, t}' /proc/stat; }
+# measure PORT PID ARGS...: "tps avg_ms p99_ms cpu_us_per_txn peak_rss_mib postgres_cpu_us_per_txn
+# machine_idle_percent"
 measure() {
   local port=$1 pid=$2; shift 2
   rm -f "$WORK"/pglog*
@@ -88,9 +91,12 @@ measure() {
   local before=0 after=0 out pg_before pg_after
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
   pg_before=$(postgres_ticks)
-  out=$(cd "$WORK" && PGPASSWORD=secret "$BIN/pgbench" "$@" -n --log --log-prefix=pglog -h 127.0.0.1 -p "$port" -U app app 2>&1) || { echo "$out" >&2; echo "- - - - - -"; return; }
+  local m_before m_after
+  m_before=$(cpu_times)
+  out=$(cd "$WORK" && PGPASSWORD=secret "$BIN/pgbench" "$@" -n --log --log-prefix=pglog -h 127.0.0.1 -p "$port" -U app app 2>&1) || { echo "$out" >&2; echo "- - - - - - -"; return; }
   [ -n "$pid" ] && after=$(cpu_ticks "$pid")
   pg_after=$(postgres_ticks)
+  m_after=$(cpu_times)
   local tps lat xacts p99 cpu peak pgcpu
   tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
   if [ -z "$tps" ] || awk -v t="$tps" 'BEGIN {exit !(t == 0)}'; then echo "$out" | tail -5 >&2; fi
@@ -101,7 +107,11 @@ measure() {
   peak=$(peak_kib "$pid"); [ "$peak" != "-" ] && peak=$(awk -v k="$peak" 'BEGIN {printf "%.1f", k/1024}')
   # What the servers spent per transaction: a pooler changes this too (wake-ups, batching).
   pgcpu=$(awk -v a="$pg_after" -v b="$pg_before" -v t="$TICK" -v x="$xacts" 'BEGIN { if (x > 0) printf "%.1f", (a - b) / t * 1e6 / x; else print "-" }')
-  echo "$tps $lat $p99 $cpu $peak $pgcpu"
+  # Idle CPU left on the machine: near 0 when the box itself (pgbench + pooler + Postgres) is
+  # the limit, well above 0 when one single-threaded process is.
+  local idle
+  idle=$(echo "$m_before $m_after" | awk '{d = $4 - $2; if (d > 0) printf "%.0f", ($3 - $1) * 100 / d; else print "-"}')
+  echo "$tps $lat $p99 $cpu $peak $pgcpu $idle"
 }
 
 RESULTS="$WORK/results"
@@ -127,8 +137,17 @@ for round in $(seq 1 "$ROUNDS"); do
   run N-simple-100 usher "$P_USHER" "$PID_USHER" -N -M simple -c 100 -j 4 -T "$SECS"
   run N-simple-100 pgbouncer "$P_BOUNCER" "$PID_BOUNCER" -N -M simple -c 100 -j 4 -T "$SECS"
   run N-simple-100 direct "$PG" "" -N -M simple -c 100 -j 4 -T "$SECS"
-  run split-S-100 usher-plain "$P_USHER" "$PID_USHER" -S -M simple -c 100 -j 4 -T "$SECS"
-  run split-S-100 usher-split "$P_SPLIT" "$PID_SPLIT" -S -M simple -c 100 -j 4 -T "$SECS"
+  # The -N runs left WAL for the replica to replay; the split runs start once it has, and
+  # swap order every round so drift does not favour one of them.
+  replica_caught_up "$PG" "$REP"
+  if [ $((round % 2)) -eq 1 ]; then split_order="plain split"; else split_order="split plain"; fi
+  for v in $split_order; do
+    if [ "$v" = plain ]; then
+      run split-S-100 usher-plain "$P_USHER" "$PID_USHER" -S -M simple -c 100 -j 4 -T "$SECS"
+    else
+      run split-S-100 usher-split "$P_SPLIT" "$PID_SPLIT" -S -M simple -c 100 -j 4 -T "$SECS"
+    fi
+  done
   run family-100 usher-one-db "$P_USHER" "$PID_USHER" -f "$PWD/benches/family.pgbench" -M simple -c 100 -j 4 -T "$SECS"
   run family-100 usher-4-shards "$P_SHARD" "$PID_SHARD" -f "$PWD/benches/family.pgbench" -M simple -c 100 -j 4 -T "$SECS"
 done
@@ -208,7 +227,7 @@ REPORT="$WORK/report.md"
   echo "- Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM; shared and noisy, so the ratios (same run, interleaved) are the headline, not absolute numbers."
   echo "- PostgreSQL $("$BIN/postgres" --version | awk '{print $3}') (fsync off, primary + streaming replica on the same machine), $(pgbouncer --version | head -1), usher $(./target/release/usher --version | awk '{print $2}') (release build)."
   echo "- Pools: transaction mode, pool size 25, for usher and PgBouncer alike. pgbench scale 10, ${SECS} s per run, $ROUNDS round(s), targets interleaved usher → PgBouncer → direct."
-  echo "- Commands: \`pgbench -S|-N -M simple|extended|prepared -c C -j min(C,4) -T $SECS -n --log\`; the family runs use \`-f benches/family.pgbench\`. CPU = user+sys of the pooler process over the run ÷ transactions (Postgres CPU: the same for every postgres process on the machine); peak RSS = VmHWM after resetting it with clear_refs."
+  echo "- Commands: \`pgbench -S|-N -M simple|extended|prepared -c C -j min(C,4) -T $SECS -n --log\`; the family runs use \`-f benches/family.pgbench\`. CPU = user+sys of the pooler process over the run ÷ transactions (Postgres CPU: the same for every postgres process on the machine; machine idle: the share of all cores left idle during the run); peak RSS = VmHWM after resetting it with clear_refs."
   echo
   echo "## Targets (usher / PgBouncer in the same run)"
   echo
@@ -233,13 +252,13 @@ REPORT="$WORK/report.md"
   echo
   echo "## Every run (means over rounds)"
   echo
-  echo "| case | target | TPS | avg latency ms | p99 latency ms | pooler CPU µs/txn | pooler peak RSS MiB | Postgres CPU µs/txn | TPS vs PgBouncer |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| case | target | TPS | avg latency ms | p99 latency ms | pooler CPU µs/txn | pooler peak RSS MiB | Postgres CPU µs/txn | machine idle % | TPS vs PgBouncer |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   for case in $(awk '{print $1}' "$RESULTS" | awk '!seen[$0]++'); do
     base=$(avg "$case" pgbouncer 3)
     for t in $(awk -v c="$case" '$1==c {print $2}' "$RESULTS" | awk '!seen[$0]++'); do
       tps=$(avg "$case" "$t" 3)
-      echo "| $case | $t | $tps | $(avg "$case" "$t" 4) | $(avg "$case" "$t" 5) | $(avg "$case" "$t" 6) | $(avg "$case" "$t" 7) | $(avg "$case" "$t" 8) | $(ratio "$tps" "$base") |"
+      echo "| $case | $t | $tps | $(avg "$case" "$t" 4) | $(avg "$case" "$t" 5) | $(avg "$case" "$t" 6) | $(avg "$case" "$t" 7) | $(avg "$case" "$t" 8) | $(avg "$case" "$t" 9) | $(ratio "$tps" "$base") |"
     done
   done
 } > "$REPORT"

@@ -57,6 +57,18 @@ start_replica() {
   DATADIRS+=("$data")
 }
 
+# replica_caught_up PRIMARY_PORT REPLICA_PORT: waits (up to 60 s) until the replica has replayed
+# everything the primary wrote, so a run that reads from it does not compete with WAL replay.
+replica_caught_up() {
+  local lsn
+  lsn=$("$BIN/psql" -X -At -h 127.0.0.1 -p "$1" -U postgres -c "SELECT pg_current_wal_lsn()" postgres)
+  for _ in $(seq 1 600); do
+    [ "$("$BIN/psql" -X -At -h 127.0.0.1 -p "$2" -U postgres -c "SELECT pg_last_wal_replay_lsn() >= '$lsn'" postgres)" = t ] && return 0
+    sleep 0.1
+  done
+  echo "replica on port $2 still behind $lsn after 60 s" >&2
+}
+
 # usher_header PORT: [general] and the app user, shared by the benchmark configs.
 usher_header() {
   cat <<TOML
