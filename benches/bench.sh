@@ -8,8 +8,10 @@
 #   benches/bench.sh                       # SECS=10 ROUNDS=1, about 10 minutes
 #   SECS=20 ROUNDS=2 benches/bench.sh      # steadier figures
 #
-# Per run: TPS, average and p99 latency (pgbench --log), the pooler's CPU time per transaction
-# (user+sys from /proc/PID/stat) and its peak RSS during the run (VmHWM after clear_refs).
+# Per run, over its steady window (every client logged in and running): TPS, average and p99
+# latency (pgbench --log), the pooler's and Postgres' CPU time per transaction (user+sys from
+# /proc/PID/stat), the share of the machine left idle, and the pooler's peak RSS during the
+# run (VmHWM after clear_refs).
 # Also: RSS per idle client with IDLE (10,000) idle connections, and COPY of COPY_MB (1024) MB
 # to STDOUT through usher vs direct (throughput and usher's peak RSS).
 cd "$(dirname "$0")/.."
@@ -82,36 +84,63 @@ rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 # cpu_times: "idle total" jiffies of the whole machine (idle + iowait, every state).
 cpu_times() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print $5 + $6, t}' /proc/stat; }
+# sample PID: every 0.5 s, "epoch pooler_ticks postgres_ticks idle_jiffies total_jiffies".
+sample() {
+  while :; do
+    echo "$(date +%s.%N) $([ -n "$1" ] && cpu_ticks "$1" || echo 0) $(postgres_ticks) $(cpu_times)"
+    sleep 0.5
+  done
+}
+
 # measure PORT PID ARGS...: "tps avg_ms p99_ms cpu_us_per_txn peak_rss_mib postgres_cpu_us_per_txn
-# machine_idle_percent"
+# machine_idle_percent", all but the peak RSS over the steady window: from the moment every
+# client has finished its first transaction (logins, SCRAM included, are over) to the moment
+# the first pgbench thread stopped. At 1,000 clients the logins take seconds and cost each
+# pooler differently, so counting them would skew CPU per transaction and idle time.
 measure() {
   local port=$1 pid=$2; shift 2
   rm -f "$WORK"/pglog*
   peak_reset "$pid"
-  local before=0 after=0 out pg_before pg_after
-  [ -n "$pid" ] && before=$(cpu_ticks "$pid")
-  pg_before=$(postgres_ticks)
-  local m_before m_after
-  m_before=$(cpu_times)
-  out=$(cd "$WORK" && PGPASSWORD=secret "$BIN/pgbench" "$@" -n --log --log-prefix=pglog -h 127.0.0.1 -p "$port" -U app app 2>&1) || { echo "$out" >&2; echo "- - - - - - -"; return; }
-  [ -n "$pid" ] && after=$(cpu_ticks "$pid")
-  pg_after=$(postgres_ticks)
-  m_after=$(cpu_times)
-  local tps lat xacts p99 cpu peak pgcpu
-  tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
-  if [ -z "$tps" ] || awk -v t="$tps" 'BEGIN {exit !(t == 0)}'; then echo "$out" | tail -5 >&2; fi
-  lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
-  xacts=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
-  p99=$(cat "$WORK"/pglog* | awk '{print $3}' | sort -n | awk '{v[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.2f", v[i]/1000}')
-  cpu=$(awk -v a="$after" -v b="$before" -v t="$TICK" -v x="$xacts" 'BEGIN { if (x > 0 && a > b) printf "%.1f", (a - b) / t * 1e6 / x; else print "-" }')
+  sample "$pid" > "$WORK/samples" &
+  local sampler=$! out
+  out=$(cd "$WORK" && PGPASSWORD=secret "$BIN/pgbench" "$@" -n --log --log-prefix=pglog -h 127.0.0.1 -p "$port" -U app app 2>&1) || {
+    kill "$sampler"; wait "$sampler" 2>/dev/null || true
+    echo "$out" >&2; echo "- - - - - - -"; return
+  }
+  kill "$sampler"; wait "$sampler" 2>/dev/null || true
+  local window peak s0 p0 g0 i0 a0 s1 p1 g1 i1 a1
+  # t0: every client's first transaction done; t1: the earliest last transaction of a thread.
+  window=$(awk '{t = $5 + $6 / 1e6
+      if (!($1 in first) || t < first[$1]) first[$1] = t
+      if (t > last[FILENAME]) last[FILENAME] = t}
+    END {t0 = 0; for (c in first) if (first[c] > t0) t0 = first[c]
+      t1 = 1e18; for (f in last) if (last[f] < t1) t1 = last[f]
+      printf "%.6f %.6f\n", t0, t1}' "$WORK"/pglog*)
+  # The samples that bound the window, then the transactions inside them.
+  read -r s0 p0 g0 i0 a0 s1 p1 g1 i1 a1 < <(awk -v w="$window" 'BEGIN {split(w, t, " ")}
+      $1 >= t[1] && !a {a = $0} $1 <= t[2] {b = $0}
+      END {print a, b}' "$WORK/samples")
+  if [ -z "${s1:-}" ] || awk -v a="$s0" -v b="$s1" 'BEGIN {exit !(b - a < 1)}'; then
+    echo "steady window too short ($window; samples $s0 .. ${s1:-none})" >&2
+    echo "- - - - - - -"; return
+  fi
   peak=$(peak_kib "$pid"); [ "$peak" != "-" ] && peak=$(awk -v k="$peak" 'BEGIN {printf "%.1f", k/1024}')
-  # What the servers spent per transaction: a pooler changes this too (wake-ups, batching).
-  pgcpu=$(awk -v a="$pg_after" -v b="$pg_before" -v t="$TICK" -v x="$xacts" 'BEGIN { if (x > 0) printf "%.1f", (a - b) / t * 1e6 / x; else print "-" }')
-  # Idle CPU left on the machine: near 0 when the box itself (pgbench + pooler + Postgres) is
-  # the limit, well above 0 when one single-threaded process is.
-  local idle
-  idle=$(echo "$m_before $m_after" | awk '{d = $4 - $2; if (d > 0) printf "%.0f", ($3 - $1) * 100 / d; else print "-"}')
-  echo "$tps $lat $p99 $cpu $peak $pgcpu $idle"
+  awk -v s0="$s0" -v s1="$s1" '{t = $5 + $6 / 1e6} t >= s0 && t <= s1 {print $3}' "$WORK"/pglog* | sort -n |
+    awk -v s0="$s0" -v s1="$s1" -v p0="$p0" -v p1="$p1" -v g0="$g0" -v g1="$g1" -v i0="$i0" -v i1="$i1" \
+        -v a0="$a0" -v a1="$a1" -v tick="$TICK" -v pid="$pid" -v peak="$peak" '
+      {v[NR] = $1; sum += $1}
+      END {
+        n = NR; if (n == 0) {print "- - - - - - -"; exit}
+        i = int(n * 0.99); if (i < 1) i = 1
+        tps = n / (s1 - s0)
+        cpu = (pid != "" && p1 > p0) ? sprintf("%.1f", (p1 - p0) / tick * 1e6 / n) : "-"
+        # What the servers spent per transaction: a pooler changes this too (wake-ups, batching).
+        pg = sprintf("%.1f", (g1 - g0) / tick * 1e6 / n)
+        # Idle CPU left on the machine: near 0 when the box itself (pgbench + pooler + Postgres)
+        # is the limit, well above 0 when one single-threaded process is.
+        idle = (a1 > a0) ? sprintf("%.0f", (i1 - i0) * 100 / (a1 - a0)) : "-"
+        printf "%.1f %.3f %.2f %s %s %s %s\n", tps, sum / n / 1000, v[i] / 1000, cpu, peak, pg, idle
+      }'
 }
 
 RESULTS="$WORK/results"
@@ -227,7 +256,7 @@ REPORT="$WORK/report.md"
   echo "- Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM; shared and noisy, so the ratios (same run, interleaved) are the headline, not absolute numbers."
   echo "- PostgreSQL $("$BIN/postgres" --version | awk '{print $3}') (fsync off, primary + streaming replica on the same machine), $(pgbouncer --version | head -1), usher $(./target/release/usher --version | awk '{print $2}') (release build)."
   echo "- Pools: transaction mode, pool size 25, for usher and PgBouncer alike. pgbench scale 10, ${SECS} s per run, $ROUNDS round(s), targets interleaved usher → PgBouncer → direct."
-  echo "- Commands: \`pgbench -S|-N -M simple|extended|prepared -c C -j min(C,4) -T $SECS -n --log\`; the family runs use \`-f benches/family.pgbench\`. CPU = user+sys of the pooler process over the run ÷ transactions (Postgres CPU: the same for every postgres process on the machine; machine idle: the share of all cores left idle during the run); peak RSS = VmHWM after resetting it with clear_refs."
+  echo "- Commands: \`pgbench -S|-N -M simple|extended|prepared -c C -j min(C,4) -T $SECS -n --log\`; the family runs use \`-f benches/family.pgbench\`. Every figure but peak RSS is taken over each run's steady window, from the moment every client finished its first transaction (logins done) to the end, sampled every 0.5 s: TPS = transactions in it ÷ its length; CPU = user+sys of the pooler process ÷ transactions (Postgres CPU: the same for every postgres process on the machine; machine idle: the share of all cores left idle); peak RSS = VmHWM after resetting it with clear_refs."
   echo
   echo "## Targets (usher / PgBouncer in the same run)"
   echo
