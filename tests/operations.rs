@@ -140,7 +140,7 @@ async fn metrics_tell_the_truth() {
     // A pipelining client: three transactions in one write, the middle one failing, each
     // counted on its own (never merged because the next was already queued).
     {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let mut raw = raw_login(u.port, "trust_user", &db).await;
         let before = http_get(u.metrics_port, "/metrics").await.1;
         let q = |sql: &str| {
@@ -157,21 +157,7 @@ async fn metrics_tell_the_truth() {
         ]
         .concat();
         raw.write_all(&batch).await.unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 1024];
-        while got
-            .windows(6)
-            .filter(|w| *w == [b'Z', 0, 0, 0, 5, b'I'])
-            .count()
-            < 3
-        {
-            let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf))
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(n > 0, "{got:?}");
-            got.extend_from_slice(&buf[..n]);
-        }
+        read_until_ready(&mut raw, 3).await;
         let now = http_get(u.metrics_port, "/metrics").await.1;
         let delta = |name: &str| metric(&now, name, &[d]) - metric(&before, name, &[d]);
         assert_eq!(delta("usher_transactions_total"), 3.0, "{now}");

@@ -535,7 +535,7 @@ async fn syntax_errors_surface_at_prepare() {
     assert_eq!(err.code(), Some(&SqlState::SYNTAX_ERROR), "{err:?}");
     // A bare named Parse + Sync (no Describe) is answered by usher when it parses, and gets the
     // server's syntax error when it does not.
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut raw = raw_login(u.port, "trust_user", &db).await;
     let parse = |name: &str, sql: &str| {
         let body = format!("{name}\0{sql}\0\0\0");
@@ -554,16 +554,7 @@ async fn syntax_errors_surface_at_prepare() {
     )
     .await
     .unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !got.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
-        let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0);
-        got.extend_from_slice(&buf[..n]);
-    }
+    let got = read_until_ready(&mut raw, 1).await;
     assert_eq!(
         &got[..5],
         &[b'1', 0, 0, 0, 4],

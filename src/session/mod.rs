@@ -768,23 +768,21 @@ impl Session {
         }
         let now = std::time::Instant::now();
         let more = !self.tracker.is_idle();
-        if let Some(t) = self.round_start {
-            let took = now.saturating_duration_since(t).as_secs_f64();
-            self.stats.query_duration.observe(took);
-            for _ in 1..answered.ready {
-                self.stats.query_duration.observe(0.0);
-            }
-        }
+        observe_ends(
+            &self.stats.query_duration,
+            self.round_start,
+            now,
+            answered.ready,
+        );
         self.round_start = more.then_some(now);
         if answered.idle > 0 {
             self.stats.transactions.inc_by(u64::from(answered.idle));
-            if let Some(t) = self.xact_start {
-                let took = now.saturating_duration_since(t).as_secs_f64();
-                self.stats.transaction_duration.observe(took);
-                for _ in 1..answered.idle {
-                    self.stats.transaction_duration.observe(0.0);
-                }
-            }
+            observe_ends(
+                &self.stats.transaction_duration,
+                self.xact_start,
+                now,
+                answered.idle,
+            );
             self.xact_start = (more || self.txn_status != b'I').then_some(now);
         }
     }
@@ -955,4 +953,20 @@ enum Event {
     Shutdown,
     Client(std::io::Result<usize>),
     Server(Result<usize, crate::server::ServerError>),
+}
+
+/// Observes `n` ends arriving together at `now`: the first took since `start`, the others,
+/// answered in the same read, took nothing after it. Nothing when `start` is unknown.
+fn observe_ends(
+    histogram: &prometheus::Histogram,
+    start: Option<std::time::Instant>,
+    now: std::time::Instant,
+    n: u32,
+) {
+    if let Some(t) = start {
+        histogram.observe(now.saturating_duration_since(t).as_secs_f64());
+        for _ in 1..n {
+            histogram.observe(0.0);
+        }
+    }
 }

@@ -55,7 +55,6 @@ pub fn scan(
 ) -> Result<Answered, ServerError> {
     let mut run = 0usize;
     let mut answered = Answered::default();
-    let mut shown_idle = false;
     loop {
         if let Some(p) = pass {
             let n = p.remaining.min(conn.rbuf.len() - run);
@@ -103,7 +102,6 @@ pub fn scan(
                 if rewrite.idle_as_in_transaction && *txn_status == b'I' {
                     conn.rbuf[run + 5] = b'T';
                 }
-                shown_idle = conn.rbuf[run + 5] == b'I';
             } else if let Some((name, value)) = crate::server::parse_param_status(body) {
                 params.on_report(&name, &value, &mut conn.state);
             }
@@ -112,8 +110,9 @@ pub fn scan(
         tracing::trace!(tag = %(tag as char), len = total, ?decision, "server frame");
         let take = total.min(available);
         if tag == b'Z' && decision == Decision::Forward {
+            // Whole (checked above) and not yet passed: the status byte as the client sees it.
             answered.ready += 1;
-            answered.idle += u32::from(shown_idle);
+            answered.idle += u32::from(conn.rbuf[run + 5] == b'I');
         }
         match decision {
             Decision::Forward => run += take,

@@ -645,20 +645,33 @@ pub fn startup_packet(user: &str, db: &str) -> Vec<u8> {
 
 /// Opens a raw connection and logs in as a trust user, up to the first ReadyForQuery.
 pub async fn raw_login(port: u16, user: &str, db: &str) -> tokio::net::TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
     s.write_all(&startup_packet(user, db)).await.unwrap();
+    read_until_ready(&mut s, 1).await;
+    s
+}
+
+/// Reads a raw connection until `n` idle ReadyForQuery frames arrived (5 s at most per read);
+/// returns every byte read.
+pub async fn read_until_ready(s: &mut tokio::net::TcpStream, n: usize) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
     let mut buf = vec![0u8; 4096];
     let mut got = Vec::new();
-    while !got.windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I']) {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+    while got
+        .windows(6)
+        .filter(|w| *w == [b'Z', 0, 0, 0, 5, b'I'])
+        .count()
+        < n
+    {
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
             .await
             .unwrap()
             .unwrap();
-        assert!(n > 0, "closed during login: {got:?}");
-        got.extend_from_slice(&buf[..n]);
+        assert!(r > 0, "closed before {n} ReadyForQuery: {got:?}");
+        got.extend_from_slice(&buf[..r]);
     }
-    s
+    got
 }
