@@ -13,7 +13,7 @@ use crate::app::App;
 use crate::auth::{md5_response_matches, AuthError, ScramServer};
 use crate::config::{AuthMethod, Config, User};
 use crate::protocol::startup::{split_startup, StartupPacket};
-use crate::protocol::{messages, read_cstr, ProtocolError};
+use crate::protocol::{client, messages, read_cstr, ProtocolError};
 
 /// A client that logged in.
 pub struct Login {
@@ -326,25 +326,14 @@ async fn authenticate(
             messages::auth_sasl(&mut out);
             send(io, &out).await?;
             let body = password_message(io).await?;
-            let (mechanism, next) = read_cstr(&body, 0, "SASLInitialResponse").map_err(bad)?;
-            if mechanism != b"SCRAM-SHA-256" {
+            let initial = client::SaslInitial::new(&body).map_err(bad)?;
+            if initial.mechanism != b"SCRAM-SHA-256" {
                 return Err(AuthError::BadExchange(format!(
                     "unsupported SASL mechanism {:?}",
-                    String::from_utf8_lossy(mechanism)
+                    String::from_utf8_lossy(initial.mechanism)
                 )));
             }
-            let len = body.get(next..next + 4).ok_or_else(|| {
-                bad(ProtocolError::Malformed {
-                    what: "SASLInitialResponse",
-                })
-            })?;
-            let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
-            let data = &body[next + 4..];
-            if len < 0 || len as usize != data.len() {
-                return Err(bad(ProtocolError::Malformed {
-                    what: "SASLInitialResponse",
-                }));
-            }
+            let data = initial.data;
             let (server, first) = ScramServer::start((*verifier).clone(), data)?;
             out.clear();
             messages::auth_sasl_data(&mut out, false, first.as_bytes());
@@ -371,7 +360,7 @@ async fn send(io: &mut ClientIo, bytes: &[u8]) -> Result<(), AuthError> {
 /// Reads the client's next message, which must be a PasswordMessage/SASL response ('p').
 async fn password_message(io: &mut ClientIo) -> Result<bytes::Bytes, AuthError> {
     match io.read_frame().await {
-        Ok(Some(f)) if f.tag == b'p' => Ok(f.raw.slice(5..)),
+        Ok(Some(f)) if f.tag == b'p' => Ok(f.body_bytes()),
         Ok(Some(f)) => Err(AuthError::BadExchange(format!(
             "expected a password message, got message type {:?}",
             f.tag as char

@@ -517,6 +517,6 @@ impl Pool {
 
 /// Closes a server connection politely (Terminate) without waiting.
 fn close(conn: ServerConn) {
-    let _ = conn.stream.try_write(&[b'X', 0, 0, 0, 4]);
+    let _ = conn.stream.try_write(crate::protocol::messages::TERMINATE);
     tracing::debug!(server = %conn.addr, server_conn = conn.id, "server connection closed");
 }

@@ -20,7 +20,12 @@ pub struct Frame {
 impl Frame {
     /// The body after the 5-byte header.
     pub fn body(&self) -> &[u8] {
-        &self.raw[5..]
+        self.raw.get(5..).unwrap_or_default()
+    }
+
+    /// The body as a zero-copy handle.
+    pub fn body_bytes(&self) -> Bytes {
+        self.raw.slice(5.min(self.raw.len())..)
     }
 
     /// Builds a frame from a tag and body (used for messages usher writes itself).

@@ -106,6 +106,34 @@ pub fn query(out: &mut BytesMut, sql: &str) {
     message(out, b'Q', |b| cstr(b, sql));
 }
 
+/// ParseComplete, as sent for a Parse usher answers itself.
+pub const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];
+/// BindComplete.
+pub const BIND_COMPLETE: &[u8] = &[b'2', 0, 0, 0, 4];
+/// CloseComplete.
+pub const CLOSE_COMPLETE: &[u8] = &[b'3', 0, 0, 0, 4];
+/// NoData (a Describe of a statement or portal that returns no rows).
+pub const NO_DATA: &[u8] = &[b'n', 0, 0, 0, 4];
+/// ParameterDescription with no parameters.
+pub const NO_PARAMETERS: &[u8] = &[b't', 0, 0, 0, 6, 0, 0];
+/// Sync (frontend).
+pub const SYNC: &[u8] = &[b'S', 0, 0, 0, 4];
+/// Terminate (frontend), for writing without a buffer.
+pub const TERMINATE: &[u8] = &[b'X', 0, 0, 0, 4];
+
+/// CloseComplete into `out`.
+pub fn close_complete(out: &mut BytesMut) {
+    out.extend_from_slice(CLOSE_COMPLETE);
+}
+
+/// CommandComplete with `tag` (`BEGIN`, `DEALLOCATE`, `SELECT 1`, ...).
+pub fn command_complete(out: &mut BytesMut, tag: &[u8]) {
+    message(out, b'C', |b| {
+        b.extend_from_slice(tag);
+        b.put_u8(0);
+    });
+}
+
 /// Terminate (frontend).
 pub fn terminate(out: &mut BytesMut) {
     message(out, b'X', |_| {});

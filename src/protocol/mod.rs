@@ -3,9 +3,11 @@
 //! fields routing and prepared-statement rewriting look at. Bodies stay as [`bytes::Bytes`];
 //! nothing on the data path is decoded that is merely forwarded.
 
+pub mod client;
 pub mod extended;
 pub mod frame;
 pub mod messages;
+pub mod server;
 pub mod startup;
 
 #[cfg(test)]

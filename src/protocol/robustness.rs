@@ -5,7 +5,7 @@ use bytes::BytesMut;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{extended, messages, split_frame, startup};
+use super::{client, messages, server, split_frame, startup, Frame};
 use crate::config::KeyType;
 use crate::router::shard::{keys, values};
 use crate::session::probe_translate;
@@ -53,9 +53,25 @@ fn decoders_never_panic() {
         };
         let _ = startup::split_startup(&mut BytesMut::from(&input[..]));
         let _ = split_frame(&mut BytesMut::from(&input[..]), 1 << 16);
-        let _ = extended::parse_fields(&input);
-        let _ = extended::bind_statement(&input);
-        let _ = extended::target(&input, "Describe");
+        for tag in *b"QPBDCEfSHcdFXZ" {
+            let frame = Frame::new(tag, &input);
+            let _ = client::validate(&frame);
+            let _ = client::sql_of(&frame);
+            if let Ok(p) = client::Parse::new(&frame) {
+                let _ = (p.name_span().of(frame.body()), p.owned_query_and_types());
+            }
+            if let Ok(b) = client::Bind::new(&frame) {
+                let _ = (b.statement_span().of(frame.body()), b.rest());
+            }
+            if let Ok(t) = client::Targeted::new(&frame) {
+                let _ = t.name_span().of(frame.body());
+            }
+            let _ = server::frame_at(&input, 1 << 16);
+            let _ = server::ready_status(&input);
+            let _ = server::parameter_status(&input);
+            let _ = server::command_tag(&input);
+            let _ = server::row_description_columns(&input);
+        }
         let _ = messages::ErrorFields::parse(&input);
         for tag in [b'P', b'B', b'D', b'C'] {
             probe_translate(tag, &input);

@@ -19,6 +19,9 @@ use crate::protocol::messages::ErrorFields;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The largest message a server may send while logging in (ErrorResponse, ParameterStatus...).
+const LOGIN_MAX_MESSAGE: usize = 16 << 20;
+
 /// What usher knows about a server session's state, used to make it match each client's.
 #[derive(Debug)]
 pub struct ServerState {
@@ -260,13 +263,12 @@ impl ServerConn {
     /// Reads one message during login with postgres-protocol's decoder (off the hot path).
     async fn read_message(&mut self) -> Result<backend::Message, ServerError> {
         loop {
-            if self.rbuf.first() == Some(&b'E') && self.rbuf.len() >= 5 {
-                let len =
-                    i32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]])
-                        as usize;
-                if self.rbuf.len() > len {
-                    self.last_error = Some(ErrorFields::parse(&self.rbuf[5..len + 1]));
+            match crate::protocol::server::frame_at(&self.rbuf, LOGIN_MAX_MESSAGE) {
+                Ok(Some(f)) if f.tag == b'E' => {
+                    self.last_error = Some(crate::protocol::server::error_fields(f.body));
                 }
+                Ok(_) => {}
+                Err(e) => return Err(self.protocol(e.to_string())),
             }
             if let Some(msg) =
                 backend::Message::parse(&mut self.rbuf).map_err(|e| self.protocol(e.to_string()))?

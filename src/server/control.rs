@@ -7,7 +7,6 @@ use bytes::BytesMut;
 
 use super::{ServerConn, ServerError};
 use crate::protocol::messages::{self, ErrorFields};
-use crate::protocol::read_cstr;
 
 /// Quotes `s` as an SQL string literal that reads the same whatever standard_conforming_strings is.
 pub fn quote_literal(s: &str) -> String {
@@ -58,7 +57,7 @@ impl ServerConn {
                 ),
                 b'E' => error = Some(ErrorFields::parse(body)),
                 b'S' => {
-                    if let Some((k, v)) = parse_param_status(body) {
+                    if let Ok((k, v)) = crate::protocol::server::parameter_status(body) {
                         self.state.reported.insert(k, v);
                     }
                 }
@@ -89,7 +88,7 @@ impl ServerConn {
             match crate::protocol::split_frame(&mut self.rbuf, usize::MAX >> 1) {
                 Ok(Some(f)) => {
                     if f.tag == b'S' {
-                        if let Some((k, v)) = parse_param_status(f.body()) {
+                        if let Ok((k, v)) = crate::protocol::server::parameter_status(f.body()) {
                             self.state.reported.insert(k, v);
                         }
                     }
@@ -185,16 +184,6 @@ impl ServerConn {
             .await?;
         Ok(rows.into_iter().next().unwrap_or_default())
     }
-}
-
-/// Splits a ParameterStatus body into (name, value).
-pub fn parse_param_status(body: &[u8]) -> Option<(String, String)> {
-    let (name, next) = read_cstr(body, 0, "ParameterStatus").ok()?;
-    let (value, _) = read_cstr(body, next, "ParameterStatus").ok()?;
-    Some((
-        String::from_utf8_lossy(name).into_owned(),
-        String::from_utf8_lossy(value).into_owned(),
-    ))
 }
 
 fn parse_data_row(body: &[u8]) -> Option<Vec<Option<String>>> {

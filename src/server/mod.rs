@@ -6,7 +6,7 @@ mod conn;
 mod control;
 
 pub use conn::{ServerConn, ServerState};
-pub use control::{parse_param_status, quote_literal};
+pub use control::quote_literal;
 
 use crate::protocol::messages::ErrorFields;
 

@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use super::responses::Expect;
 use super::Session;
 use crate::config::{PoolMode, ReadWriteStrategy};
-use crate::protocol::{messages, Frame};
+use crate::protocol::{client, messages, Frame};
 use crate::router::Role;
 
 impl Session {
@@ -54,12 +54,13 @@ impl Session {
                 .iter()
                 .position(|b| !b.is_ascii_whitespace())
                 .is_some_and(|i| {
-                    sql[i..].len() >= 5 && sql[i..i + 5].eq_ignore_ascii_case(b"start")
+                    sql.get(i..i + 5)
+                        .is_some_and(|w| w.eq_ignore_ascii_case(b"start"))
                 });
             let tag: &[u8] = if start {
-                b"START TRANSACTION\0"
+                b"START TRANSACTION"
             } else {
-                b"BEGIN\0"
+                b"BEGIN"
             };
             let mut q = sql.to_vec();
             q.push(0);
@@ -68,9 +69,9 @@ impl Session {
         } else if self.held_begin.is_some() && class.ends.is_some() {
             self.held_begin = None;
             if class.ends == Some(true) {
-                (b"COMMIT\0", b'I')
+                (b"COMMIT", b'I')
             } else {
-                (b"ROLLBACK\0", b'I')
+                (b"ROLLBACK", b'I')
             }
         } else {
             return false;
@@ -80,11 +81,14 @@ impl Session {
         let mut out = BytesMut::new();
         for t in &frames {
             match t {
-                b'P' => out.extend_from_slice(&[b'1', 0, 0, 0, 4]),
-                b'B' => out.extend_from_slice(&[b'2', 0, 0, 0, 4]),
-                b'd' => out.extend_from_slice(&[b't', 0, 0, 0, 6, 0, 0, b'n', 0, 0, 0, 4]),
-                b'D' => out.extend_from_slice(&[b'n', 0, 0, 0, 4]),
-                _ => out.extend_from_slice(&Frame::new(b'C', tag).raw),
+                b'P' => out.extend_from_slice(messages::PARSE_COMPLETE),
+                b'B' => out.extend_from_slice(messages::BIND_COMPLETE),
+                b'd' => {
+                    out.extend_from_slice(messages::NO_PARAMETERS);
+                    out.extend_from_slice(messages::NO_DATA);
+                }
+                b'D' => out.extend_from_slice(messages::NO_DATA),
+                _ => messages::command_complete(&mut out, tag),
             }
         }
         messages::ready_for_query(&mut out, status);
@@ -104,40 +108,41 @@ impl Session {
     /// statement, `X` for an Execute or Query).
     fn control_batch(&self, frame: &Frame) -> Option<(Bytes, Vec<u8>)> {
         if frame.tag == b'Q' {
-            return Some((frame.raw.slice(5..frame.raw.len() - 1), vec![b'X']));
+            return Some((client::Query::new(frame).ok()?.sql(), vec![b'X']));
         }
         let (frames, complete) = self.batch(frame);
         if !complete {
             return None;
         }
         // The batch must end in a Sync (a Flush would expect answers without ReadyForQuery).
-        let consumed: usize = frames[1..].iter().map(|(_, raw)| raw.len()).sum();
+        let consumed: usize = frames.iter().skip(1).map(|f| f.raw.len()).sum();
         if self.io.rbuf.get(consumed) != Some(&b'S') {
             return None;
         }
         let mut sql: Option<Bytes> = None;
         let mut kinds = Vec::new();
         let mut executes = 0;
-        for (tag, raw) in &frames {
-            let body = &raw[5..];
-            let text = match tag {
+        for f in &frames {
+            let text = match f.tag {
                 b'P' => {
-                    let (span, query) = crate::protocol::extended::parse_fields(body).ok()?;
-                    let start = 5 + span.end + 1;
                     kinds.push(b'P');
-                    Some(raw.slice(start..start + query.len()))
+                    Some(client::Parse::new(f).ok()?.query())
                 }
                 b'B' => {
-                    let span = crate::protocol::extended::bind_statement(body).ok()?;
+                    let bind = client::Bind::new(f).ok()?;
                     kinds.push(b'B');
-                    match (&sql, span.start == span.end) {
+                    match (&sql, bind.statement().is_empty()) {
                         (Some(_), true) => None,
-                        _ => Some(self.stmts.statement(span.of(body))?.query.clone()),
+                        _ => Some(self.stmts.statement(bind.statement())?.query.clone()),
                     }
                 }
                 b'D' => {
-                    let (kind, _) = crate::protocol::extended::target(body, "Describe").ok()?;
-                    kinds.push(if kind == b'S' { b'd' } else { b'D' });
+                    let d = client::Targeted::new(f).ok()?;
+                    kinds.push(if d.target == client::Target::Statement {
+                        b'd'
+                    } else {
+                        b'D'
+                    });
                     None
                 }
                 b'E' => {

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use super::responses::Expect;
 use super::{Flow, Session, SessionError};
 use crate::protocol::messages::{self, ErrorFields};
-use crate::protocol::{extended, split_frame, Frame};
+use crate::protocol::{client, extended, split_frame, Frame};
 use crate::router;
 
 /// How one shard's run ended.
@@ -41,20 +41,20 @@ impl Session {
         let mut injected: Vec<bool> = Vec::new();
         let mut parsed_here: Vec<Bytes> = Vec::new();
         for f in &frames {
-            let body = f.body();
             match f.tag {
                 b'P' => {
-                    let (span, _) = extended::parse_fields(body)?;
-                    if span.start != span.end {
+                    let parse = client::Parse::new(f)?;
+                    if !parse.name().is_empty() {
                         self.stmts.remember(f)?;
-                        parsed_here.push(Bytes::copy_from_slice(span.of(body)));
+                        parsed_here.push(Bytes::copy_from_slice(parse.name()));
                     }
-                    extended::put_renamed(&mut batch, f, span, b"");
+                    extended::put_renamed(&mut batch, f, parse.name_span(), b"");
                     injected.push(false);
                 }
                 b'B' => {
-                    let span = extended::bind_statement(body)?;
-                    let name = span.of(body);
+                    let bind = client::Bind::new(f)?;
+                    let span = bind.statement_span();
+                    let name = bind.statement();
                     if !name.is_empty() && !parsed_here.iter().any(|p| p == name) {
                         let Some(stmt) = self.stmts.statement(name) else {
                             let e = messages::error_response(
@@ -79,8 +79,10 @@ impl Session {
                     }
                     extended::put_renamed(&mut batch, f, span, b"");
                 }
-                b'D' => match extended::target(body, "Describe")? {
-                    (b'S', span) => extended::put_renamed(&mut batch, f, span, b""),
+                b'D' => match client::Targeted::new(f)? {
+                    d if d.target == client::Target::Statement => {
+                        extended::put_renamed(&mut batch, f, d.name_span(), b"")
+                    }
                     _ => batch.extend_from_slice(&f.raw),
                 },
                 b'C' => {
@@ -93,7 +95,7 @@ impl Session {
             }
         }
         if frames.last().map(|f| f.tag) != Some(b'S') && frames[0].tag != b'Q' {
-            batch.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+            batch.extend_from_slice(messages::SYNC);
         }
         let batch = batch.freeze();
         let outcomes = self.run_everywhere(&batch).await;

@@ -29,7 +29,7 @@ use crate::config::PoolMode;
 use crate::frontend::cancel::CancelTarget;
 use crate::frontend::{ClientIo, FrontendError, Login};
 use crate::pool::Lease;
-use crate::protocol::{extended, messages, split_frame, Frame, ProtocolError};
+use crate::protocol::{client, messages, split_frame, Frame, ProtocolError};
 use crate::router;
 use params::ClientParams;
 use prepared::ClientStatements;
@@ -339,6 +339,23 @@ impl Session {
             }
             return Ok(Flow::Continue);
         }
+        if let Err(e) = client::validate(&frame) {
+            // As Postgres answers a malformed message: 08P01, and the rest of an extended batch
+            // is skipped up to its Sync. On a server, the error is raised there so that the
+            // server's transaction is aborted exactly as the client now sees it.
+            self.stats.protocol_violations.inc();
+            tracing::warn!(client = self.id, error = %e, "protocol violation from client");
+            let message = format!("usher: {e}");
+            if self.server.is_some() {
+                self.replay = None;
+                self.inject_error(&frame, "08P01", &message);
+                self.client_out.append(&mut self.tracker.ready);
+            } else {
+                let error = messages::error_response("ERROR", "08P01", &message, None);
+                self.refuse_in_held_transaction(frame.tag, error);
+            }
+            return Ok(Flow::Continue);
+        }
         if self.server.is_none() {
             if let Some(snap) = &mut self.snap {
                 self.app.refresh(snap);
@@ -355,16 +372,17 @@ impl Session {
                 {
                     self.stmts.remember(&frame)?;
                     self.tracker
-                        .push(Expect::Local(Bytes::from_static(prepared::PARSE_COMPLETE)));
+                        .push(Expect::Local(Bytes::from_static(messages::PARSE_COMPLETE)));
                     self.client_out.append(&mut self.tracker.ready);
                     return Ok(Flow::Continue);
                 }
                 b'C' if self.mode == PoolMode::Transaction => {
-                    let (kind, span) = extended::target(frame.body(), "Close")?;
-                    if kind == b'S' && span.start != span.end {
-                        self.stmts.remove(span.of(frame.body()));
-                        self.client_out
-                            .push(Bytes::from_static(&[b'3', 0, 0, 0, 4]));
+                    let close = client::Targeted::new(&frame)?;
+                    if close.target == client::Target::Statement && !close.name().is_empty() {
+                        self.stmts.remove(close.name());
+                        let mut out = BytesMut::new();
+                        messages::close_complete(&mut out);
+                        self.client_out.push(out.freeze());
                         return Ok(Flow::Continue);
                     }
                 }
@@ -465,7 +483,7 @@ impl Session {
                     self.route.shard_override = None;
                 }
                 if changes.iter().any(|c| matches!(c, SessionChange::Set(n) | SessionChange::Reset(n) if n.to_ascii_lowercase().starts_with("usher."))) {
-                    let class = self.app.query_cache.classify(&frame.raw.slice(5..frame.raw.len() - 1));
+                    let class = self.app.query_cache.classify(&client::sql_of(&frame).unwrap_or_default());
                     if let Some(role) = class.set_role {
                         self.route.role_override = Some(role);
                     }
@@ -478,7 +496,7 @@ impl Session {
                         if self.stmts.remove(name.as_bytes()) {
                             // A protocol-level statement: only usher knows it by this name.
                             let mut out = BytesMut::new();
-                            out.extend_from_slice(&Frame::new(b'C', b"DEALLOCATE\0").raw);
+                            messages::command_complete(&mut out, b"DEALLOCATE");
                             messages::ready_for_query(&mut out, self.txn_status);
                             self.tracker.push(Expect::Local(out.freeze()));
                             return Ok(());
@@ -515,9 +533,9 @@ impl Session {
                     },
                     b'B' => Expect::Bind,
                     b'C' => Expect::Close,
-                    _ => match extended::target(frame.body(), "Describe")?.0 {
-                        b'S' => Expect::DescribeStatement,
-                        _ => Expect::DescribePortal,
+                    _ => match client::Targeted::new(&frame)?.target {
+                        client::Target::Statement => Expect::DescribeStatement,
+                        client::Target::Portal => Expect::DescribePortal,
                     },
                 };
                 self.server_out.extend_from_slice(&frame.raw);
@@ -552,11 +570,10 @@ impl Session {
     /// usher may answer the Parse itself; otherwise it goes to a server, which reports the
     /// syntax error where the client expects it.
     fn parses(&self, frame: &Frame) -> bool {
-        let Ok((span, query)) = extended::parse_fields(frame.body()) else {
+        let Ok(parse) = client::Parse::new(frame) else {
             return false;
         };
-        let start = 5 + span.end + 1;
-        let sql = frame.raw.slice(start..start + query.len());
+        let sql = parse.query();
         !self.app.query_cache.classify(&sql).parse_error
     }
 

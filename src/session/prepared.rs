@@ -14,7 +14,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::responses::{Expect, Tracker};
 use crate::protocol::extended::{self, NameSpan};
-use crate::protocol::{Frame, ProtocolError};
+use crate::protocol::{client, messages, Frame, ProtocolError};
 use crate::server::ServerState;
 
 /// A statement a client prepared.
@@ -44,9 +44,6 @@ pub struct ClientStatements {
     unnamed: Option<(u64, Arc<Statement>)>,
     unnamed_generation: u64,
 }
-
-pub(crate) const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];
-const CLOSE_COMPLETE: &[u8] = &[b'3', 0, 0, 0, 4];
 
 impl ClientStatements {
     /// Forgets every statement (DEALLOCATE ALL / DISCARD ALL).
@@ -82,16 +79,15 @@ impl ClientStatements {
     /// Describe. (A client blocked in a synchronous prepare therefore never waits for a pool
     /// whose servers its own other connections hold.) Returns the global name.
     pub fn remember(&mut self, frame: &Frame) -> Result<Bytes, ProtocolError> {
-        let body = frame.body();
-        let (span, query) = extended::parse_fields(body)?;
-        let types = &body[span.end + 1 + query.len() + 1..];
-        let global = global_name(query, types);
+        let parse = client::Parse::new(frame)?;
+        let global = global_name(parse.query_bytes(), &parse.param_types());
+        let (query, param_types) = parse.owned_query_and_types();
         self.named.insert(
-            Bytes::copy_from_slice(span.of(body)),
+            Bytes::copy_from_slice(parse.name()),
             Arc::new(Statement {
                 global: global.clone(),
-                query: Bytes::copy_from_slice(query),
-                param_types: Bytes::copy_from_slice(types),
+                query,
+                param_types,
             }),
         );
         Ok(global)
@@ -108,22 +104,20 @@ impl ClientStatements {
         tracker: &mut Tracker,
         out: &mut BytesMut,
     ) -> Result<(), ProtocolError> {
-        let body = frame.body();
         match frame.tag {
             b'P' => {
-                let (span, query) = extended::parse_fields(body)?;
-                if span.start == span.end {
+                let parse = client::Parse::new(frame)?;
+                if parse.name().is_empty() {
                     self.unnamed_generation += 1;
                     // One copy for both fields: the unnamed statement is replaced on every
                     // Parse of drivers that do not name their statements.
-                    let rest = Bytes::copy_from_slice(&body[span.end + 1..]);
-                    let query_len = query.len();
+                    let (query, param_types) = parse.owned_query_and_types();
                     self.unnamed = Some((
                         self.unnamed_generation,
                         Arc::new(Statement {
                             global: Bytes::new(),
-                            query: rest.slice(..query_len),
-                            param_types: rest.slice(query_len + 1..),
+                            query,
+                            param_types,
                         }),
                     ));
                     server.unnamed_owner = Some((client_id, self.unnamed_generation));
@@ -136,9 +130,9 @@ impl ClientStatements {
                 }
                 let global = self.remember(frame)?;
                 if server.prepared.get(&global).is_some() {
-                    tracker.push(Expect::Local(Bytes::from_static(PARSE_COMPLETE)));
+                    tracker.push(Expect::Local(Bytes::from_static(messages::PARSE_COMPLETE)));
                 } else {
-                    extended::put_renamed(out, frame, span, &global);
+                    extended::put_renamed(out, frame, parse.name_span(), &global);
                     server.remember_prepared(global.clone());
                     tracker.push(Expect::Parse {
                         injected: false,
@@ -147,13 +141,14 @@ impl ClientStatements {
                 }
             }
             b'B' => {
-                let span = extended::bind_statement(body)?;
+                let span = client::Bind::new(frame)?.statement_span();
                 self.forward_with_statement(client_id, frame, span, server, tracker, out);
                 tracker.push(Expect::Bind);
             }
             b'D' => {
-                let (kind, span) = extended::target(body, "Describe")?;
-                if kind == b'S' {
+                let describe = client::Targeted::new(frame)?;
+                if describe.target == client::Target::Statement {
+                    let span = describe.name_span();
                     self.forward_with_statement(client_id, frame, span, server, tracker, out);
                     tracker.push(Expect::DescribeStatement);
                 } else {
@@ -162,16 +157,21 @@ impl ClientStatements {
                 }
             }
             b'C' => {
-                let (kind, span) = extended::target(body, "Close")?;
-                if kind == b'S' && span.start != span.end {
-                    self.named.remove(span.of(body));
-                    tracker.push(Expect::Local(Bytes::from_static(CLOSE_COMPLETE)));
+                let close = client::Targeted::new(frame)?;
+                if close.target == client::Target::Statement && !close.name().is_empty() {
+                    self.named.remove(close.name());
+                    tracker.push(Expect::Local(Bytes::from_static(messages::CLOSE_COMPLETE)));
                 } else {
                     out.put_slice(&frame.raw);
                     tracker.push(Expect::Close);
                 }
             }
-            _ => unreachable!("translate is only called for P, B, D and C"),
+            other => {
+                return Err(ProtocolError::Violation(format!(
+                    "message {:?} has no statement to translate",
+                    other as char
+                )))
+            }
         }
         Ok(())
     }
@@ -270,7 +270,7 @@ mod tests {
             .translate(1, &Frame::new(b'C', b"Sx\0"), &mut s, &mut t, &mut out)
             .unwrap();
         assert!(out.is_empty());
-        assert_eq!(t.ready, vec![Bytes::from_static(CLOSE_COMPLETE)]);
+        assert_eq!(t.ready, vec![Bytes::from_static(messages::CLOSE_COMPLETE)]);
         stmts
             .translate(
                 1,

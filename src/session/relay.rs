@@ -7,7 +7,7 @@ use bytes::{Buf, Bytes};
 use super::params::ClientParams;
 use super::responses::{Decision, Tracker};
 use crate::protocol::frame::peek_header;
-use crate::protocol::messages::ErrorFields;
+use crate::protocol::server;
 use crate::server::{ServerConn, ServerError};
 
 /// A server frame partly passed through: how much of it remains and whether it is forwarded.
@@ -73,37 +73,45 @@ pub fn scan(
             }
             continue;
         }
-        let header = peek_header(&conn.rbuf[run..], MAX_SERVER_FRAME)
-            .map_err(|e| conn.protocol(e.to_string()))?;
+        let at = conn.rbuf.get(run..).unwrap_or_default();
+        let header = peek_header(at, MAX_SERVER_FRAME).map_err(|e| conn.protocol(e.to_string()))?;
         let Some((tag, total)) = header else { break };
-        let available = conn.rbuf.len() - run;
-        if tag == b'E' && rewrite.read_only {
-            if available < total {
-                break;
-            }
-            let fields = ErrorFields::parse(&conn.rbuf[run + 5..run + total]);
-            if fields.code == "25006" {
-                tracker.on_frame(tag);
-                flush_run(&mut conn.rbuf, &mut run, out);
-                conn.rbuf.advance(total);
-                out.push(super::aggressive::read_only_error(&fields.message));
-                continue;
-            }
-        }
-        if matches!(tag, b'Z' | b'S') {
-            if available < total {
-                break;
-            }
-            let body = &conn.rbuf[run + 5..run + total];
-            if tag == b'Z' {
-                *txn_status = *body
-                    .first()
-                    .ok_or_else(|| conn.protocol("empty ReadyForQuery".into()))?;
-                if rewrite.idle_as_in_transaction && *txn_status == b'I' {
-                    conn.rbuf[run + 5] = b'T';
+        let available = at.len();
+        let mut shown_idle = false;
+        if matches!(tag, b'E' | b'Z' | b'S') && (tag != b'E' || rewrite.read_only) {
+            let Ok(Some(frame)) = server::frame_at(at, MAX_SERVER_FRAME) else {
+                break; // not whole yet (the header was checked above)
+            };
+            match tag {
+                b'E' => {
+                    let fields = server::error_fields(frame.body);
+                    if fields.code == "25006" {
+                        tracker.on_frame(tag);
+                        flush_run(&mut conn.rbuf, &mut run, out);
+                        conn.rbuf.advance(total);
+                        out.push(super::aggressive::read_only_error(&fields.message));
+                        continue;
+                    }
                 }
-            } else if let Some((name, value)) = crate::server::parse_param_status(body) {
-                params.on_report(&name, &value, &mut conn.state);
+                b'Z' => {
+                    *txn_status = server::ready_status(frame.body)
+                        .map_err(|e| conn.protocol(e.to_string()))?;
+                    let shown = if rewrite.idle_as_in_transaction && *txn_status == b'I' {
+                        server::set_ready_status(
+                            conn.rbuf.get_mut(run..).unwrap_or_default(),
+                            b'T',
+                        );
+                        b'T'
+                    } else {
+                        *txn_status
+                    };
+                    shown_idle = shown == b'I';
+                }
+                _ => {
+                    if let Ok((name, value)) = server::parameter_status(frame.body) {
+                        params.on_report(&name, &value, &mut conn.state);
+                    }
+                }
             }
         }
         let decision = tracker.on_frame(tag);
@@ -112,7 +120,7 @@ pub fn scan(
         if tag == b'Z' && decision == Decision::Forward {
             // Whole (checked above) and not yet passed: the status byte as the client sees it.
             answered.ready += 1;
-            answered.idle += u32::from(conn.rbuf[run + 5] == b'I');
+            answered.idle += u32::from(shown_idle);
         }
         match decision {
             Decision::Forward => run += take,

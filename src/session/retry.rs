@@ -4,7 +4,7 @@
 //! server is banned and the same frames are replayed on another replica or the primary.
 
 use super::{Session, SessionError};
-use crate::protocol::messages::ErrorFields;
+use crate::protocol::server;
 use crate::protocol::Frame;
 
 /// Frames kept for replay beyond this many bytes make the transaction non-retryable.
@@ -42,16 +42,11 @@ impl Session {
         let Some(lease) = self.server.as_mut() else {
             return false;
         };
-        let buf = &lease.conn().rbuf;
-        if buf.len() < 5 || buf[0] != b'E' {
-            return false;
+        let max = self.io.max_message;
+        match server::frame_at(&lease.conn().rbuf, max) {
+            Ok(Some(f)) if f.tag == b'E' => server::is_fatal(&server::error_fields(f.body)),
+            _ => false,
         }
-        let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-        if buf.len() < len + 1 {
-            return false;
-        }
-        let fields = ErrorFields::parse(&buf[5..len + 1]);
-        fields.severity == "FATAL" || fields.severity == "PANIC"
     }
 
     /// Replays the current read on another server after its server failed. Returns false when

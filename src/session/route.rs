@@ -11,8 +11,7 @@ use super::Session;
 use crate::app::Snapshot;
 use crate::config::{Config, PoolMode};
 use crate::pool::{Lease, Pool, PoolError};
-use crate::protocol::frame::peek_header;
-use crate::protocol::{extended, Frame};
+use crate::protocol::{client, server, Frame};
 use crate::router::shard::ShardHint;
 use crate::router::{self, Classification, Role, RoleHint, Target};
 use crate::server::ServerError;
@@ -54,21 +53,14 @@ pub struct RouteState {
 }
 
 /// Where a query text sits in a message, if it carries one routing should look at.
-fn query_text(session: &Session, tag: u8, raw: &Bytes) -> Option<Bytes> {
-    let body = &raw[5..];
-    match tag {
-        b'Q' => Some(raw.slice(5..raw.len().saturating_sub(1))),
-        b'P' => {
-            let (span, query) = extended::parse_fields(body).ok()?;
-            let start = 5 + span.end + 1;
-            Some(raw.slice(start..start + query.len()))
-        }
-        b'B' => {
-            let span = extended::bind_statement(body).ok()?;
-            session.stmts.query_of(span.of(body))
-        }
-        b'D' => match extended::target(body, "Describe").ok()? {
-            (b'S', span) => session.stmts.query_of(span.of(body)),
+fn query_text(session: &Session, frame: &Frame) -> Option<Bytes> {
+    match frame.tag {
+        b'Q' | b'P' => client::sql_of(frame),
+        b'B' => session
+            .stmts
+            .query_of(client::Bind::new(frame).ok()?.statement()),
+        b'D' => match client::Targeted::new(frame).ok()? {
+            d if d.target == client::Target::Statement => session.stmts.query_of(d.name()),
             _ => None,
         },
         _ => None,
@@ -83,7 +75,7 @@ impl Session {
         if !self.route.track_writes || self.route.txn_writes {
             return;
         }
-        if let Some(sql) = query_text(self, frame.tag, &frame.raw) {
+        if let Some(sql) = query_text(self, frame) {
             let config = self.app.config();
             let Some(db) = config.databases.get(&self.login.database) else {
                 return;
@@ -100,23 +92,24 @@ impl Session {
 
     /// The transaction starting with `first`: it and the messages the client already pipelined
     /// behind it, up to its Sync; and whether that Sync (or a Flush) has arrived.
-    pub(super) fn batch(&self, first: &Frame) -> (Vec<(u8, Bytes)>, bool) {
-        let mut frames = vec![(first.tag, first.raw.clone())];
+    pub(super) fn batch(&self, first: &Frame) -> (Vec<Frame>, bool) {
+        let mut frames = vec![first.clone()];
         if first.tag == b'Q' || first.tag == b'S' {
             return (frames, true);
         }
-        let buf = &self.io.rbuf;
-        let mut pos = 0;
+        let mut rest = &self.io.rbuf[..];
+        let mut seen = 0;
         loop {
-            match peek_header(&buf[pos..], self.io.max_message) {
-                Ok(Some((tag, total))) if buf.len() >= pos + total => {
-                    if matches!(tag, b'S' | b'Q' | b'H') {
+            match server::frame_at(rest, self.io.max_message) {
+                Ok(Some(f)) => {
+                    if matches!(f.tag, b'S' | b'Q' | b'H') {
                         return (frames, true);
                     }
-                    frames.push((tag, Bytes::copy_from_slice(&buf[pos..pos + total])));
-                    pos += total;
+                    frames.push(Frame::new(f.tag, f.body));
+                    seen += f.total;
+                    rest = rest.get(f.total..).unwrap_or_default();
                 }
-                Ok(_) => return (frames, pos >= MAX_LOOKAHEAD),
+                Ok(None) => return (frames, seen >= MAX_LOOKAHEAD),
                 Err(_) => return (frames, true),
             }
         }
@@ -137,10 +130,10 @@ impl Session {
         let (mut frames, _) = self.batch(first);
         if let Some(begin) = &self.held_begin {
             // The BEGIN usher held back opens this transaction.
-            frames.insert(0, (begin.tag, begin.raw.clone()));
+            frames.insert(0, begin.clone());
         }
-        for (tag, raw) in frames {
-            if let Some(sql) = query_text(self, tag, &raw) {
+        for frame in &frames {
+            if let Some(sql) = query_text(self, frame) {
                 merge(&self.app.query_cache.classify(&sql));
             }
         }

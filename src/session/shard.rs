@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use super::responses::Expect;
 use super::Session;
 use crate::config::{Database, Sharding};
-use crate::protocol::{extended, messages, Frame};
+use crate::protocol::{client, messages, Frame};
 use crate::router::shard::values::{param_types, BindParams, QueryValues};
 use crate::router::shard::{self, Placement, ShardError, ShardHint};
 use crate::server::quote_literal;
@@ -47,7 +47,7 @@ impl Session {
     /// client pipelined behind it up to its Sync).
     pub(super) fn choose_shard(
         &self,
-        frames: &[(u8, Bytes)],
+        frames: &[Frame],
         db: &Database,
     ) -> Result<ShardChoice, ShardError> {
         let Some(map) = &db.sharding else {
@@ -56,7 +56,7 @@ impl Session {
         let shards = db.shards.len();
         if frames
             .iter()
-            .all(|(tag, _)| matches!(tag, b'P' | b'D' | b'C' | b'H'))
+            .all(|f| matches!(f.tag, b'P' | b'D' | b'C' | b'H'))
         {
             return Ok(ShardChoice::Prepare(map.default_shard));
         }
@@ -80,34 +80,37 @@ impl Session {
     /// wins over the placement, even over an error such as a missing key).
     fn placement(
         &self,
-        frames: &[(u8, Bytes)],
+        frames: &[Frame],
         map: &Sharding,
         shards: usize,
     ) -> (Result<Placement, ShardError>, Option<ShardHint>) {
         let mut result = Ok(Placement::NoTable);
         let mut hint = None;
         let mut unnamed: Option<(Bytes, Vec<u32>)> = None;
-        for (tag, raw) in frames {
-            let body = &raw[5..];
-            let (sql, types, bind) = match tag {
-                b'Q' => (raw.slice(5..raw.len().saturating_sub(1)), Vec::new(), None),
-                b'P' => {
-                    let Ok((span, query)) = extended::parse_fields(body) else {
+        for frame in frames {
+            let (sql, types, bind) = match frame.tag {
+                b'Q' => {
+                    let Ok(q) = client::Query::new(frame) else {
                         continue;
                     };
-                    let start = 5 + span.end + 1;
-                    let sql = raw.slice(start..start + query.len());
-                    let types = param_types(&body[span.end + 1 + query.len() + 1..]);
-                    if span.start == span.end {
+                    (q.sql(), Vec::new(), None)
+                }
+                b'P' => {
+                    let Ok(p) = client::Parse::new(frame) else {
+                        continue;
+                    };
+                    let sql = p.query();
+                    let types = param_types(&p.param_types());
+                    if p.name().is_empty() {
                         unnamed = Some((sql.clone(), types.clone()));
                     }
                     (sql, types, None)
                 }
                 b'B' => {
-                    let Ok(span) = extended::bind_statement(body) else {
+                    let Ok(b) = client::Bind::new(frame) else {
                         continue;
                     };
-                    let name = span.of(body);
+                    let name = b.statement();
                     let stmt = match (&unnamed, name.is_empty()) {
                         (Some((sql, types)), true) => Some((sql.clone(), types.clone())),
                         _ => self
@@ -116,7 +119,7 @@ impl Session {
                             .map(|s| (s.query.clone(), param_types(&s.param_types))),
                     };
                     let Some((sql, types)) = stmt else { continue };
-                    (sql, types, BindParams::parse(body))
+                    (sql, types, BindParams::parse(frame.body()))
                 }
                 _ => continue,
             };
@@ -151,7 +154,7 @@ impl Session {
         let pinned = self.route.attached_shard;
         let shards = db.shards.len();
         let in_flight = !self.tracker.unsynced && !self.tracker.is_idle();
-        let placed = match self.placement(&[(frame.tag, frame.raw.clone())], map, shards) {
+        let placed = match self.placement(std::slice::from_ref(frame), map, shards) {
             (_, Some(h)) => shard::hinted(&h, map, shards).map(Placement::Shard),
             (p, None) => p,
         };
@@ -192,7 +195,11 @@ impl Session {
         } else {
             self.tracker.push(Expect::InjectedError);
             self.skip_until_sync = true;
-            self.txn_status = b'E';
+            // An explicit transaction is now aborted; an implicit one (a batch outside a
+            // transaction block) ends with the error, as the server's own ReadyForQuery says.
+            if self.txn_status == b'T' || self.held_begin.is_some() {
+                self.txn_status = b'E';
+            }
         }
     }
 }

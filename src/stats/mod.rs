@@ -68,6 +68,8 @@ pub struct ClientMetrics {
     pub sent: IntCounter,
     /// ErrorResponses sent to clients (from servers or from usher).
     pub errors: IntCounter,
+    /// Malformed or out-of-place messages received from clients (answered with 08P01).
+    pub protocol_violations: IntCounter,
     /// Time clients spent waiting for a server connection.
     pub wait: Counter,
     /// From sending a client's messages to the server until the server is ready again.
@@ -99,6 +101,7 @@ pub struct Metrics {
     received: IntCounterVec,
     sent: IntCounterVec,
     errors: IntCounterVec,
+    protocol_violations: IntCounterVec,
     wait: CounterVec,
     query_duration: HistogramVec,
     transaction_duration: HistogramVec,
@@ -164,6 +167,7 @@ impl Metrics {
             received: ic("usher_client_received_bytes_total", "Bytes received from clients.", DB_USER),
             sent: ic("usher_client_sent_bytes_total", "Bytes sent to clients.", DB_USER),
             errors: ic("usher_errors_total", "ErrorResponses sent to clients, from servers or from usher.", DB_USER),
+            protocol_violations: ic("usher_client_protocol_violations_total", "Malformed or out-of-place messages from clients, answered with SQLSTATE 08P01.", DB_USER),
             wait: reg(&registry, CounterVec::new(Opts::new("usher_wait_seconds_total", "Time clients spent waiting for a server connection."), DB_USER).expect("valid")),
             query_duration: hist("usher_query_duration_seconds", "One per ReadyForQuery: from sending a client's messages to the server (or, pipelined, from the previous answer) until it is ready for more."),
             transaction_duration: hist("usher_transaction_duration_seconds", "From a transaction's first message to its end."),
@@ -194,6 +198,7 @@ impl Metrics {
                     received: self.received.with_label_values(&l),
                     sent: self.sent.with_label_values(&l),
                     errors: self.errors.with_label_values(&l),
+                    protocol_violations: self.protocol_violations.with_label_values(&l),
                     wait: self.wait.with_label_values(&l),
                     query_duration: self.query_duration.with_label_values(&l),
                     transaction_duration: self.transaction_duration.with_label_values(&l),
