@@ -232,8 +232,12 @@ impl App {
         database: &str,
         user: &User,
     ) -> Result<BTreeMap<String, String>, PoolError> {
-        let db = &config.databases[database];
-        let pool = self.pool(config, database, user, &db.shards[0].primary.addr);
+        let removed = || PoolError::Removed {
+            database: database.to_string(),
+        };
+        let db = config.databases.get(database).ok_or_else(removed)?;
+        let primary = &db.shards.first().ok_or_else(removed)?.primary.addr;
+        let pool = self.pool(config, database, user, primary);
         if let Some(p) = pool.server_params() {
             return Ok(p);
         }
@@ -244,11 +248,14 @@ impl App {
     }
 }
 
-/// Pool settings for a (database, user) from the config.
+/// Pool settings for a (database, user) from the config. A database the config no longer
+/// has (a session still routing by an older snapshot) gets a pool of size 0: it opens nothing.
 pub fn pool_settings(config: &Config, database: &str, user: &User) -> PoolSettings {
     let g = &config.general;
-    let db = &config.databases[database];
-    let size = config.pool_size(db, user);
+    let size = config
+        .databases
+        .get(database)
+        .map_or(0, |db| config.pool_size(db, user));
     PoolSettings {
         size,
         min: g.min_pool_size.min(size),

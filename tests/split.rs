@@ -446,3 +446,69 @@ async fn aggressive_strategy_routes_by_first_statement() {
         .replicas
         .contains(&s.simple("SELECT inet_server_port()").await));
 }
+
+/// The only server that may take a read sends FATAL as its first answer (an administrator
+/// terminated its backend) and no other server can take the retry: the client gets the
+/// server's own FATAL, the session does not panic, and usher keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fatal_first_answer_with_no_other_server_reaches_the_client() {
+    let t = topology();
+    let db = t.create_db("fatal_noretry");
+    t.wait_replicas_caught_up();
+    let u = start_usher(&split_config(
+        &db,
+        &[t.replica().port],
+        "default_pool_size = 2\nlag_check_interval = \"200ms\"\nban_time = \"1s\"",
+        "primary_reads = \"never\"",
+    ))
+    .await;
+    let c = connect(u.port, "app", &db).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match c.query_one("SELECT inet_server_port()", &[]).await {
+            Ok(r) if r.get::<_, i32>(0) == t.replica().port as i32 => break,
+            _ => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the replica never took reads"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let sleeper = tokio::spawn(async move {
+        // A simple Query: nothing of it is answered by usher, so it is kept for a retry.
+        c.simple_query("SELECT pg_sleep(30)::text AS fatal_noretry")
+            .await
+            .map(drop)
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while t.replica().psql(
+        &db,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE '%AS fatal_noretry%' AND pid <> pg_backend_pid()",
+    ) == "0"
+    {
+        assert!(std::time::Instant::now() < deadline, "the read never started");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let err = tokio::time::timeout(std::time::Duration::from_secs(10), sleeper)
+        .await
+        .expect("the client gets an answer")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN),
+        "the server's FATAL, relayed: {err:?}"
+    );
+    // usher itself is fine: a new client is served once the ban is over.
+    let c2 = connect(u.port, "app", &db).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while c2.query_one("SELECT 1", &[]).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

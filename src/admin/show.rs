@@ -517,10 +517,10 @@ fn replicas(app: &App) -> Table {
     let mut t = Table::new(&[
         "database", "shard", "server", "role", "weight", "lag_ms", "lsn", "banned",
     ]);
-    let mut names: Vec<&String> = topology.databases.keys().collect();
-    names.sort();
-    for name in names {
-        for (i, s) in topology.databases[name].iter().enumerate() {
+    let mut names: Vec<(&String, _)> = topology.databases.iter().collect();
+    names.sort_by_key(|(name, _)| *name);
+    for (name, shards) in names {
+        for (i, s) in shards.iter().enumerate() {
             for x in &s.servers {
                 let role = if x.is_primary() {
                     "primary"

@@ -84,6 +84,12 @@ pub enum PoolError {
     /// Opening a new server connection failed.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// A reload removed the database (or the server) this pool served.
+    #[error("database {database:?} is no longer in usher's config (removed by a reload)")]
+    Removed {
+        /// The database name clients use.
+        database: String,
+    },
 }
 
 impl PoolError {
@@ -92,6 +98,7 @@ impl PoolError {
         match self {
             PoolError::WaitTimeout { .. } => "57014",
             PoolError::Server(e) => e.sqlstate(),
+            PoolError::Removed { .. } => "3D000",
         }
     }
 }

@@ -73,17 +73,24 @@ impl Session {
             "server failed before answering a read; retrying it on another server"
         );
         self.route.exclude.push(self.route.attached_server);
-        self.server = None;
-        self.tracker.clear();
-        self.pass = None;
+        let Some(first) = frames.first() else {
+            return Ok(false);
+        };
+        // The failed server stays attached until another one is had: when none is, what it
+        // said last (its FATAL) is relayed to the client as is.
+        let failed = self.server.take();
+        let tracker = std::mem::take(&mut self.tracker);
+        let (pass, status) = (self.pass.take(), self.txn_status);
         self.txn_status = b'I';
-        if self
-            .attach(&frames[0], self.route.attached_shard)
-            .await
-            .is_err()
-        {
+        if let Err((_, message)) = self.attach(first, self.route.attached_shard).await {
+            tracing::warn!(reason = why, error = %message, "no other server can take the read");
+            self.server = failed;
+            self.tracker = tracker;
+            self.pass = pass;
+            self.txn_status = status;
             return Ok(false);
         }
+        drop(failed);
         self.start_replay();
         for frame in frames {
             self.record(&frame);
