@@ -139,6 +139,8 @@ fn run(config: usher::Config, path: PathBuf) -> ExitCode {
             .init(),
         usher::config::LogFormat::Text => tracing_subscriber::fmt()
             .with_env_filter(filter)
+            // Colour only for a person at a terminal; log files and journald get plain text.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .init(),
     }

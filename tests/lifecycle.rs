@@ -307,8 +307,8 @@ async fn json_logs_name_the_client_and_never_the_secrets() {
     assert!(
         lines
             .iter()
-            .any(|l| l["fields"]["message"] == "login failed"),
-        "{text}"
+            .any(|l| l["fields"]["message"] == "login refused" && l["level"] == "WARN"),
+        "a refused login is a WARN an operator can alert on: {text}"
     );
     for secret in [
         PASSWORD,
@@ -322,4 +322,22 @@ async fn json_logs_name_the_client_and_never_the_secrets() {
             "{secret:?} appears in the info log:\n{text}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_to_a_file_have_no_colour_codes() {
+    let db = topology().create_db("plainlogs");
+    let u = spawn_usher_logging(&db, "", Stdio::piped());
+    let client = connect(u.port, "app", &db).await.unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(&u.child, libc::SIGTERM);
+    let out = u.child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("usher listening"), "{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "ANSI escapes in a piped log:\n{text}"
+    );
 }

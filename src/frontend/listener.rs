@@ -58,7 +58,7 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
                         Ok(Ok(Some(login))) => login,
                         Ok(Ok(None)) => return,
                         Ok(Err(e)) => {
-                            tracing::info!(error = %e, "login failed");
+                            tracing::warn!(%peer, error = %e, "login refused");
                             return;
                         }
                         Err(_) => {

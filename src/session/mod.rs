@@ -196,6 +196,10 @@ impl Session {
         self.app.client_list.remove(self.id);
         match &result {
             Ok(()) => tracing::info!(client = self.id, "client disconnected"),
+            // A lost server is something to alert on; a client going away is not.
+            Err(e @ SessionError::Server(_)) => {
+                tracing::warn!(client = self.id, error = %e, "session ended: server connection lost")
+            }
             Err(e) => tracing::info!(client = self.id, error = %e, "session ended"),
         }
         self.finish().await;
