@@ -13,9 +13,10 @@
 //!               ─► server   (ServerConn: login, control queries)  ─► back through session::relay
 //! ```
 //!
-//! Supporting modules: [`protocol`] (frames, startup packet, message builders), [`auth`]
-//! (SCRAM-SHA-256 and md5 verification), [`config`] (TOML with file:line:key errors), and
-//! [`app`] (shared state and the accept loop).
+//! Supporting modules: [`protocol`] (frames, startup packet, message builders, and the
+//! length-checked views of client and server messages that are the only code reading fields
+//! out of peer bytes), [`auth`] (SCRAM-SHA-256 and md5 verification), [`config`] (TOML with
+//! file:line:key errors), and [`app`] (shared state and the accept loop).
 
 pub mod admin;
 pub mod app;
