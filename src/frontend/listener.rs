@@ -80,10 +80,13 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
                 }
                 let span =
                     tracing::info_span!("session", user = %login.user, database = %login.database);
-                crate::session::Session::new(app, io, login)
-                    .run()
-                    .instrument(span)
-                    .await;
+                async move {
+                    if let Some(session) = crate::session::Session::start(app, io, login).await {
+                        session.run().await;
+                    }
+                }
+                .instrument(span)
+                .await;
             }
             .instrument(span),
         );

@@ -121,15 +121,50 @@ pub struct Session {
     snap: Option<crate::app::Snapshot>,
     /// The database's name, shared cheaply with routing and metrics code.
     db_name: Arc<str>,
+    /// Undoes the client's registration (SHOW CLIENTS row, cancel key, logged-in count) when
+    /// the session is dropped, however it ends: return, error or panic.
+    _registered: Registered,
+}
+
+/// A logged-in client's entries in shared state, removed in [`Drop`].
+struct Registered {
+    app: Arc<App>,
+    id: u64,
+    cancel_key: i32,
+    stats: Arc<crate::stats::ClientMetrics>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.stats
+            .logged_in
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.app.client_list.remove(self.id);
+        self.app.cancels.unregister(self.cancel_key);
+    }
 }
 
 impl Session {
-    /// A session for a client that just logged in.
-    pub fn new(app: Arc<App>, io: ClientIo, login: Login) -> Session {
+    /// A session for a client that just logged in; `None` (after telling the client why) when
+    /// a reload removed its database or user between its login and now.
+    pub async fn start(app: Arc<App>, mut io: ClientIo, login: Login) -> Option<Session> {
         let snap = app.snapshot();
         let config = &snap.config;
-        let db = &config.databases[&login.database];
-        let user = config.user(&login.user).expect("login checked the user");
+        let (Some(db), Some(user)) = (
+            config.databases.get(&login.database),
+            config.user(&login.user),
+        ) else {
+            io.fatal(
+                "3D000",
+                &format!(
+                    "database {:?} or user {:?} was removed from usher's config while logging in",
+                    login.database, login.user
+                ),
+            )
+            .await;
+            app.cancels.unregister(login.cancel_key.0);
+            return None;
+        };
         let mode = config.pool_mode(db, user);
         let sharded = db.sharding.is_some();
         let stats = app.metrics.client(&login.database, &login.user);
@@ -149,7 +184,17 @@ impl Session {
             wake: tokio::sync::Notify::new(),
         });
         app.client_list.add(info.clone());
-        Session {
+        stats
+            .logged_in
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let registered = Registered {
+            app: app.clone(),
+            id,
+            cancel_key: login.cancel_key.0,
+            stats: stats.clone(),
+        };
+        Some(Session {
+            _registered: registered,
             db_name: Arc::from(login.database.as_str()),
             snap: Some(snap),
             info,
@@ -180,20 +225,13 @@ impl Session {
             replay_mark: 0,
             held_begin: None,
             rewrite_read_only: false,
-        }
+        })
     }
 
     /// Runs the session to its end and cleans up after it.
     pub async fn run(mut self) {
         tracing::info!(client = self.id, "client logged in");
-        self.stats
-            .logged_in
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let result = self.main_loop().await;
-        self.stats
-            .logged_in
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        self.app.client_list.remove(self.id);
         match &result {
             Ok(()) => tracing::info!(client = self.id, "client disconnected"),
             // A lost server is something to alert on; a client going away is not.
@@ -203,7 +241,6 @@ impl Session {
             Err(e) => tracing::info!(client = self.id, error = %e, "session ended"),
         }
         self.finish().await;
-        self.app.cancels.unregister(self.login.cancel_key.0);
     }
 
     async fn main_loop(&mut self) -> Result<(), SessionError> {
@@ -989,5 +1026,54 @@ fn observe_ends(
         for _ in 1..n {
             histogram.observe(0.0);
         }
+    }
+}
+
+#[cfg(test)]
+mod cleanup_tests {
+    use super::*;
+
+    /// A session task that panics leaves no ghost: its SHOW CLIENTS row and logged-in count go
+    /// with it (the cleanup lives in Drop, not at the end of `run`).
+    #[tokio::test]
+    async fn registration_is_undone_when_the_session_task_panics() {
+        let config = crate::config::load_str(
+            "[general]\nlisten = \"127.0.0.1:0\"\n[[users]]\nname = \"u\"\nauth_type = \"trust\"\n[databases.d]\nshards = [ { primary = \"127.0.0.1:1/d\" } ]\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let app = App::new(config);
+        let stats = app.metrics.client("d", "u");
+        let ((pid, _), _) = app.cancels.register();
+        let info = Arc::new(crate::stats::ClientInfo {
+            id: 7,
+            peer: "127.0.0.1:9".parse().unwrap(),
+            database: "d".into(),
+            user: "u".into(),
+            application_name: String::new(),
+            connected: std::time::SystemTime::now(),
+            state: std::sync::atomic::AtomicU8::new(crate::stats::CLIENT_IDLE),
+            wake: tokio::sync::Notify::new(),
+        });
+        app.client_list.add(info);
+        stats
+            .logged_in
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let registered = Registered {
+            app: app.clone(),
+            id: 7,
+            cancel_key: pid,
+            stats: stats.clone(),
+        };
+        let task = tokio::spawn(async move {
+            let _held = registered;
+            panic!("a bug in the session");
+        });
+        assert!(task.await.is_err());
+        assert!(app.client_list.all().is_empty());
+        assert_eq!(
+            stats.logged_in.load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 }
