@@ -16,6 +16,17 @@ fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
     m
 }
 
+/// Parse, Bind (bodies as given), Execute of the unnamed portal, Sync: one extended batch.
+fn parse_bind_execute_sync(parse: &[u8], bind: &[u8]) -> Vec<u8> {
+    [
+        msg(b'P', parse),
+        msg(b'B', bind),
+        msg(b'E', b"\0\0\0\0\0"),
+        msg(b'S', b""),
+    ]
+    .concat()
+}
+
 fn query(sql: &str) -> Vec<u8> {
     msg(b'Q', format!("{sql}\0").as_bytes())
 }
@@ -87,22 +98,10 @@ async fn check_every_path(config_text: &str, db: &str) {
     let trailing = msg(b'Q', b"SELECT 1\0junk");
     assert_eq!(exchange(&mut s, &trailing, 1).await, ["E 08P01", "Z I"]);
     // A truncated Parse at the start of a batch: the rest is skipped up to Sync.
-    let batch = [
-        msg(b'P', b"s\0SELECT 1"),
-        msg(b'B', b"\0\0\0\0\0\0\0\0"),
-        msg(b'E', b"\0\0\0\0\0"),
-        msg(b'S', b""),
-    ]
-    .concat();
+    let batch = parse_bind_execute_sync(b"s\0SELECT 1", b"\0\0\0\0\0\0\0\0");
     assert_eq!(exchange(&mut s, &batch, 1).await, ["E 08P01", "Z I"]);
     // A good Parse then a broken Bind in one batch.
-    let batch = [
-        msg(b'P', b"\0SELECT 1\0\0\0"),
-        msg(b'B', b"\0"),
-        msg(b'E', b"\0\0\0\0\0"),
-        msg(b'S', b""),
-    ]
-    .concat();
+    let batch = parse_bind_execute_sync(b"\0SELECT 1\0\0\0", b"\0");
     let got = exchange(&mut s, &batch, 1).await;
     assert_eq!(got.last().map(String::as_str), Some("Z I"), "{got:?}");
     assert!(got.contains(&"E 08P01".to_string()), "{got:?}");

@@ -19,6 +19,14 @@ fn span(start: usize, end: usize) -> Range<usize> {
     start..end
 }
 
+/// A range of the raw frame as a range of its body (past the 5-byte header).
+fn body_span(raw: &Range<usize>) -> super::extended::NameSpan {
+    super::extended::NameSpan {
+        start: raw.start.saturating_sub(HEADER),
+        end: raw.end.saturating_sub(HEADER),
+    }
+}
+
 /// `Query`: one string, the SQL text (possibly several statements).
 #[derive(Debug, Clone)]
 pub struct Query {
@@ -161,10 +169,7 @@ impl Bind {
 
     /// Where the statement name sits in the body.
     pub fn statement_span(&self) -> super::extended::NameSpan {
-        super::extended::NameSpan {
-            start: self.statement.start - HEADER,
-            end: self.statement.end - HEADER,
-        }
+        body_span(&self.statement)
     }
 
     /// The body after the two names (formats, values, result formats), undecoded.
@@ -223,10 +228,7 @@ impl Targeted {
 
     /// Where the name sits in the body (for renaming it without touching the rest).
     pub fn name_span(&self) -> super::extended::NameSpan {
-        super::extended::NameSpan {
-            start: self.name.start - HEADER,
-            end: self.name.end - HEADER,
-        }
+        body_span(&self.name)
     }
 }
 
