@@ -170,11 +170,14 @@ impl App {
         }
     }
 
-    /// Brings `snap` up to date. Costs one atomic load when nothing was reloaded.
-    pub fn refresh(&self, snap: &mut Snapshot) {
-        if self.generation.load(Ordering::Acquire) != snap.generation {
-            *snap = self.snapshot();
+    /// Brings `snap` up to date; true when a reload replaced it. Costs one atomic load when
+    /// nothing was reloaded.
+    pub fn refresh(&self, snap: &mut Snapshot) -> bool {
+        if self.generation.load(Ordering::Acquire) == snap.generation {
+            return false;
         }
+        *snap = self.snapshot();
+        true
     }
 
     /// The config in force.
@@ -232,7 +235,7 @@ impl App {
         database: &str,
         user: &User,
     ) -> Result<BTreeMap<String, String>, PoolError> {
-        let removed = || PoolError::Removed {
+        let removed = || PoolError::DatabaseRemoved {
             database: database.to_string(),
         };
         let db = config.databases.get(database).ok_or_else(removed)?;

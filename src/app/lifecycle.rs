@@ -50,6 +50,7 @@ impl App {
 
     /// Puts a validated config in force.
     pub fn apply(&self, new: Config) {
+        let new = Arc::new(new);
         let old = self.config();
         for (what, changed) in [
             ("listen", old.general.listen != new.general.listen),
@@ -87,17 +88,20 @@ impl App {
                 })
                 .unwrap_or_default()
         };
-        self.pools.retain(|key| {
+        let keep = |key: &crate::pool::PoolKey| {
             new.user(&key.user).is_some() && servers_of(&key.database).contains(&key.server)
-        });
+        };
         for pool in self.pools.all() {
-            if let Some(user) = new.user(&pool.key.user) {
+            if let (true, Some(user)) = (keep(&pool.key), new.user(&pool.key.user)) {
                 pool.update_settings(pool_settings(&new, &pool.key.database, user));
             }
         }
         *self.topology.write() = Arc::new(topology);
-        *self.config.write() = Arc::new(new);
+        *self.config.write() = new.clone();
         self.generation.fetch_add(1, Ordering::Release);
+        // Only now: the clients waiting on a dropped pool route again, and must find the new
+        // config when they do.
+        self.pools.retain(keep);
     }
 
     /// Starts a graceful shutdown: no new clients; idle clients are told (57P01) and

@@ -84,11 +84,22 @@ pub enum PoolError {
     /// Opening a new server connection failed.
     #[error(transparent)]
     Server(#[from] ServerError),
-    /// A reload removed the database (or the server) this pool served.
+    /// A reload removed the database this pool served.
     #[error("database {database:?} is no longer in usher's config (removed by a reload)")]
+    DatabaseRemoved {
+        /// The database name clients use.
+        database: String,
+    },
+    /// A reload dropped this pool (its server, user or database left the config) while the
+    /// client was waiting for it: routing again with the new config is safe.
+    #[error(
+        "server {server} of database {database:?} was removed from usher's config by a reload"
+    )]
     Removed {
         /// The database name clients use.
         database: String,
+        /// The server the pool connected to.
+        server: String,
     },
 }
 
@@ -98,7 +109,9 @@ impl PoolError {
         match self {
             PoolError::WaitTimeout { .. } => "57014",
             PoolError::Server(e) => e.sqlstate(),
-            PoolError::Removed { .. } => "3D000",
+            PoolError::DatabaseRemoved { .. } => "3D000",
+            // Raised only for a client that then routes again; seen only if that fails too.
+            PoolError::Removed { .. } => "08006",
         }
     }
 }
@@ -130,8 +143,9 @@ impl Pools {
         self.map.lock().values().cloned().collect()
     }
 
-    /// Forgets the pools for which `keep` is false and closes their idle connections
-    /// (connections in use are closed when their clients give them back to the dropped pool).
+    /// Forgets the pools for which `keep` is false: their waiting clients are told (and route
+    /// again), their idle connections close now, and connections in use when their clients
+    /// give them back.
     pub fn retain(&self, keep: impl Fn(&PoolKey) -> bool) {
         let dropped: Vec<Arc<Pool>> = {
             let mut map = self.map.lock();
@@ -139,7 +153,7 @@ impl Pools {
             gone.iter().filter_map(|k| map.remove(k)).collect()
         };
         for pool in dropped {
-            pool.reconnect();
+            pool.remove();
         }
     }
 }

@@ -35,6 +35,9 @@ struct State {
     prune_at: usize,
     /// Connections opened before this instant are closed when they come back (RECONNECT).
     reconnect_at: Option<Instant>,
+    /// A reload dropped this pool: nothing more is handed out, and connections in use are
+    /// closed when they come back.
+    removed: bool,
 }
 
 impl State {
@@ -114,6 +117,7 @@ impl Pool {
                 waiters: VecDeque::new(),
                 prune_at: 64,
                 reconnect_at: None,
+                removed: false,
             }),
             connects: AtomicU64::new(0),
             tested: AtomicU64::new(0),
@@ -195,6 +199,9 @@ impl Pool {
         let now = Instant::now();
         let next = {
             let mut s = self.state.lock();
+            if s.removed {
+                return Err(self.removed_error());
+            }
             let mut found = None;
             while let Some(conn) = s.idle.pop_back() {
                 if Self::reusable(&s.settings, &conn, true, now) {
@@ -280,14 +287,8 @@ impl Pool {
             };
             match grant {
                 Ok(grant) => return self.accept(grant, settings, started).await,
-                // The pool dropped the waiter (it never does while it lives); treat as a timeout.
-                Err(_) => {
-                    return Err(PoolError::WaitTimeout {
-                        pool: self.key.to_string(),
-                        waited: started.elapsed(),
-                        size: settings.size,
-                    })
-                }
+                // The pool drops its waiters only when a reload removed it.
+                Err(_) => return Err(self.removed_error()),
             }
         }
     }
@@ -359,6 +360,7 @@ impl Pool {
     /// A slot in `open` is no longer used: pass it to a waiter or drop it.
     fn give_back_slot(&self) {
         let mut s = self.state.lock();
+        // A removed pool has no waiters (and takes no new ones).
         while let Some((_, w)) = s.waiters.pop_front() {
             if w.send(Grant::Slot).is_ok() {
                 return;
@@ -476,6 +478,28 @@ impl Pool {
         let n = idle.len();
         idle.into_iter().for_each(|c| close(*c));
         n
+    }
+
+    /// A reload dropped this pool: waiting clients are told at once (they route again with the
+    /// new config), later checkouts fail, idle connections close now and lent ones when they
+    /// come back.
+    pub fn remove(&self) {
+        let waiters = {
+            let mut s = self.state.lock();
+            s.removed = true;
+            s.reconnect_at = Some(Instant::now());
+            std::mem::take(&mut s.waiters)
+        };
+        // Dropping a sender wakes its waiter with an error: `wait` reports Removed.
+        drop(waiters);
+        self.close_idle();
+    }
+
+    fn removed_error(&self) -> PoolError {
+        PoolError::Removed {
+            database: self.key.database.clone(),
+            server: self.key.server.to_string(),
+        }
     }
 
     /// RECONNECT: idle connections are closed now, connections in use when they come back, so

@@ -109,10 +109,9 @@ impl Session {
         let config = self.app.config();
         let name = self.login.database.clone();
         let topology = self.app.topology();
-        let count = topology.databases.get(&name).map_or(0, |s| s.len());
+        let shards = topology.databases.get(&name).map_or(&[][..], |s| &s[..]);
         let mut out = Vec::new();
-        for i in 0..count {
-            let shard = &topology.databases[&name][i];
+        for (i, shard) in shards.iter().enumerate() {
             let target = match router::primary_of(&name, i, shard) {
                 Ok(t) => t,
                 Err(e) => {

@@ -100,7 +100,8 @@ pub struct Session {
     /// The attached transaction was routed to a replica by the aggressive strategy: its
     /// read-only errors are rewritten to name the setting.
     rewrite_read_only: bool,
-    /// The database has a shard map (statements are checked against the attached shard).
+    /// The database has a shard map (statements are checked against the attached shard);
+    /// follows reloads between transactions.
     sharded: bool,
     /// Client frames wait in the buffer until the server answered what is in flight.
     deferred: bool,
@@ -398,8 +399,18 @@ impl Session {
             return Ok(Flow::Continue);
         }
         if self.server.is_none() {
-            if let Some(snap) = &mut self.snap {
-                self.app.refresh(snap);
+            if !self.refresh_snapshot() {
+                self.flush_client().await?;
+                self.io
+                    .fatal(
+                        "3D000",
+                        &format!(
+                            "database {:?} was removed from usher's config",
+                            self.login.database
+                        ),
+                    )
+                    .await;
+                return Ok(Flow::Stop);
             }
             match frame.tag {
                 b'S' => {
@@ -667,6 +678,25 @@ impl Session {
         self.choose_shard(&frames, db).map(Some)
     }
 
+    /// Picks up a reload between transactions: the shard map (or its absence) of the new
+    /// config is what the next statement routes by. False when the reload removed the
+    /// session's database.
+    fn refresh_snapshot(&mut self) -> bool {
+        let Some(snap) = &mut self.snap else {
+            return true;
+        };
+        if !self.app.refresh(snap) {
+            return true;
+        }
+        match snap.config.databases.get(&*self.db_name) {
+            Some(db) => {
+                self.sharded = db.sharding.is_some();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The config and topology in force for this session.
     fn snap(&self) -> &crate::app::Snapshot {
         self.snap
@@ -716,13 +746,43 @@ impl Session {
 
     async fn attach_now(&mut self, first: &Frame, shard: usize) -> Result<(), (String, String)> {
         // Lent out (not cloned) for the checkout: no shared reference count is touched.
-        let snap = self
+        let mut snap = self
             .snap
             .take()
             .expect("the snapshot is back after every attach");
-        let result = self.route_and_checkout(first, &snap, shard).await;
+        let mut result = self.route_and_checkout(first, &snap, shard).await;
+        // A reload dropped the pool being waited for: route again by the new config (a few
+        // times, in case reloads follow each other). Not for a sharded database: the shard
+        // was chosen by the old map, and the client's retry will choose by the new one.
+        for _ in 0..3 {
+            if !matches!(result, Err(route::AttachError::PoolRemoved)) || self.sharded {
+                break;
+            }
+            self.app.refresh(&mut snap);
+            match snap.config.databases.get(&*self.db_name) {
+                Some(db) if db.sharding.is_none() => {}
+                _ => break,
+            }
+            result = self.route_and_checkout(first, &snap, shard).await;
+        }
+        let db = snap.config.databases.get(&*self.db_name);
+        let removed = db.is_none();
+        self.sharded = db.is_some_and(|d| d.sharding.is_some());
         self.snap = Some(snap);
-        let (mut lease, _target) = result?;
+        let (mut lease, _target) = result.map_err(|e| match e {
+            route::AttachError::Refused(code, message) => (code, message),
+            route::AttachError::PoolRemoved if removed => (
+                "3D000".to_string(),
+                format!(
+                    "database {:?} was removed from usher's config",
+                    self.login.database
+                ),
+            ),
+            route::AttachError::PoolRemoved => (
+                "08006".to_string(),
+                "usher: the server was removed from the config by a reload; try again".to_string(),
+            ),
+        })?;
         let conn = lease.conn();
         *self.login.cancel_slot.lock() = Some(CancelTarget {
             addr: conn.addr.clone(),

@@ -52,6 +52,28 @@ pub struct RouteState {
     pools: PoolSlots,
 }
 
+/// Why no server could be attached for a transaction.
+#[derive(Debug)]
+pub(super) enum AttachError {
+    /// The client is answered with this SQLSTATE and message.
+    Refused(String, String),
+    /// A reload dropped the pool while the client waited for it: nothing was sent, so the
+    /// transaction is routed again with the new config.
+    PoolRemoved,
+}
+
+impl AttachError {
+    fn refused(code: &str, message: String) -> AttachError {
+        AttachError::Refused(code.to_string(), message)
+    }
+}
+
+impl From<(String, String)> for AttachError {
+    fn from((code, message): (String, String)) -> AttachError {
+        AttachError::Refused(code, message)
+    }
+}
+
 /// Where a query text sits in a message, if it carries one routing should look at.
 fn query_text(session: &Session, frame: &Frame) -> Option<Bytes> {
     match frame.tag {
@@ -146,10 +168,15 @@ impl Session {
         first: &Frame,
         snap: &Snapshot,
         shard_index: usize,
-    ) -> Result<(Lease, Target), (String, String)> {
+    ) -> Result<(Lease, Target), AttachError> {
         let config = &snap.config;
         let name = self.db_name.clone();
-        let db = &config.databases[&*name];
+        let db = config.databases.get(&*name).ok_or_else(|| {
+            (
+                "3D000".to_string(),
+                format!("database {name:?} was removed from usher's config"),
+            )
+        })?;
         let user = config.user(&self.login.user).ok_or_else(|| {
             (
                 "28000".to_string(),
@@ -246,7 +273,7 @@ impl Session {
                     // The client's own settings were refused (a bad parameter value): its error.
                     Err(e @ ServerError::Query { .. }) => {
                         lease.release();
-                        return Err((e.sqlstate().to_string(), e.to_string()));
+                        return Err(AttachError::refused(e.sqlstate(), e.to_string()));
                     }
                     // The connection died under us: drop it and try again (another server for
                     // a read; a fresh connection for the primary, a few times).
@@ -255,7 +282,7 @@ impl Session {
                         attempts += 1;
                         if wants_primary || target.role == Role::Primary {
                             if attempts >= 3 {
-                                return Err((e.sqlstate().to_string(), e.to_string()));
+                                return Err(AttachError::refused(e.sqlstate(), e.to_string()));
                             }
                         } else {
                             server.ban(config.general.ban_time.0, &e.to_string());
@@ -267,12 +294,13 @@ impl Session {
                 Err(PoolError::Server(e)) if e.retry_safe() => {
                     server.ban(config.general.ban_time.0, &e.to_string());
                     if wants_primary || exclude.len() >= shard.servers.len() {
-                        return Err((e.sqlstate().to_string(), e.to_string()));
+                        return Err(AttachError::refused(e.sqlstate(), e.to_string()));
                     }
                     tracing::warn!(server = %server.addr, error = %e, "read retried on another server");
                     exclude.push(target.server);
                 }
-                Err(e) => return Err((e.sqlstate().to_string(), e.to_string())),
+                Err(PoolError::Removed { .. }) => return Err(AttachError::PoolRemoved),
+                Err(e) => return Err(AttachError::refused(e.sqlstate(), e.to_string())),
             }
         }
     }
