@@ -1,7 +1,8 @@
 //! Replica failures under load: a replica stopped in the middle of a pgbench -S run costs no
 //! failed transaction (reads are retried on another server before any byte reached the client),
-//! and with every replica gone reads fall back to the primary and are counted. Its own test
-//! binary: it stops servers of its topology.
+//! and with every replica gone reads fall back to the primary and are counted; a server that
+//! never answers stalls only its own probe. Its own test binary: it stops servers of its
+//! topology.
 
 mod common;
 
@@ -92,4 +93,48 @@ async fn replicas_die_under_load_without_failed_transactions() {
         assert_eq!(port, t.primary.port as i32);
     }
     assert!(shard.fallback_reads.load(Ordering::Relaxed) >= before + 5);
+}
+
+/// A server that accepts TCP connections and never answers (a black-holed host) stalls only
+/// its own probe: a control query to a healthy server meanwhile completes. Before, one lock
+/// over every control connection was held across the connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswering_server_does_not_stall_other_probes() {
+    let t = topology();
+    let db = t.create_db("probes");
+    let u = start_usher(&config(&db, "server_connect_timeout = \"5s\"")).await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr =
+        usher::config::ServerAddr::parse(&format!("{}/x", silent.local_addr().unwrap())).unwrap();
+    // Accepts and holds the sockets, never writing a byte.
+    let _held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            sockets.push(s);
+        }
+    });
+    let app = u.app.clone();
+    let stuck = tokio::spawn(async move {
+        let config = app.config();
+        app.probes
+            .query(&config, &silent_addr, "SELECT 1", &[])
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let config = u.app.config();
+    let healthy =
+        usher::config::ServerAddr::parse(&format!("127.0.0.1:{}/{db}", t.primary.port)).unwrap();
+    let rows = u
+        .app
+        .probes
+        .query(&config, &healthy, "SELECT 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(
+        !stuck.is_finished(),
+        "the healthy server's query should have finished while the silent one still waits"
+    );
+    let e = stuck.await.unwrap().unwrap_err();
+    assert!(e.contains("timed out"), "{e}");
 }

@@ -23,10 +23,15 @@ const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
 /// How long the primary's WAL history is kept (a replica further behind is simply "very late").
 const HISTORY: Duration = Duration::from_secs(600);
 
+/// One server's cached control connection. Its lock is held while connecting, so callers for
+/// the same server share one connect; callers for other servers never wait on it.
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>>;
+
 /// Control-plane connections to servers, for probes and catalog lookups.
 #[derive(Default)]
 pub struct Probes {
-    clients: tokio::sync::Mutex<HashMap<ServerAddr, Arc<tokio_postgres::Client>>>,
+    /// Held only to find or add a slot, never across an await.
+    slots: parking_lot::Mutex<HashMap<ServerAddr, Slot>>,
 }
 
 /// The credentials probes use: `health_check_user`, else the first user.
@@ -68,10 +73,11 @@ impl Probes {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, String> {
         let timeout = config.general.server_connect_timeout.0;
+        let slot = self.slots.lock().entry(addr.clone()).or_default().clone();
         for attempt in 0..2 {
             let client = {
-                let mut map = self.clients.lock().await;
-                match map.get(addr) {
+                let mut cached = slot.lock().await;
+                match cached.as_ref() {
                     Some(c) if !c.is_closed() && attempt == 0 => c.clone(),
                     _ => {
                         let user = probe_user(config).ok_or("no user to probe with")?;
@@ -85,7 +91,7 @@ impl Probes {
                             let _ = conn.await;
                         });
                         let client = Arc::new(client);
-                        map.insert(addr.clone(), client.clone());
+                        *cached = Some(client.clone());
                         client
                     }
                 }
