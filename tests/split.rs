@@ -454,6 +454,10 @@ async fn aggressive_strategy_routes_by_first_statement() {
 async fn fatal_first_answer_with_no_other_server_reaches_the_client() {
     let t = topology();
     let db = t.create_db("fatal_noretry");
+    t.primary.psql(
+        &db,
+        "CREATE TABLE locked (x int); GRANT ALL ON locked TO app",
+    );
     t.wait_replicas_caught_up();
     let u = start_usher(&split_config(
         &db,
@@ -476,19 +480,37 @@ async fn fatal_first_answer_with_no_other_server_reaches_the_client() {
             }
         }
     }
+    // A read whose server says nothing before it is killed: it waits for a lock the replica
+    // replays from the primary (taken at parse analysis, before any RowDescription), so the
+    // FATAL is its first answer and usher tries to replay it elsewhere.
+    let direct = connect(t.primary.port, "app", &db).await.unwrap();
+    direct
+        .batch_execute("BEGIN; LOCK TABLE locked IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // The lock's WAL record goes out with the next flush: a committed transaction forces one.
+    t.primary.psql(&db, "SELECT pg_current_xact_id()");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while t.replica().psql(
+        &db,
+        "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation = 'locked'::regclass",
+    ) == "0"
+    {
+        assert!(std::time::Instant::now() < deadline, "the replica never replayed the lock");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let sleeper = tokio::spawn(async move {
-        // A simple Query: nothing of it is answered by usher, so it is kept for a retry.
-        c.simple_query("SELECT pg_sleep(30)::text AS fatal_noretry")
+        c.simple_query("SELECT x AS fatal_noretry FROM locked")
             .await
             .map(drop)
     });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while t.replica().psql(
         &db,
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE '%AS fatal_noretry%' AND pid <> pg_backend_pid()",
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE '%AS fatal_noretry%' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
     ) == "0"
     {
-        assert!(std::time::Instant::now() < deadline, "the read never started");
+        assert!(std::time::Instant::now() < deadline, "the read never waited for the lock");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let err = tokio::time::timeout(std::time::Duration::from_secs(10), sleeper)
@@ -501,6 +523,7 @@ async fn fatal_first_answer_with_no_other_server_reaches_the_client() {
         Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN),
         "the server's FATAL, relayed: {err:?}"
     );
+    direct.batch_execute("ROLLBACK").await.unwrap();
     // usher itself is fine: a new client is served once the ban is over.
     let c2 = connect(u.port, "app", &db).await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
