@@ -4,9 +4,12 @@
 mod common;
 
 use std::io::Write;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::*;
+use futures_util::future::join_all;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::error::SqlState;
@@ -166,6 +169,90 @@ async fn max_client_conn_refuses_with_53300() {
     ok.pop();
     tokio::time::sleep(Duration::from_millis(200)).await;
     connect(u.port, "app", &db).await.unwrap();
+}
+
+/// Thousands of sockets that connect and say nothing: sockets still logging in count against
+/// max_client_conn, the ones over it are closed within about a second (or at once beyond
+/// usher's refusal backlog), so the open sockets stay bounded, a logged-in client is not
+/// disturbed, and new clients are served again once the silent ones time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_silent_sockets_stays_bounded() {
+    let max = 50;
+    let (u, db) = setup(
+        "flood",
+        &format!("max_client_conn = {max}\nclient_login_timeout = \"3s\""),
+    )
+    .await;
+    let bystander = connect(u.port, "app", &db).await.unwrap();
+    let app = u.app.clone();
+    let peak = Arc::new(AtomicUsize::new(0));
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let (peak, watching) = (peak.clone(), watching.clone());
+        tokio::spawn(async move {
+            while watching.load(Ordering::Relaxed) {
+                peak.fetch_max(app.clients.load(Ordering::Relaxed), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let mut silent = Vec::new();
+    for _ in 0..30 {
+        let batch = join_all((0..100).map(|_| TcpStream::connect(("127.0.0.1", u.port)))).await;
+        silent.extend(batch.into_iter().filter_map(Result::ok));
+    }
+    assert!(silent.len() > 2500, "{} sockets connected", silent.len());
+    bystander.simple_query("SELECT 1").await.unwrap();
+    // Over the limit: closed (EOF) well before the login timeout.
+    let closed = join_all(silent.iter_mut().map(|s| async move {
+        let mut b = [0u8; 64];
+        matches!(
+            tokio::time::timeout(Duration::from_millis(2500), s.read(&mut b)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }))
+    .await;
+    let closed = closed.into_iter().filter(|c| *c).count();
+    assert!(
+        closed >= silent.len() - max,
+        "{closed} of {} closed",
+        silent.len()
+    );
+    watching.store(false, Ordering::Relaxed);
+    watcher.await.unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    // (+1: the socket being closed at accept is counted for an instant.)
+    assert!(
+        peak <= max + usher::frontend::listener::MAX_REFUSING + 1,
+        "{peak} sockets held at once"
+    );
+    // Once the silent ones within the limit time out, new clients get in.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match connect(u.port, "app", &db).await {
+            Ok(c) => {
+                c.simple_query("SELECT 1").await.unwrap();
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{e:?}");
+                assert!(Instant::now() < deadline, "never served again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    bystander.simple_query("SELECT 1").await.unwrap();
+    let metrics = http_get(u.metrics_port, "/metrics").await.1;
+    let refused = metric(
+        &metrics,
+        "usher_client_connections_refused_total",
+        &["reason=\"flood\""],
+    ) + metric(
+        &metrics,
+        "usher_client_connections_refused_total",
+        &["reason=\"max_client_conn\""],
+    );
+    assert!(refused >= (silent.len() - max) as f64, "{refused}");
 }
 
 /// Reads until EOF (or 2 s) and returns the bytes.

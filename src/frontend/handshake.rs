@@ -43,7 +43,7 @@ pub async fn handshake(
                 Ok(Some(p)) => break p,
                 Ok(None) => {
                     if io.fill().await? == 0 {
-                        return Err(FrontendError::Refused("closed during startup".into()));
+                        return Err(FrontendError::ClosedDuringStartup);
                     }
                 }
                 Err(e) => {

@@ -26,4 +26,8 @@ pub enum FrontendError {
     /// The client took longer than `client_login_timeout` to log in.
     #[error("client login timed out")]
     LoginTimeout,
+    /// The client closed its socket before finishing its startup (port scanners, health
+    /// checks that only open a TCP connection): nothing to warn about.
+    #[error("client closed the connection during startup")]
+    ClosedDuringStartup,
 }

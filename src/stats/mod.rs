@@ -111,6 +111,7 @@ pub struct Metrics {
     cache_hits: IntCounter,
     cache_misses: IntCounter,
     reloads: IntCounterVec,
+    refused: IntCounterVec,
     handles: Mutex<HashMap<(String, String), Arc<ClientMetrics>>>,
     /// (totals at the last tick, averages over the last period) by database.
     averages: Mutex<(
@@ -177,6 +178,7 @@ impl Metrics {
             cache_hits: reg(&registry, IntCounter::new("usher_query_cache_hits_total", "Statement classifications answered from the parse cache.").expect("valid")),
             cache_misses: reg(&registry, IntCounter::new("usher_query_cache_misses_total", "Statements parsed with libpg_query.").expect("valid")),
             reloads: ic("usher_config_reloads_total", "Config reloads by result (ok, error).", &["result"]),
+            refused: ic("usher_client_connections_refused_total", "Client connections refused before login by reason: max_client_conn (told 53300), flood (over max_client_conn with too many already being refused: closed at accept), login_timeout.", &["reason"]),
             handles: Mutex::new(HashMap::new()),
             averages: Mutex::new(Default::default()),
             registry,
@@ -214,6 +216,11 @@ impl Metrics {
         self.reloads
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
+    }
+
+    /// Counts a client connection refused before login (`reason` is a fixed label).
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.with_label_values(&[reason]).inc();
     }
 
     /// Every (database, user) seen so far with its handles.
