@@ -66,7 +66,31 @@ impl Admin {
             auth_type: self.auth_type,
             pool_size: None,
             pool_mode: None,
+            client_idle_timeout: None,
+            idle_transaction_timeout: None,
+            query_timeout: None,
+            transaction_timeout: None,
         }
+    }
+}
+
+/// A client's timeouts, resolved from its user and `[general]`; `None` is disabled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientTimeouts {
+    /// `client_idle_timeout`.
+    pub client_idle: Option<std::time::Duration>,
+    /// `idle_transaction_timeout`.
+    pub idle_transaction: Option<std::time::Duration>,
+    /// `query_timeout`.
+    pub query: Option<std::time::Duration>,
+    /// `transaction_timeout`.
+    pub transaction: Option<std::time::Duration>,
+}
+
+impl ClientTimeouts {
+    /// True when none is set (the session loop then arms no timer).
+    pub fn none(&self) -> bool {
+        *self == ClientTimeouts::default()
     }
 }
 
@@ -125,6 +149,19 @@ pub struct General {
     pub server_connect_timeout: ConfigDuration,
     /// How long a new client has to finish the startup and authentication exchange.
     pub client_login_timeout: ConfigDuration,
+    /// A client with no transaction open and nothing in flight for this long is disconnected
+    /// (FATAL 57P05); in session mode this frees its server. `0` never.
+    pub client_idle_timeout: ConfigDuration,
+    /// A client idle inside a transaction for this long is disconnected (FATAL 25P03) and its
+    /// transaction rolled back, so it cannot hold a server (and its locks) forever. `0` never.
+    pub idle_transaction_timeout: ConfigDuration,
+    /// A query whose answer takes longer than this is canceled on its server, the server
+    /// connection closed and the client disconnected (FATAL 57014). Meant as a safety net for
+    /// network trouble: set it a little above the servers' `statement_timeout`. `0` never.
+    pub query_timeout: ConfigDuration,
+    /// A transaction open longer than this is canceled and rolled back and its client
+    /// disconnected (FATAL 25P04), idle or not. `0` never.
+    pub transaction_timeout: ConfigDuration,
     /// Query run on a server when a session-mode client releases it (and after a client left a
     /// server in an unknown state). Empty disables it.
     pub server_reset_query: String,
@@ -189,6 +226,10 @@ impl Default for General {
             server_lifetime: ConfigDuration::secs(3600),
             server_connect_timeout: ConfigDuration::secs(5),
             client_login_timeout: ConfigDuration::secs(60),
+            client_idle_timeout: ConfigDuration::secs(0),
+            idle_transaction_timeout: ConfigDuration::secs(0),
+            query_timeout: ConfigDuration::secs(0),
+            transaction_timeout: ConfigDuration::secs(0),
             server_reset_query: "DISCARD ALL".into(),
             server_reset_query_always: false,
             max_prepared_statements: 200,
@@ -232,6 +273,18 @@ pub struct User {
     /// Pool mode for this user; defaults to the database's or `general.pool_mode`.
     #[serde(default)]
     pub pool_mode: Option<PoolMode>,
+    /// `client_idle_timeout` for this user's clients; defaults to `general`'s.
+    #[serde(default)]
+    pub client_idle_timeout: Option<ConfigDuration>,
+    /// `idle_transaction_timeout` for this user's clients; defaults to `general`'s.
+    #[serde(default)]
+    pub idle_transaction_timeout: Option<ConfigDuration>,
+    /// `query_timeout` for this user's clients; defaults to `general`'s.
+    #[serde(default)]
+    pub query_timeout: Option<ConfigDuration>,
+    /// `transaction_timeout` for this user's clients; defaults to `general`'s.
+    #[serde(default)]
+    pub transaction_timeout: Option<ConfigDuration>,
 }
 
 impl User {
@@ -374,6 +427,19 @@ impl Config {
         user.pool_mode
             .or(db.pool_mode)
             .unwrap_or(self.general.pool_mode)
+    }
+
+    /// The client timeouts in force for `user`: its own settings, then `[general]`'s.
+    pub fn client_timeouts(&self, user: &User) -> ClientTimeouts {
+        let g = &self.general;
+        let pick =
+            |own: Option<ConfigDuration>, general: ConfigDuration| own.unwrap_or(general).enabled();
+        ClientTimeouts {
+            client_idle: pick(user.client_idle_timeout, g.client_idle_timeout),
+            idle_transaction: pick(user.idle_transaction_timeout, g.idle_transaction_timeout),
+            query: pick(user.query_timeout, g.query_timeout),
+            transaction: pick(user.transaction_timeout, g.transaction_timeout),
+        }
     }
 
     /// Pool size for a (database, user) pair: user setting, then database, then general.

@@ -22,6 +22,21 @@ pub struct CancelTarget {
     pub key: (i32, i32),
 }
 
+/// Sends a CancelRequest for the query `target` names (best effort: a failure is logged).
+pub async fn send_cancel(target: &CancelTarget) {
+    let mut buf = BytesMut::new();
+    postgres_protocol::message::frontend::cancel_request(target.key.0, target.key.1, &mut buf);
+    match TcpStream::connect((target.addr.host.as_str(), target.addr.port)).await {
+        Ok(mut s) => {
+            let _ = s.write_all(&buf).await;
+            tracing::info!(server = %target.addr, "forwarded cancel request");
+        }
+        Err(e) => {
+            tracing::warn!(server = %target.addr, error = %e, "could not forward cancel request")
+        }
+    }
+}
+
 /// A client's slot: updated as servers are attached and released.
 pub type CancelSlot = Arc<Mutex<Option<CancelTarget>>>;
 
@@ -67,16 +82,6 @@ impl CancelRegistry {
             tracing::debug!(pid, "cancel request for no running query");
             return;
         };
-        let mut buf = BytesMut::new();
-        postgres_protocol::message::frontend::cancel_request(target.key.0, target.key.1, &mut buf);
-        match TcpStream::connect((target.addr.host.as_str(), target.addr.port)).await {
-            Ok(mut s) => {
-                let _ = s.write_all(&buf).await;
-                tracing::info!(server = %target.addr, "forwarded cancel request");
-            }
-            Err(e) => {
-                tracing::warn!(server = %target.addr, error = %e, "could not forward cancel request")
-            }
-        }
+        send_cancel(&target).await;
     }
 }

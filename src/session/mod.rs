@@ -17,6 +17,7 @@ mod retry;
 mod route;
 mod shard;
 pub mod sql_scan;
+mod timeouts;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,6 +123,10 @@ pub struct Session {
     snap: Option<crate::app::Snapshot>,
     /// The database's name, shared cheaply with routing and metrics code.
     db_name: Arc<str>,
+    /// client_idle_timeout and friends for this client (follow reloads).
+    timeouts: crate::config::ClientTimeouts,
+    /// When the client or its server last sent something (idle timeouts count from here).
+    last_activity: std::time::Instant,
     /// Undoes the client's registration (SHOW CLIENTS row, cancel key, logged-in count) when
     /// the session is dropped, however it ends: return, error or panic.
     _registered: Registered,
@@ -167,6 +172,7 @@ impl Session {
             return None;
         };
         let mode = config.pool_mode(db, user);
+        let timeouts = config.client_timeouts(user);
         let sharded = db.sharding.is_some();
         let stats = app.metrics.client(&login.database, &login.user);
         let id = app.next_client_id();
@@ -197,6 +203,8 @@ impl Session {
         Some(Session {
             _registered: registered,
             db_name: Arc::from(login.database.as_str()),
+            timeouts,
+            last_activity: std::time::Instant::now(),
             snap: Some(snap),
             info,
             stats,
@@ -255,18 +263,30 @@ impl Session {
                     .await;
                 return Ok(());
             }
+            let timeout = self.next_timeout();
             let event = {
                 let Session {
                     io, server, info, ..
                 } = self;
+                // Never resolves when no timeout is set: no timer is armed.
+                let timer = async {
+                    match timeout {
+                        Some((at, _)) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 match server {
-                    Some(lease) if self.deferred => Event::Server(lease.conn().fill().await),
+                    Some(lease) if self.deferred => tokio::select! {
+                        r = lease.conn().fill() => Event::Server(r),
+                        _ = timer => Event::Timeout,
+                    },
                     // Mid-transaction a shutdown waits for the transaction: no need to listen.
                     Some(lease) if self.mode == PoolMode::Transaction => {
                         let conn = lease.conn();
                         tokio::select! {
                             r = conn.fill() => Event::Server(r),
                             r = io.fill() => Event::Client(r),
+                            _ = timer => Event::Timeout,
                         }
                     }
                     Some(lease) => {
@@ -275,16 +295,27 @@ impl Session {
                             r = conn.fill() => Event::Server(r),
                             r = io.fill() => Event::Client(r),
                             _ = info.wake.notified() => Event::Shutdown,
+                            _ = timer => Event::Timeout,
                         }
                     }
                     None => tokio::select! {
                         r = io.fill() => Event::Client(r),
                         _ = info.wake.notified() => Event::Shutdown,
+                        _ = timer => Event::Timeout,
                     },
                 }
             };
+            if matches!(event, Event::Client(_) | Event::Server(Ok(_))) && !self.timeouts.none() {
+                self.last_activity = std::time::Instant::now();
+            }
             match event {
                 Event::Shutdown => continue,
+                Event::Timeout => {
+                    if let Some((_, kind)) = timeout {
+                        self.time_out(kind).await;
+                    }
+                    return Ok(());
+                }
                 Event::Client(Ok(0)) => return Ok(()),
                 Event::Client(Ok(n)) => {
                     self.stats.received.inc_by(n as u64);
@@ -688,6 +719,14 @@ impl Session {
         if !self.app.refresh(snap) {
             return true;
         }
+        if let Some(user) = snap.config.user(&self.login.user) {
+            let timeouts = snap.config.client_timeouts(user);
+            if timeouts != self.timeouts {
+                // Idle time is only tracked while a timeout is set: count from now.
+                self.timeouts = timeouts;
+                self.last_activity = std::time::Instant::now();
+            }
+        }
         match snap.config.databases.get(&*self.db_name) {
             Some(db) => {
                 self.sharded = db.sharding.is_some();
@@ -1069,6 +1108,8 @@ pub(crate) fn probe_translate(tag: u8, body: &[u8]) {
 enum Event {
     /// A graceful shutdown started (checked at the top of the loop).
     Shutdown,
+    /// The timeout [`Session::next_timeout`] named fired.
+    Timeout,
     Client(std::io::Result<usize>),
     Server(Result<usize, crate::server::ServerError>),
 }

@@ -112,6 +112,7 @@ pub struct Metrics {
     cache_misses: IntCounter,
     reloads: IntCounterVec,
     refused: IntCounterVec,
+    timeouts: IntCounterVec,
     handles: Mutex<HashMap<(String, String), Arc<ClientMetrics>>>,
     /// (totals at the last tick, averages over the last period) by database.
     averages: Mutex<(
@@ -179,6 +180,7 @@ impl Metrics {
             cache_misses: reg(&registry, IntCounter::new("usher_query_cache_misses_total", "Statements parsed with libpg_query.").expect("valid")),
             reloads: ic("usher_config_reloads_total", "Config reloads by result (ok, error).", &["result"]),
             refused: ic("usher_client_connections_refused_total", "Client connections refused before login by reason: max_client_conn (told 53300), flood (over max_client_conn with too many already being refused: closed at accept), login_timeout.", &["reason"]),
+            timeouts: ic("usher_client_timeouts_total", "Clients disconnected by a timeout, by setting: client_idle_timeout, idle_transaction_timeout, query_timeout, transaction_timeout.", &["setting"]),
             handles: Mutex::new(HashMap::new()),
             averages: Mutex::new(Default::default()),
             registry,
@@ -221,6 +223,11 @@ impl Metrics {
     /// Counts a client connection refused before login (`reason` is a fixed label).
     pub fn refused(&self, reason: &'static str) {
         self.refused.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a client disconnected by the timeout `setting`.
+    pub fn timed_out(&self, setting: &'static str) {
+        self.timeouts.with_label_values(&[setting]).inc();
     }
 
     /// Every (database, user) seen so far with its handles.
