@@ -422,3 +422,71 @@ async fn admin_console() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(connect(u.port, "app", &db).await.is_err());
 }
+
+/// PAUSE in session mode: clients keep their servers, so PAUSE waits for their transactions
+/// (not for them to leave) and then holds their next one; with `pause_timeout` a PAUSE that
+/// cannot finish fails with 57014 and resumes, leaving nothing held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_in_session_mode_and_its_timeout() {
+    let db = topology().create_db("pause_sess");
+    let text = config(&db, "pool_mode = \"session\"\npause_timeout = \"1s\"")
+        + "\n[admin]\nuser = \"boss\"\npassword = \"adminpw\"\n";
+    let u = start_usher(&text).await;
+    let admin = connect_dsn(&admin_dsn(u.port, "boss", "adminpw", "usher"))
+        .await
+        .unwrap();
+    let a = connect(u.port, "app", &db).await.unwrap();
+    let idle = connect(u.port, "app", &db).await.unwrap();
+    idle.simple_query("SELECT 1").await.unwrap(); // holds its server, idle
+    a.batch_execute("BEGIN; SELECT 1").await.unwrap();
+
+    // A transaction longer than pause_timeout: PAUSE fails, and nothing stays held.
+    let e = admin
+        .simple_query(&format!("PAUSE {db}"))
+        .await
+        .unwrap_err();
+    let e = e.as_db_error().unwrap();
+    assert_eq!(e.code().code(), "57014", "{e:?}");
+    assert!(e.message().contains("pause_timeout"), "{}", e.message());
+    tokio::time::timeout(Duration::from_secs(2), idle.simple_query("SELECT 2"))
+        .await
+        .expect("not held after a failed PAUSE")
+        .unwrap();
+
+    // Once the transaction ends, PAUSE returns, though both clients keep their servers.
+    let pausing = {
+        let admin = connect_dsn(&admin_dsn(u.port, "boss", "adminpw", "usher"))
+            .await
+            .unwrap();
+        let db = db.clone();
+        tokio::spawn(async move { admin.simple_query(&format!("PAUSE {db}")).await.map(drop) })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !pausing.is_finished(),
+        "PAUSE returned during a transaction"
+    );
+    a.batch_execute("COMMIT").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), pausing)
+        .await
+        .expect("PAUSE returned once the transaction ended")
+        .unwrap()
+        .unwrap();
+    // The next transaction of a session-mode client waits for RESUME.
+    let held = tokio::spawn(async move {
+        let r = idle
+            .query_one("SELECT 42", &[])
+            .await
+            .map(|r| r.get::<_, i32>(0));
+        (r, idle)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "a query ran while paused");
+    admin.simple_query(&format!("RESUME {db}")).await.unwrap();
+    let (r, _idle) = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.unwrap(), 42);
+    a.simple_query("SELECT 1").await.unwrap();
+}

@@ -6,7 +6,6 @@
 //! exists.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -106,35 +105,15 @@ async fn command(
         }
         ["pause"] | ["pause", _] => {
             let dbs = databases(app, arg.as_deref())?;
-            app.paused.lock().extend(dbs.iter().cloned());
-            app.any_paused.store(true, std::sync::atomic::Ordering::SeqCst);
-            // Wait for the transactions running now to finish (new ones are held).
-            loop {
-                let busy: usize = app
-                    .pools
-                    .all()
-                    .iter()
-                    .filter(|p| dbs.contains(&p.key.database))
-                    .map(|p| p.counts().active)
-                    .sum();
-                if busy == 0 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            tracing::info!(databases = ?dbs, "paused");
+            super::pause::pause(app, &dbs)
+                .await
+                .map_err(|e| ("57014", e))?;
             frame(out, b'C', b"PAUSE\0");
             Ok(())
         }
         ["resume"] | ["resume", _] => {
             let dbs = databases(app, arg.as_deref())?;
-            {
-                let mut paused = app.paused.lock();
-                paused.retain(|d| !dbs.contains(d));
-                app.any_paused
-                    .store(!paused.is_empty(), std::sync::atomic::Ordering::SeqCst);
-            }
-            app.resumed.notify_waiters();
+            super::pause::resume(app, &dbs);
             tracing::info!(databases = ?dbs, "resumed");
             frame(out, b'C', b"RESUME\0");
             Ok(())

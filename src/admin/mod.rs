@@ -3,5 +3,6 @@
 
 pub mod console;
 pub mod http;
+pub mod pause;
 mod show;
 mod table;

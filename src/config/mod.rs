@@ -196,6 +196,9 @@ pub struct General {
     /// On SIGTERM/SIGINT or admin SHUTDOWN: how long clients in a transaction get to finish
     /// it before usher exits anyway.
     pub shutdown_timeout: ConfigDuration,
+    /// How long the admin PAUSE waits for running transactions; past it PAUSE fails and
+    /// resumes what it paused. `0` waits forever (as PgBouncer's PAUSE does).
+    pub pause_timeout: ConfigDuration,
     /// Log lines as `"text"` (default) or `"json"` (one object per line, for log shippers).
     pub log_format: LogFormat,
 }
@@ -244,6 +247,7 @@ impl Default for General {
             query_cache_size: 10_000,
             metrics_listen: None,
             shutdown_timeout: ConfigDuration::secs(30),
+            pause_timeout: ConfigDuration::secs(60),
             log_format: LogFormat::Text,
         }
     }

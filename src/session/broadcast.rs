@@ -26,6 +26,8 @@ enum Outcome {
 impl Session {
     /// Runs the batch starting with `first` on every shard's primary and answers the client.
     pub(super) async fn broadcast(&mut self, first: Frame) -> Result<Flow, SessionError> {
+        // It holds servers of every shard: PAUSE waits for it and holds it.
+        self.wait_if_paused().await;
         let mut frames = vec![first];
         if frames[0].tag != b'Q' {
             while frames.last().map(|f| f.tag) != Some(b'S') {

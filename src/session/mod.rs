@@ -10,6 +10,7 @@
 mod aggressive;
 mod broadcast;
 mod params;
+mod pause;
 mod prepared;
 mod relay;
 mod responses;
@@ -127,6 +128,8 @@ pub struct Session {
     timeouts: crate::config::ClientTimeouts,
     /// When the client or its server last sent something (idle timeouts count from here).
     last_activity: std::time::Instant,
+    /// What `info.busy` was last set to (see [`pause`]).
+    busy: bool,
     /// Undoes the client's registration (SHOW CLIENTS row, cancel key, logged-in count) when
     /// the session is dropped, however it ends: return, error or panic.
     _registered: Registered,
@@ -176,20 +179,17 @@ impl Session {
         let sharded = db.sharding.is_some();
         let stats = app.metrics.client(&login.database, &login.user);
         let id = app.next_client_id();
-        let info = Arc::new(crate::stats::ClientInfo {
+        let info = Arc::new(crate::stats::ClientInfo::new(
             id,
-            peer: io.peer,
-            database: login.database.clone(),
-            user: login.user.clone(),
-            application_name: login
+            io.peer,
+            login.database.clone(),
+            login.user.clone(),
+            login
                 .params
                 .get("application_name")
                 .cloned()
                 .unwrap_or_default(),
-            connected: std::time::SystemTime::now(),
-            state: std::sync::atomic::AtomicU8::new(crate::stats::CLIENT_IDLE),
-            wake: tokio::sync::Notify::new(),
-        });
+        ));
         app.client_list.add(info.clone());
         stats
             .logged_in
@@ -205,6 +205,7 @@ impl Session {
             db_name: Arc::from(login.database.as_str()),
             timeouts,
             last_activity: std::time::Instant::now(),
+            busy: false,
             snap: Some(snap),
             info,
             stats,
@@ -263,6 +264,7 @@ impl Session {
                     .await;
                 return Ok(());
             }
+            self.update_busy();
             let timeout = self.next_timeout();
             let event = {
                 let Session {
@@ -428,6 +430,10 @@ impl Session {
                 self.refuse_in_held_transaction(frame.tag, error);
             }
             return Ok(Flow::Continue);
+        }
+        if self.starts_session_transaction() && !matches!(frame.tag, b'S' | b'H') {
+            // Session mode keeps its server: PAUSE holds the transaction here instead.
+            self.wait_if_paused().await;
         }
         if self.server.is_none() {
             if !self.refresh_snapshot() {
@@ -755,18 +761,7 @@ impl Session {
     /// SQLSTATE and message for the client.
     async fn attach(&mut self, first: &Frame, shard: usize) -> Result<(), (String, String)> {
         // PAUSE: new transactions of a paused database wait for RESUME.
-        while self
-            .app
-            .any_paused
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
-            let resumed = self.app.resumed.notified();
-            if !self.app.paused.lock().contains(&self.login.database) {
-                break;
-            }
-            self.set_state(crate::stats::CLIENT_WAITING);
-            resumed.await;
-        }
+        self.wait_if_paused().await;
         self.set_state(crate::stats::CLIENT_WAITING);
         let result = self.attach_now(first, shard).await;
         self.set_state(if result.is_ok() {
@@ -1146,16 +1141,13 @@ mod cleanup_tests {
         let app = App::new(config);
         let stats = app.metrics.client("d", "u");
         let ((pid, _), _) = app.cancels.register();
-        let info = Arc::new(crate::stats::ClientInfo {
-            id: 7,
-            peer: "127.0.0.1:9".parse().unwrap(),
-            database: "d".into(),
-            user: "u".into(),
-            application_name: String::new(),
-            connected: std::time::SystemTime::now(),
-            state: std::sync::atomic::AtomicU8::new(crate::stats::CLIENT_IDLE),
-            wake: tokio::sync::Notify::new(),
-        });
+        let info = Arc::new(crate::stats::ClientInfo::new(
+            7,
+            "127.0.0.1:9".parse().unwrap(),
+            "d".into(),
+            "u".into(),
+            String::new(),
+        ));
         app.client_list.add(info);
         stats
             .logged_in

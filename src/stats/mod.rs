@@ -262,9 +262,34 @@ pub struct ClientInfo {
     pub connected: std::time::SystemTime,
     /// [`CLIENT_IDLE`], [`CLIENT_ACTIVE`] or [`CLIENT_WAITING`].
     pub state: std::sync::atomic::AtomicU8,
+    /// Inside a transaction (or, in transaction mode, holding a server): PAUSE waits for it.
+    pub busy: std::sync::atomic::AtomicBool,
     /// Wakes the session when the process needs it to look up (a shutdown began). Each session
     /// has its own, so waiting for it touches no lock other sessions use.
     pub wake: tokio::sync::Notify,
+}
+
+impl ClientInfo {
+    /// A client that just logged in: idle, connected now.
+    pub fn new(
+        id: u64,
+        peer: std::net::SocketAddr,
+        database: String,
+        user: String,
+        application_name: String,
+    ) -> ClientInfo {
+        ClientInfo {
+            id,
+            peer,
+            database,
+            user,
+            application_name,
+            connected: std::time::SystemTime::now(),
+            state: std::sync::atomic::AtomicU8::new(CLIENT_IDLE),
+            busy: std::sync::atomic::AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 /// The client holds no server connection.
