@@ -242,6 +242,16 @@ impl Session {
     pub async fn run(mut self) {
         tracing::info!(client = self.id, "client logged in");
         let result = self.main_loop().await;
+        if let Err(SessionError::Server(e)) = &result {
+            // However the server failed (lost, or it broke the protocol): what it said last
+            // (often a FATAL explaining why) and then usher's word reach the client, and the
+            // connection is closed, not pooled.
+            self.server = None;
+            let _ = self.flush_client().await;
+            self.io
+                .fatal("08006", &format!("usher: server connection lost: {e}"))
+                .await;
+        }
         match &result {
             Ok(()) => tracing::info!(client = self.id, "client disconnected"),
             // A lost server is something to alert on; a client going away is not.
@@ -340,12 +350,6 @@ impl Session {
                         continue;
                     }
                     self.tracker.clear();
-                    // Deliver whatever the server said last (often a FATAL explaining why).
-                    let _ = self.flush_client().await;
-                    self.io
-                        .fatal("08006", &format!("usher: server connection lost: {e}"))
-                        .await;
-                    self.server = None;
                     return Err(e.into());
                 }
             }
@@ -1088,8 +1092,7 @@ async fn reset(conn: &mut crate::server::ServerConn, sql: &str) -> bool {
 }
 
 /// Runs the prepared-statement translation on an arbitrary client frame body (for the
-/// robustness tests): it must return an error or a translation, never panic.
-#[cfg(test)]
+/// robustness tests and fuzzing): it must return an error or a translation, never panic.
 pub(crate) fn probe_translate(tag: u8, body: &[u8]) {
     let frame = Frame::new(tag, body);
     let mut stmts = ClientStatements::default();

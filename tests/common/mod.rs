@@ -6,6 +6,7 @@
 //! process and stops the servers and deletes the directory when it exits, however it exits.
 #![allow(dead_code)]
 
+pub mod fake_server;
 use std::net::TcpListener as StdListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
