@@ -135,7 +135,11 @@ impl App {
                 .await
             {
                 Ok(rows) => {
-                    let volatile: bool = rows.first().map(|r| r.get(0)).unwrap_or(false);
+                    // An answer of another type counts as volatile (the safe side).
+                    let volatile: bool = rows
+                        .first()
+                        .map(|r| r.try_get(0).unwrap_or(true))
+                        .unwrap_or(false);
                     self.volatile.lock().insert(key, volatile);
                     if volatile {
                         return true;

@@ -23,6 +23,8 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod frontend;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod pool;
 pub mod protocol;
 pub mod router;

@@ -1,14 +1,11 @@
 //! Randomized robustness checks: every decoder that reads client bytes gets hundreds of
 //! thousands of random and mutated inputs and must return (an error or a value), never panic.
 
-use bytes::BytesMut;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{client, messages, server, split_frame, startup, Frame};
 use crate::config::KeyType;
-use crate::router::shard::{keys, values};
-use crate::session::probe_translate;
+use crate::router::shard::values;
 
 fn mutate(rng: &mut StdRng, base: &[u8]) -> Vec<u8> {
     let mut v = base.to_vec();
@@ -51,44 +48,9 @@ fn decoders_never_panic() {
             let len = rng.random_range(0..64);
             (0..len).map(|_| rng.random()).collect()
         };
-        let _ = startup::split_startup(&mut BytesMut::from(&input[..]));
-        let _ = split_frame(&mut BytesMut::from(&input[..]), 1 << 16);
-        for tag in *b"QPBDCEfSHcdFXZ" {
-            let frame = Frame::new(tag, &input);
-            let _ = client::validate(&frame);
-            let _ = client::sql_of(&frame);
-            if let Ok(p) = client::Parse::new(&frame) {
-                let _ = (p.name_span().of(frame.body()), p.owned_query_and_types());
-            }
-            if let Ok(b) = client::Bind::new(&frame) {
-                let _ = (b.statement_span().of(frame.body()), b.rest());
-            }
-            if let Ok(t) = client::Targeted::new(&frame) {
-                let _ = t.name_span().of(frame.body());
-            }
-            let _ = server::frame_at(&input, 1 << 16);
-            let _ = server::ready_status(&input);
-            let _ = server::parameter_status(&input);
-            let _ = server::command_tag(&input);
-            let _ = server::row_description_columns(&input);
-        }
-        let _ = messages::ErrorFields::parse(&input);
-        for tag in [b'P', b'B', b'D', b'C'] {
-            probe_translate(tag, &input);
-        }
-        // Sharding reads bind values and literals out of client bytes.
-        let _ = values::BindParams::parse(&input);
-        for key_type in [KeyType::Bigint, KeyType::Uuid, KeyType::Text] {
-            for oid in [0, 20, 21, 23, 25, 2950, 7] {
-                let _ = keys::from_binary(&input, oid, key_type);
-            }
-            let _ = keys::from_text(&input, key_type);
-        }
-        let mut spans = Vec::new();
-        let _ = crate::router::normalize::cache_key_and_spans(&input, &mut spans);
-        for span in &spans {
-            let _ = crate::router::normalize::literal_value(&input, span);
-        }
+        // The same entry points the fuzz targets in fuzz/ drive.
+        crate::fuzzing::startup_bytes(&input);
+        crate::fuzzing::message_bytes(&input);
     }
 }
 

@@ -141,8 +141,10 @@ async fn probe_shard(
     let results = futures_util::future::join_all(shard.servers.iter().map(|s| async move {
         let rows = app.probes.query(config, &s.addr, PROBE_SQL, &[]).await?;
         let row = rows.first().ok_or("no row")?;
-        let in_recovery: bool = row.get(0);
-        let lsn: Option<String> = row.get(1);
+        // try_get: a server (or something posing as one) answering with other types is an
+        // unreachable server, not a panic of the monitor.
+        let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
+        let lsn: Option<String> = row.try_get(1).map_err(|e| e.to_string())?;
         Ok::<_, String>((in_recovery, lsn.as_deref().and_then(parse_lsn).unwrap_or(0)))
     }))
     .await;

@@ -216,8 +216,9 @@ async fn migrate_shard(
         .map_err(|e| fail(TABLE, db_error(&e, None)))?;
     let done: Vec<(i64, String, String)> = rows
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(|e| fail(TABLE, format!("unexpected column types: {e}")))?;
     for (version, file, checksum) in &done {
         match migrations.iter().find(|m| m.version == *version) {
             Some(m) if m.checksum != *checksum => {
