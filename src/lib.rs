@@ -18,6 +18,8 @@
 //! out of peer bytes), [`auth`] (SCRAM-SHA-256 and md5 verification), [`config`] (TOML with
 //! file:line:key errors), and [`app`] (shared state and the accept loop).
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod app;
 pub mod auth;

@@ -23,7 +23,8 @@ struct World {
 const DATABASES: [&str; 4] = ["fake", "fake_session", "fake_split", "fake_sharded"];
 
 fn config(fake: u16) -> String {
-    let server = |db: &str, role: &str| format!("{{ addr = \"127.0.0.1:{fake}/{db}\", role = \"{role}\" }}");
+    let server =
+        |db: &str, role: &str| format!("{{ addr = \"127.0.0.1:{fake}/{db}\", role = \"{role}\" }}");
     format!(
         "{}
 [databases.fake_session]
@@ -43,7 +44,10 @@ key_type = \"bigint\"
 tables = [ {{ name = \"items\", column = \"family_no\" }} ]
 global_tables = [\"lessons\"]
 ",
-        fake_server::config(fake, "max_client_conn = 100000\nlag_check_interval = \"1s\""),
+        fake_server::config(
+            fake,
+            "max_client_conn = 100000\nlag_check_interval = \"1s\""
+        ),
         server("s", "primary"),
         server("p", "primary"),
         server("r", "replica"),
@@ -112,7 +116,10 @@ async fn login(port: u16, db: &str) -> TcpStream {
         true
     })
     .await;
-    assert!(matches!(done, Ok(true)), "usher stopped logging clients in: {got:?}");
+    assert!(
+        matches!(done, Ok(true)),
+        "usher stopped logging clients in: {got:?}"
+    );
     s
 }
 
@@ -127,7 +134,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let _ = s.write_all(bytes).await;
         // Take what usher answers until it is quiet (or closes), then leave.
         let mut buf = [0u8; 65536];
-        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(5), s.read(&mut buf)).await {
+        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(5), s.read(&mut buf)).await
+        {
             if n == 0 {
                 break;
             }
