@@ -1,22 +1,22 @@
-//! The running proxy: its config, pools and client registry, and the accept loop that ties the
-//! data path together.
+//! The shared state of a running usher: config and topology snapshots, pools, probes, caches,
+//! the client registry, the pause gate and the shutdown signal. Lower layers (frontend,
+//! session, admin, monitor) see it; it sees none of them. What spawns the listener, monitor
+//! and HTTP server around it is [`crate::serve`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 mod lifecycle;
 
 use parking_lot::RwLock;
-use tokio::net::TcpListener;
 
 use crate::auth::{AuthError, ScramVerifier};
 use crate::config::{Config, ServerAddr, User};
 use crate::frontend::cancel::CancelRegistry;
 use crate::pool::{Pool, PoolError, PoolKey, PoolSettings, Pools};
 use crate::router::cache::QueryCache;
-use crate::router::monitor::Probes;
+use crate::router::probes::Probes;
 use crate::router::topology::Topology;
 
 /// Shared state of one usher process.
@@ -278,39 +278,4 @@ pub fn pool_settings(config: &Config, database: &str, user: &User) -> PoolSettin
         server_user: user.server_user().to_string(),
         server_password: user.server_password().map(str::to_string),
     }
-}
-
-/// Aborts a background task when dropped, so dropping `serve` stops everything it started.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Serves clients on `listener` until the future is dropped; also runs pool maintenance and
-/// the server monitor (roles, lag), which stop with it.
-pub async fn serve(app: Arc<App>, listener: TcpListener) {
-    serve_with(app, listener, None).await
-}
-
-/// Like [`serve`], with the HTTP endpoint for metrics and health on `metrics` too.
-pub async fn serve_with(app: Arc<App>, listener: TcpListener, metrics: Option<TcpListener>) {
-    let _http =
-        metrics.map(|l| AbortOnDrop(tokio::spawn(crate::admin::http::serve(app.clone(), l))));
-    let _maintenance = AbortOnDrop(tokio::spawn(crate::pool::maintenance::run(
-        app.pools.clone(),
-        Duration::from_secs(1),
-    )));
-    let _monitor = AbortOnDrop(tokio::spawn(crate::router::monitor::run(app.clone())));
-    let ticker = app.clone();
-    let _averages = AbortOnDrop(tokio::spawn(async move {
-        let mut every = tokio::time::interval(crate::stats::STATS_PERIOD);
-        loop {
-            every.tick().await;
-            ticker.metrics.tick_averages();
-        }
-    }));
-    crate::frontend::listener::accept_loop(app, listener).await;
 }

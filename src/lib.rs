@@ -16,7 +16,10 @@
 //! Supporting modules: [`protocol`] (frames, startup packet, message builders, and the
 //! length-checked views of client and server messages that are the only code reading fields
 //! out of peer bytes), [`auth`] (SCRAM-SHA-256 and md5 verification), [`config`] (TOML with
-//! file:line:key errors), and [`app`] (shared state and the accept loop).
+//! file:line:key errors), [`app`] (the shared state every layer may see: config and topology
+//! snapshots, pools, probes, caches, pause gate, shutdown) and [`serve`] (the orchestration on
+//! top: it starts the listener, monitor, HTTP endpoint and maintenance around an [`App`];
+//! nothing imports it, so there is no import circle through `App`).
 
 #![warn(missing_docs)]
 
@@ -30,10 +33,12 @@ pub mod fuzzing;
 pub mod pool;
 pub mod protocol;
 pub mod router;
+pub mod serve;
 pub mod server;
 pub mod session;
 pub mod stats;
 pub mod tools;
 
-pub use app::{serve, serve_with, App};
+pub use app::App;
 pub use config::Config;
+pub use serve::{serve, serve_with};

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::config::{Config, ServerAddr};
-use crate::router::monitor::{control_config, probe_user};
+use crate::router::probes::{control_config, probe_user};
 
 /// Name of the table recording applied versions on each shard.
 pub const TABLE: &str = "usher_schema_migrations";
