@@ -535,3 +535,58 @@ async fn fatal_first_answer_with_no_other_server_reaches_the_client() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Routing classifies a statement once: one lookup in the shared classification cache per
+/// new statement text (role choice and read-your-writes tracking share it), and none for a
+/// text the session sent recently (before the session memo, every statement cost one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_is_classified_once() {
+    let s = setup("classify_once", "").await;
+    let cache = &s._usher.app.query_cache;
+    let lookups = || {
+        cache.hits.load(std::sync::atomic::Ordering::Relaxed)
+            + cache.misses.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = lookups();
+    for i in 0..10 {
+        s.simple(&format!("UPDATE t SET v = {i} WHERE id = 1 RETURNING v"))
+            .await;
+        s.simple(&format!("SELECT v + {i} FROM t")).await;
+    }
+    assert_eq!(lookups() - before, 20, "one per new statement text");
+    let before = lookups();
+    for _ in 0..10 {
+        s.simple("UPDATE t SET v = 9 WHERE id = 1 RETURNING v")
+            .await;
+        s.simple("SELECT v + 9 FROM t").await;
+    }
+    assert_eq!(
+        lookups() - before,
+        0,
+        "repeated texts come from the session's memo"
+    );
+}
+
+/// The extended protocol: usher answers the Parse itself (checking the text parses), routes
+/// at the Bind and tracks writes; all of it is one shared lookup per text, then none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_statement_is_classified_once() {
+    let s = setup("classify_once_ext", "").await;
+    let cache = &s._usher.app.query_cache;
+    let lookups = || {
+        cache.hits.load(std::sync::atomic::Ordering::Relaxed)
+            + cache.misses.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = lookups();
+    for _ in 0..10 {
+        s.client
+            .query("UPDATE t SET v = v + 1 WHERE id = 1 RETURNING v", &[])
+            .await
+            .unwrap();
+        s.client
+            .query("SELECT v FROM t WHERE id = $1", &[&1])
+            .await
+            .unwrap();
+    }
+    assert_eq!(lookups() - before, 2, "one per text for 20 executions");
+}

@@ -41,7 +41,7 @@ impl Session {
         let Some((sql, frames)) = self.control_batch(frame) else {
             return false;
         };
-        let class = self.app.query_cache.classify(&sql);
+        let class = self.classify(&sql);
         if class.statements != 1 {
             return false;
         }

@@ -9,6 +9,7 @@
 
 mod aggressive;
 mod broadcast;
+mod memo;
 mod params;
 mod pause;
 mod prepared;
@@ -130,6 +131,8 @@ pub struct Session {
     last_activity: std::time::Instant,
     /// What `info.busy` was last set to (see [`pause`]).
     busy: bool,
+    /// Classifications of recent statement texts (see [`memo`]).
+    memo: memo::Memo,
     /// Undoes the client's registration (SHOW CLIENTS row, cancel key, logged-in count) when
     /// the session is dropped, however it ends: return, error or panic.
     _registered: Registered,
@@ -206,6 +209,7 @@ impl Session {
             timeouts,
             last_activity: std::time::Instant::now(),
             busy: false,
+            memo: memo::Memo::default(),
             snap: Some(snap),
             info,
             stats,
@@ -576,7 +580,8 @@ impl Session {
                     self.route.shard_override = None;
                 }
                 if changes.iter().any(|c| matches!(c, SessionChange::Set(n) | SessionChange::Reset(n) if n.to_ascii_lowercase().starts_with("usher."))) {
-                    let class = self.app.query_cache.classify(&client::sql_of(&frame).unwrap_or_default());
+                    let sql = client::sql_of(&frame).unwrap_or_default();
+                    let class = self.memo.classify(&self.app.query_cache, &sql);
                     if let Some(role) = class.set_role {
                         self.route.role_override = Some(role);
                     }
@@ -667,7 +672,7 @@ impl Session {
             return false;
         };
         let sql = parse.query();
-        !self.app.query_cache.classify(&sql).parse_error
+        !self.classify(&sql).parse_error
     }
 
     /// Nothing of the client's is in flight or open: it may be disconnected for a shutdown.
@@ -744,6 +749,11 @@ impl Session {
             }
             None => false,
         }
+    }
+
+    /// The classification of a statement text, computed once per text (see [`memo`]).
+    fn classify(&self, sql: &Bytes) -> Arc<router::Classification> {
+        self.memo.classify(&self.app.query_cache, sql)
     }
 
     /// The config and topology in force for this session.

@@ -102,7 +102,7 @@ impl Session {
             let Some(db) = config.databases.get(&self.login.database) else {
                 return;
             };
-            let c = self.app.query_cache.classify(&sql);
+            let c = self.classify(&sql);
             let name = &self.login.database;
             self.route.txn_writes = c.write
                 || c.functions.iter().any(|f| {
@@ -156,7 +156,7 @@ impl Session {
         }
         for frame in &frames {
             if let Some(sql) = query_text(self, frame) {
-                merge(&self.app.query_cache.classify(&sql));
+                merge(&self.classify(&sql));
             }
         }
         merged

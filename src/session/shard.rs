@@ -125,8 +125,10 @@ impl Session {
             };
             let mut spans = Vec::new();
             let class = match bind {
-                Some(_) => self.app.query_cache.classify(&sql),
-                None => self.app.query_cache.classify_with_spans(&sql, &mut spans),
+                Some(_) => self.classify(&sql),
+                None => self
+                    .memo
+                    .classify_with_spans(&self.app.query_cache, &sql, &mut spans),
             };
             if class.shard_hint.is_some() {
                 hint = class.shard_hint.clone();
