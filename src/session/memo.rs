@@ -54,7 +54,8 @@ impl Memo {
 
     /// The classification of `sql`, from the memo or else the shared cache.
     pub(super) fn classify(&self, cache: &QueryCache, sql: &Bytes) -> Arc<Classification> {
-        if let Some(i) = Self::find(&self.entries.borrow(), sql) {
+        let found = Self::find(&self.entries.borrow(), sql);
+        if let Some(i) = found {
             return self.entries.borrow()[i].class.clone();
         }
         let class = cache.classify(sql);
@@ -73,7 +74,8 @@ impl Memo {
         sql: &Bytes,
         spans: &mut Vec<Range<usize>>,
     ) -> Arc<Classification> {
-        if let Some(i) = Self::find(&self.entries.borrow(), sql) {
+        let found = Self::find(&self.entries.borrow(), sql);
+        if let Some(i) = found {
             let mut entries = self.entries.borrow_mut();
             let entry = &mut entries[i];
             if let Some(known) = &entry.spans {
