@@ -7,6 +7,9 @@
 #
 #   benches/bench.sh                       # SECS=10 ROUNDS=1, about 10 minutes
 #   SECS=20 ROUNDS=2 benches/bench.sh      # steadier figures
+#   USHER_BASE_BIN=/path/to/old/usher ONLY_S=1 benches/bench.sh
+#       # also an older usher build, interleaved in the -S runs (before/after a change, in
+#       # the same run); ONLY_S=1 skips everything but the -S runs
 #
 # Per run, over its steady window (every client logged in and running): TPS, average and p99
 # latency (pgbench --log), the pooler's and Postgres' CPU time per transaction (user+sys from
@@ -57,6 +60,14 @@ P_SHARD=$(free_port)
 start_usher sharded "$(header "$P_SHARD")
 $(family_shards_toml "$PG")"
 PID_SHARD=$LAST_PID
+USHER_BASE_BIN=${USHER_BASE_BIN:-}; ONLY_S=${ONLY_S:-}
+if [ -n "$USHER_BASE_BIN" ]; then
+  P_BASE=$(free_port)
+  start_usher usher-base "$(header "$P_BASE")
+[databases.app]
+shards = [ { primary = \"127.0.0.1:$PG/app\" } ]" "$USHER_BASE_BIN"
+  PID_BASE=$LAST_PID
+fi
 
 P_BOUNCER=$(free_port)
 pgbouncer_ini "$P_BOUNCER" "$PG" "auth_type = hba" "auth_hba_file = $WORK/pgbouncer_hba.conf" \
@@ -157,10 +168,14 @@ for round in $(seq 1 "$ROUNDS"); do
       # 1,000 logins take seconds: those runs get twice the time so most of it is load.
       t=$(( c >= 1000 ? SECS * 2 : SECS ))
       run "S-$mode-$c" usher "$P_USHER" "$PID_USHER" -S -M "$mode" -c "$c" -j "$j" -T "$t"
+      if [ -n "$USHER_BASE_BIN" ]; then
+        run "S-$mode-$c" usher-base "$P_BASE" "$PID_BASE" -S -M "$mode" -c "$c" -j "$j" -T "$t"
+      fi
       run "S-$mode-$c" pgbouncer "$P_BOUNCER" "$PID_BOUNCER" -S -M "$mode" -c "$c" -j "$j" -T "$t"
       run "S-$mode-$c" direct "$PG" "" -S -M "$mode" -c "$c" -j "$j" -T "$t"
     done
   done
+  [ -n "$ONLY_S" ] && continue
   run S-prepared-100 usher "$P_USHER" "$PID_USHER" -S -M prepared -c 100 -j 4 -T "$SECS"
   run S-prepared-100 direct "$PG" "" -S -M prepared -c 100 -j 4 -T "$SECS"
   run N-simple-100 usher "$P_USHER" "$PID_USHER" -N -M simple -c 100 -j 4 -T "$SECS"
@@ -182,6 +197,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 # COPY streaming: COPY_MB of 1 KB rows to STDOUT, through usher and directly.
+if [ -n "$ONLY_S" ]; then COPY_MB=0; IDLE=0; fi
 ROWS=$((COPY_MB * 1024))
 copy_secs() { # port
   local t0 t1
@@ -240,8 +256,12 @@ PY
   kill "$opener" 2>/dev/null; wait "$opener" 2>/dev/null
   sleep 1
 }
-IDLE_USHER=$(idle_rss "$P_USHER" "$PID_USHER")
-IDLE_BOUNCER=$(idle_rss "$P_BOUNCER" "$PID_BOUNCER")
+if [ "$IDLE" -gt 0 ]; then
+  IDLE_USHER=$(idle_rss "$P_USHER" "$PID_USHER")
+  IDLE_BOUNCER=$(idle_rss "$P_BOUNCER" "$PID_BOUNCER")
+else
+  IDLE_USHER=-; IDLE_BOUNCER=-
+fi
 echo "idle: usher $IDLE_USHER KiB/client, pgbouncer $IDLE_BOUNCER KiB/client" >&2
 
 # Report.
@@ -278,6 +298,22 @@ REPORT="$WORK/report.md"
   echo "| RSS per idle client ($IDLE idle connections) | ≤ 16 KiB | usher $IDLE_USHER KiB, PgBouncer $IDLE_BOUNCER KiB | $(awk -v a="$IDLE_USHER" 'BEGIN {print (a+0 > 0 && a <= 16) ? "yes" : "no"}') |"
   cr=$(ratio "$COPY_DIRECT" "$COPY_USHER")
   echo "| COPY TO $COPY_MB MB throughput | ≥ 0.8× direct, usher RSS < 64 MiB | ${cr}× ($COPY_USHER s vs $COPY_DIRECT s), usher RSS $COPY_BASE MiB before, peak $COPY_PEAK MiB | $(awk -v r="$cr" -v m="$COPY_PEAK" 'BEGIN {print (r >= 0.8 && m < 64) ? "yes" : "no"}') |"
+  echo
+  echo "## Pooler CPU per transaction against PgBouncer, -S"
+  echo
+  echo "| case | usher µs/txn | usher ÷ PgBouncer |$([ -n "$USHER_BASE_BIN" ] && echo " older usher µs/txn | older ÷ PgBouncer |") PgBouncer µs/txn |"
+  echo "| --- | --- | --- |$([ -n "$USHER_BASE_BIN" ] && echo " --- | --- |") --- |"
+  for mode in simple extended; do
+    for c in 10 100 1000; do
+      u=$(avg "S-$mode-$c" usher 6); b=$(avg "S-$mode-$c" pgbouncer 6)
+      older=""
+      if [ -n "$USHER_BASE_BIN" ]; then
+        o=$(avg "S-$mode-$c" usher-base 6); older=" $o | $(ratio "$o" "$b") |"
+      fi
+      echo "| S-$mode-$c | $u | $(ratio "$u" "$b") |$older $b |"
+    done
+  done
+  [ -n "$USHER_BASE_BIN" ] && echo && echo "Older usher: \`$USHER_BASE_BIN\` ($("$USHER_BASE_BIN" --version | awk '{print $2}')), same config, interleaved with the others."
   echo
   echo "## Every run (means over rounds)"
   echo

@@ -105,9 +105,9 @@ INI
 }
 
 # start_usher NAME TOML: runs target/release/usher with that config; sets LAST_PID.
-start_usher() {
+start_usher() { # name toml [binary]
   echo "$2" > "$WORK/$1.toml"
-  USHER_LOG=warn ./target/release/usher --config "$WORK/$1.toml" &
+  USHER_LOG=warn "${3:-./target/release/usher}" --config "$WORK/$1.toml" &
   LAST_PID=$!
   PIDS+=("$LAST_PID")
   sleep 0.5

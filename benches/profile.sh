@@ -5,6 +5,7 @@
 #
 #   benches/profile.sh                 # pgbench -S, 10 clients, simple and extended
 #   MODES=simple CLIENTS=50 benches/profile.sh
+#   USHER_BASE_BIN=/path/to/old/usher benches/profile.sh   # also an older build (before/after)
 #
 # Leaves the callgrind files in benches/profile/ for `callgrind_annotate --inclusive=yes`.
 # Kernel time (send/recv, wakeups) is not counted: `perf record -g -p PID` shows that part.
@@ -59,9 +60,17 @@ profile() {
     'BEGIN { printf "%-10s %-9s %8.0f instructions/txn (%d transactions)\n", n, m, i / t, t }'
 }
 
+if [ -n "${USHER_BASE_BIN:-}" ]; then
+  # Named usher-base so callgrind_control finds it by name.
+  cp "$USHER_BASE_BIN" "$WORK/usher-base"
+fi
 for mode in $MODES; do
   CMD=(./target/release/usher --config "$WORK/usher.toml")
   profile usher "$P_USHER" "$mode" env USHER_LOG=warn
+  if [ -n "${USHER_BASE_BIN:-}" ]; then
+    CMD=("$WORK/usher-base" --config "$WORK/usher.toml")
+    profile usher-base "$P_USHER" "$mode" env USHER_LOG=warn
+  fi
   CMD=(pgbouncer "$WORK/pgbouncer.ini")
   profile pgbouncer "$P_BOUNCER" "$mode" as_pg
 done
