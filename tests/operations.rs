@@ -205,6 +205,18 @@ async fn rows(c: &tokio_postgres::Client, sql: &str) -> (Vec<String>, Vec<Vec<St
     (cols, out)
 }
 
+/// PAUSE of `db` from a second admin connection, running in a task.
+async fn spawn_pause(
+    port: u16,
+    db: &str,
+) -> tokio::task::JoinHandle<Result<(), tokio_postgres::Error>> {
+    let admin = connect_dsn(&admin_dsn(port, "boss", "adminpw", "usher"))
+        .await
+        .unwrap();
+    let db = db.to_string();
+    tokio::spawn(async move { admin.simple_query(&format!("PAUSE {db}")).await.map(drop) })
+}
+
 fn admin_dsn(port: u16, user: &str, password: &str, db: &str) -> String {
     format!("host=127.0.0.1 port={port} user={user} password={password} dbname={db}")
 }
@@ -335,13 +347,7 @@ async fn admin_console() {
     );
 
     // PAUSE waits for the running transaction, then holds new ones until RESUME.
-    let pausing = {
-        let admin = connect_dsn(&admin_dsn(u.port, "boss", "adminpw", "usher"))
-            .await
-            .unwrap();
-        let db = db.clone();
-        tokio::spawn(async move { admin.simple_query(&format!("PAUSE {db}")).await.map(|_| ()) })
-    };
+    let pausing = spawn_pause(u.port, &db).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !pausing.is_finished(),
@@ -454,13 +460,7 @@ async fn pause_in_session_mode_and_its_timeout() {
         .unwrap();
 
     // Once the transaction ends, PAUSE returns, though both clients keep their servers.
-    let pausing = {
-        let admin = connect_dsn(&admin_dsn(u.port, "boss", "adminpw", "usher"))
-            .await
-            .unwrap();
-        let db = db.clone();
-        tokio::spawn(async move { admin.simple_query(&format!("PAUSE {db}")).await.map(drop) })
-    };
+    let pausing = spawn_pause(u.port, &db).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !pausing.is_finished(),

@@ -536,17 +536,20 @@ async fn fatal_first_answer_with_no_other_server_reaches_the_client() {
     }
 }
 
+/// Lookups in usher's shared classification cache so far.
+fn shared_lookups(u: &Usher) -> u64 {
+    let cache = &u.app.query_cache;
+    cache.hits.load(std::sync::atomic::Ordering::Relaxed)
+        + cache.misses.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Routing classifies a statement once: one lookup in the shared classification cache per
 /// new statement text (role choice and read-your-writes tracking share it), and none for a
 /// text the session sent recently (before the session memo, every statement cost one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_is_classified_once() {
     let s = setup("classify_once", "").await;
-    let cache = &s._usher.app.query_cache;
-    let lookups = || {
-        cache.hits.load(std::sync::atomic::Ordering::Relaxed)
-            + cache.misses.load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let lookups = || shared_lookups(&s._usher);
     let before = lookups();
     for i in 0..10 {
         s.simple(&format!("UPDATE t SET v = {i} WHERE id = 1 RETURNING v"))
@@ -572,11 +575,7 @@ async fn a_statement_is_classified_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepared_statement_is_classified_once() {
     let s = setup("classify_once_ext", "").await;
-    let cache = &s._usher.app.query_cache;
-    let lookups = || {
-        cache.hits.load(std::sync::atomic::Ordering::Relaxed)
-            + cache.misses.load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let lookups = || shared_lookups(&s._usher);
     let before = lookups();
     for _ in 0..10 {
         s.client

@@ -86,24 +86,12 @@ fn world() -> &'static World {
     })
 }
 
-fn startup_packet(user: &str, db: &str) -> Vec<u8> {
-    let mut body = 196608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", db)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
-    out
-}
-
 /// Logs in; aborts (a finding) when usher does not get to ReadyForQuery within 5 s.
 async fn login(port: u16, db: &str) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(&startup_packet("u", db)).await.unwrap();
+    s.write_all(&fake_server::startup_packet("u", db))
+        .await
+        .unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let done = tokio::time::timeout(Duration::from_secs(5), async {

@@ -125,6 +125,19 @@ async fn run(s: &mut TcpStream, actions: Vec<Action>) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// A raw protocol 3.0 startup packet.
+pub fn startup_packet(user: &str, db: &str) -> Vec<u8> {
+    let mut body = 196608u32.to_be_bytes().to_vec();
+    for (k, v) in [("user", user), ("database", db)] {
+        cstr(&mut body, k);
+        cstr(&mut body, v);
+    }
+    body.push(0);
+    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
 /// One message: tag, length, body.
 pub fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut m = vec![tag];

@@ -628,21 +628,7 @@ pub fn pg_bin(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
 
-/// A raw protocol 3.0 startup packet.
-pub fn startup_packet(user: &str, db: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&196608u32.to_be_bytes());
-    for (k, v) in [("user", user), ("database", db)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
-    out
-}
+pub use fake_server::startup_packet;
 
 /// Opens a raw connection and logs in as a trust user, up to the first ReadyForQuery.
 pub async fn raw_login(port: u16, user: &str, db: &str) -> tokio::net::TcpStream {
