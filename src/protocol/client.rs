@@ -37,15 +37,20 @@ pub struct Query {
 impl Query {
     /// Checks a `'Q'` frame: its body must be one NUL-terminated string and nothing after it.
     pub fn new(frame: &Frame) -> Result<Query, ProtocolError> {
-        let body = frame.body();
+        let sql = Self::locate(frame.body())?;
+        Ok(Query {
+            raw: frame.raw.clone(),
+            sql: span(HEADER, HEADER + sql),
+        })
+    }
+
+    /// The length of the SQL text, once the body is checked.
+    fn locate(body: &[u8]) -> Result<usize, ProtocolError> {
         let (sql, end) = read_cstr(body, 0, "Query")?;
         if end != body.len() {
             return Err(ProtocolError::Malformed { what: "Query" });
         }
-        Ok(Query {
-            raw: frame.raw.clone(),
-            sql: span(HEADER, HEADER + sql.len()),
-        })
+        Ok(sql.len())
     }
 
     /// The SQL text, without its terminator (zero-copy).
@@ -72,7 +77,17 @@ pub struct Parse {
 impl Parse {
     /// Checks a `'P'` frame: two strings, a non-negative count and exactly that many OIDs.
     pub fn new(frame: &Frame) -> Result<Parse, ProtocolError> {
-        let body = frame.body();
+        let (name, next, query, after) = Self::locate(frame.body())?;
+        Ok(Parse {
+            raw: frame.raw.clone(),
+            name: span(HEADER, HEADER + name),
+            query: span(HEADER + next, HEADER + next + query),
+            types: span(HEADER + after, frame.raw.len()),
+        })
+    }
+
+    /// (name length, query start, query length, start of the types section) in the body.
+    fn locate(body: &[u8]) -> Result<(usize, usize, usize, usize), ProtocolError> {
         let what = "Parse";
         let (name, next) = read_cstr(body, 0, what)?;
         let (query, after) = read_cstr(body, next, what)?;
@@ -87,12 +102,7 @@ impl Parse {
         if n < 0 || body.len() != after + 2 + 4 * n as usize {
             return Err(ProtocolError::Malformed { what });
         }
-        Ok(Parse {
-            raw: frame.raw.clone(),
-            name: span(HEADER, HEADER + name.len()),
-            query: span(HEADER + next, HEADER + next + query.len()),
-            types: span(HEADER + after, frame.raw.len()),
-        })
+        Ok((name.len(), next, query.len(), after))
     }
 
     /// The client's statement name (empty for the unnamed statement).
@@ -147,14 +157,19 @@ pub struct Bind {
 impl Bind {
     /// Checks the two leading names of a `'B'` frame.
     pub fn new(frame: &Frame) -> Result<Bind, ProtocolError> {
-        let body = frame.body();
-        let (portal, next) = read_cstr(body, 0, "Bind")?;
-        let (statement, _) = read_cstr(body, next, "Bind")?;
+        let (portal, next, statement) = Self::locate(frame.body())?;
         Ok(Bind {
             raw: frame.raw.clone(),
-            portal: span(HEADER, HEADER + portal.len()),
-            statement: span(HEADER + next, HEADER + next + statement.len()),
+            portal: span(HEADER, HEADER + portal),
+            statement: span(HEADER + next, HEADER + next + statement),
         })
+    }
+
+    /// (portal name length, statement name start, its length) in the body.
+    fn locate(body: &[u8]) -> Result<(usize, usize, usize), ProtocolError> {
+        let (portal, next) = read_cstr(body, 0, "Bind")?;
+        let (statement, _) = read_cstr(body, next, "Bind")?;
+        Ok((portal.len(), next, statement.len()))
     }
 
     /// The portal name.
@@ -199,12 +214,17 @@ pub struct Targeted {
 impl Targeted {
     /// Checks a `'D'` or `'C'` frame: a kind byte `S`/`P` and one string, nothing after it.
     pub fn new(frame: &Frame) -> Result<Targeted, ProtocolError> {
-        let what = if frame.tag == b'C' {
-            "Close"
-        } else {
-            "Describe"
-        };
-        let body = frame.body();
+        let (target, name) = Self::locate(frame.tag, frame.body())?;
+        Ok(Targeted {
+            raw: frame.raw.clone(),
+            target,
+            name: span(HEADER + 1, HEADER + 1 + name),
+        })
+    }
+
+    /// The target and the name's length, once the body is checked.
+    fn locate(tag: u8, body: &[u8]) -> Result<(Target, usize), ProtocolError> {
+        let what = if tag == b'C' { "Close" } else { "Describe" };
         let target = match body.first() {
             Some(b'S') => Target::Statement,
             Some(b'P') => Target::Portal,
@@ -214,11 +234,7 @@ impl Targeted {
         if end != body.len() {
             return Err(ProtocolError::Malformed { what });
         }
-        Ok(Targeted {
-            raw: frame.raw.clone(),
-            target,
-            name: span(HEADER + 1, HEADER + 1 + name.len()),
-        })
+        Ok((target, name.len()))
     }
 
     /// The statement or portal name.
@@ -244,21 +260,24 @@ pub struct Execute {
 impl Execute {
     /// Checks an `'E'` frame: one string and an i32, nothing after it.
     pub fn new(frame: &Frame) -> Result<Execute, ProtocolError> {
+        let (portal, max_rows) = Self::locate(frame.body())?;
+        Ok(Execute {
+            raw: frame.raw.clone(),
+            portal: span(HEADER, HEADER + portal),
+            max_rows,
+        })
+    }
+
+    /// The portal name's length and the row limit, once the body is checked.
+    fn locate(body: &[u8]) -> Result<(usize, i32), ProtocolError> {
         let what = "Execute";
-        let body = frame.body();
         let (portal, next) = read_cstr(body, 0, what)?;
         let rows = body
             .get(next..next + 4)
             .filter(|_| body.len() == next + 4)
+            .and_then(|r| <[u8; 4]>::try_from(r).ok())
             .ok_or(ProtocolError::Malformed { what })?;
-        Ok(Execute {
-            raw: frame.raw.clone(),
-            portal: span(HEADER, HEADER + portal.len()),
-            max_rows: i32::from_be_bytes(
-                rows.try_into()
-                    .map_err(|_| ProtocolError::Malformed { what })?,
-            ),
-        })
+        Ok((portal.len(), i32::from_be_bytes(rows)))
     }
 
     /// The portal name.
@@ -277,14 +296,20 @@ pub struct CopyFail {
 impl CopyFail {
     /// Checks an `'f'` frame: one string.
     pub fn new(frame: &Frame) -> Result<CopyFail, ProtocolError> {
-        let (reason, end) = read_cstr(frame.body(), 0, "CopyFail")?;
-        if end != frame.body().len() {
-            return Err(ProtocolError::Malformed { what: "CopyFail" });
-        }
+        let reason = Self::locate(frame.body())?;
         Ok(CopyFail {
             raw: frame.raw.clone(),
-            reason: span(HEADER, HEADER + reason.len()),
+            reason: span(HEADER, HEADER + reason),
         })
+    }
+
+    /// The reason's length, once the body is checked.
+    fn locate(body: &[u8]) -> Result<usize, ProtocolError> {
+        let (reason, end) = read_cstr(body, 0, "CopyFail")?;
+        if end != body.len() {
+            return Err(ProtocolError::Malformed { what: "CopyFail" });
+        }
+        Ok(reason.len())
     }
 
     /// The reason text.
@@ -345,13 +370,15 @@ pub fn sql_of(frame: &Frame) -> Option<Bytes> {
 /// Checks any client message of the extended or simple protocol once, before routing looks
 /// at it: a message that fails here is answered with 08P01 and never reaches a server.
 pub fn validate(frame: &Frame) -> Result<(), ProtocolError> {
+    // The views' own checks, without building the views (no reference-count traffic).
+    let body = frame.body();
     match frame.tag {
-        b'Q' => Query::new(frame).map(drop),
-        b'P' => Parse::new(frame).map(drop),
-        b'B' => Bind::new(frame).map(drop),
-        b'D' | b'C' => Targeted::new(frame).map(drop),
-        b'E' => Execute::new(frame).map(drop),
-        b'f' => CopyFail::new(frame).map(drop),
+        b'Q' => Query::locate(body).map(drop),
+        b'P' => Parse::locate(body).map(drop),
+        b'B' => Bind::locate(body).map(drop),
+        b'D' | b'C' => Targeted::locate(frame.tag, body).map(drop),
+        b'E' => Execute::locate(body).map(drop),
+        b'f' => CopyFail::locate(body).map(drop),
         b'S' => expect_empty(frame, "Sync"),
         b'H' => expect_empty(frame, "Flush"),
         b'c' => expect_empty(frame, "CopyDone"),

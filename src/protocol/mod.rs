@@ -49,9 +49,9 @@ pub fn read_cstr<'a>(
     what: &'static str,
 ) -> Result<(&'a [u8], usize), ProtocolError> {
     let rest = buf.get(pos..).ok_or(ProtocolError::Malformed { what })?;
-    let end = rest
-        .iter()
-        .position(|b| *b == 0)
-        .ok_or(ProtocolError::Malformed { what })?;
-    Ok((&rest[..end], pos + end + 1))
+    // memchr (SIMD): measured with benches/profile.sh, cheaper per transaction than a byte
+    // loop (query texts) and than a loop-then-memchr hybrid (short names).
+    let end = memchr::memchr(0, rest).ok_or(ProtocolError::Malformed { what })?;
+    let s = rest.get(..end).ok_or(ProtocolError::Malformed { what })?;
+    Ok((s, pos + end + 1))
 }

@@ -127,6 +127,8 @@ pub struct Session {
     db_name: Arc<str>,
     /// client_idle_timeout and friends for this client (follow reloads).
     timeouts: crate::config::ClientTimeouts,
+    /// Any of them is set (checked once per loop turn).
+    timeouts_on: bool,
     /// When the client or its server last sent something (idle timeouts count from here).
     last_activity: std::time::Instant,
     /// What `info.busy` was last set to (see [`pause`]).
@@ -206,6 +208,7 @@ impl Session {
         Some(Session {
             _registered: registered,
             db_name: Arc::from(login.database.as_str()),
+            timeouts_on: !timeouts.none(),
             timeouts,
             last_activity: std::time::Instant::now(),
             busy: false,
@@ -280,6 +283,7 @@ impl Session {
             }
             self.update_busy();
             let timeout = self.next_timeout();
+            let armed = timeout.is_some();
             let event = {
                 let Session {
                     io, server, info, ..
@@ -294,7 +298,7 @@ impl Session {
                 match server {
                     Some(lease) if self.deferred => tokio::select! {
                         r = lease.conn().fill() => Event::Server(r),
-                        _ = timer => Event::Timeout,
+                        _ = timer, if armed => Event::Timeout,
                     },
                     // Mid-transaction a shutdown waits for the transaction: no need to listen.
                     Some(lease) if self.mode == PoolMode::Transaction => {
@@ -302,7 +306,7 @@ impl Session {
                         tokio::select! {
                             r = conn.fill() => Event::Server(r),
                             r = io.fill() => Event::Client(r),
-                            _ = timer => Event::Timeout,
+                            _ = timer, if armed => Event::Timeout,
                         }
                     }
                     Some(lease) => {
@@ -311,17 +315,17 @@ impl Session {
                             r = conn.fill() => Event::Server(r),
                             r = io.fill() => Event::Client(r),
                             _ = info.wake.notified() => Event::Shutdown,
-                            _ = timer => Event::Timeout,
+                            _ = timer, if armed => Event::Timeout,
                         }
                     }
                     None => tokio::select! {
                         r = io.fill() => Event::Client(r),
                         _ = info.wake.notified() => Event::Shutdown,
-                        _ = timer => Event::Timeout,
+                        _ = timer, if armed => Event::Timeout,
                     },
                 }
             };
-            if matches!(event, Event::Client(_) | Event::Server(Ok(_))) && !self.timeouts.none() {
+            if self.timeouts_on && matches!(event, Event::Client(_) | Event::Server(Ok(_))) {
                 self.last_activity = std::time::Instant::now();
             }
             match event {
@@ -727,6 +731,7 @@ impl Session {
     /// Picks up a reload between transactions: the shard map (or its absence) of the new
     /// config is what the next statement routes by. False when the reload removed the
     /// session's database.
+    #[inline]
     fn refresh_snapshot(&mut self) -> bool {
         let Some(snap) = &mut self.snap else {
             return true;
@@ -739,6 +744,7 @@ impl Session {
             if timeouts != self.timeouts {
                 // Idle time is only tracked while a timeout is set: count from now.
                 self.timeouts = timeouts;
+                self.timeouts_on = !timeouts.none();
                 self.last_activity = std::time::Instant::now();
             }
         }
@@ -799,6 +805,7 @@ impl Session {
             .take()
             .expect("the snapshot is back after every attach");
         let mut result = self.route_and_checkout(first, &snap, shard).await;
+        let mut removed = false;
         // A reload dropped the pool being waited for: route again by the new config (a few
         // times, in case reloads follow each other). Not for a sharded database: the shard
         // was chosen by the old map, and the client's retry will choose by the new one.
@@ -807,15 +814,15 @@ impl Session {
                 break;
             }
             self.app.refresh(&mut snap);
-            match snap.config.databases.get(&*self.db_name) {
-                Some(db) if db.sharding.is_none() => {}
-                _ => break,
+            // The snapshot changed under the session: what it routes by follows it.
+            let db = snap.config.databases.get(&*self.db_name);
+            removed = db.is_none();
+            self.sharded = db.is_some_and(|d| d.sharding.is_some());
+            if removed || self.sharded {
+                break;
             }
             result = self.route_and_checkout(first, &snap, shard).await;
         }
-        let db = snap.config.databases.get(&*self.db_name);
-        let removed = db.is_none();
-        self.sharded = db.is_some_and(|d| d.sharding.is_some());
         self.snap = Some(snap);
         let (mut lease, _target) = result.map_err(|e| match e {
             route::AttachError::Refused(code, message) => (code, message),

@@ -79,12 +79,13 @@ pub fn scan(
         let available = at.len();
         let mut shown_idle = false;
         if matches!(tag, b'E' | b'Z' | b'S') && (tag != b'E' || rewrite.read_only) {
-            let Ok(Some(frame)) = server::frame_at(at, MAX_SERVER_FRAME) else {
-                break; // not whole yet (the header was checked above)
+            // The header was checked above: the body is the rest of the frame, once whole.
+            let Some(body) = at.get(5..total) else {
+                break;
             };
             match tag {
                 b'E' => {
-                    let fields = server::error_fields(frame.body);
+                    let fields = server::error_fields(body);
                     if fields.code == "25006" {
                         tracker.on_frame(tag);
                         flush_run(&mut conn.rbuf, &mut run, out);
@@ -94,8 +95,8 @@ pub fn scan(
                     }
                 }
                 b'Z' => {
-                    *txn_status = server::ready_status(frame.body)
-                        .map_err(|e| conn.protocol(e.to_string()))?;
+                    *txn_status =
+                        server::ready_status(body).map_err(|e| conn.protocol(e.to_string()))?;
                     let shown = if rewrite.idle_as_in_transaction && *txn_status == b'I' {
                         server::set_ready_status(
                             conn.rbuf.get_mut(run..).unwrap_or_default(),
@@ -108,7 +109,7 @@ pub fn scan(
                     shown_idle = shown == b'I';
                 }
                 _ => {
-                    if let Ok((name, value)) = server::parameter_status(frame.body) {
+                    if let Ok((name, value)) = server::parameter_status(body) {
                         params.on_report(&name, &value, &mut conn.state);
                     }
                 }
