@@ -9,7 +9,8 @@
 #   SECS=20 ROUNDS=2 benches/bench.sh      # steadier figures
 #   USHER_BASE_BIN=/path/to/old/usher ONLY_S=1 benches/bench.sh
 #       # also an older usher build, interleaved in the -S runs (before/after a change, in
-#       # the same run); ONLY_S=1 skips everything but the -S runs
+#       # the same run); ONLY_S=1 skips everything but the -S runs and writes
+#       # benches/RESULTS-S.md instead of RESULTS.md
 #
 # Per run, over its steady window (every client logged in and running): TPS, average and p99
 # latency (pgbench --log), the pooler's and Postgres' CPU time per transaction (user+sys from
@@ -327,5 +328,6 @@ REPORT="$WORK/report.md"
     done
   done
 } > "$REPORT"
-cp "$REPORT" benches/RESULTS.md
+# A partial run (ONLY_S) does not replace the full report.
+if [ -n "$ONLY_S" ]; then cp "$REPORT" benches/RESULTS-S.md; else cp "$REPORT" benches/RESULTS.md; fi
 cat "$REPORT"
