@@ -102,6 +102,12 @@ impl App {
         // Only now: the clients waiting on a dropped pool route again, and must find the new
         // config when they do.
         self.pools.retain(keep);
+        let servers: std::collections::HashSet<&crate::config::ServerAddr> = new
+            .databases
+            .values()
+            .flat_map(|d| d.shards.iter().flat_map(|s| s.servers().map(|x| &x.addr)))
+            .collect();
+        self.probes.retain(|addr| servers.contains(addr));
     }
 
     /// Starts a graceful shutdown: no new clients; idle clients are told (57P01) and

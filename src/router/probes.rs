@@ -47,6 +47,12 @@ pub fn control_config(
 }
 
 impl Probes {
+    /// Forgets the control connections of servers for which `keep` is false (a reload removed
+    /// them); a query still using one finishes on it.
+    pub fn retain(&self, keep: impl Fn(&ServerAddr) -> bool) {
+        self.slots.lock().retain(|addr, _| keep(addr));
+    }
+
     /// Runs a query on `addr` over a cached control connection (reconnecting once if it broke).
     pub async fn query(
         &self,
@@ -89,5 +95,25 @@ impl Probes {
             }
         }
         Err(format!("{addr}: unreachable"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retain_forgets_removed_servers() {
+        let probes = Probes::default();
+        let (a, b) = (
+            ServerAddr::parse("127.0.0.1:5432/a").unwrap(),
+            ServerAddr::parse("127.0.0.1:5433/b").unwrap(),
+        );
+        for addr in [&a, &b] {
+            probes.slots.lock().entry(addr.clone()).or_default();
+        }
+        probes.retain(|addr| *addr == a);
+        let slots = probes.slots.lock();
+        assert!(slots.contains_key(&a) && !slots.contains_key(&b));
     }
 }
