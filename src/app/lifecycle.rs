@@ -77,19 +77,18 @@ impl App {
         let mut topology = Topology::new(&new);
         topology.carry_over(&self.topology());
         // Pools of servers, users and databases that stay get the new settings; the others go.
-        let servers_of = |db: &str| -> Vec<crate::config::ServerAddr> {
-            new.databases
-                .get(db)
-                .map(|d| {
-                    d.shards
-                        .iter()
-                        .flat_map(|s| s.servers().map(|x| x.addr.clone()))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let servers: std::collections::HashSet<(&str, &crate::config::ServerAddr)> = new
+            .databases
+            .iter()
+            .flat_map(|(name, d)| {
+                d.shards
+                    .iter()
+                    .flat_map(move |s| s.servers().map(move |x| (name.as_str(), &x.addr)))
+            })
+            .collect();
         let keep = |key: &crate::pool::PoolKey| {
-            new.user(&key.user).is_some() && servers_of(&key.database).contains(&key.server)
+            new.user(&key.user).is_some()
+                && servers.contains(&(key.database.as_str(), &*key.server))
         };
         for pool in self.pools.all() {
             if let (true, Some(user)) = (keep(&pool.key), new.user(&pool.key.user)) {
@@ -102,12 +101,8 @@ impl App {
         // Only now: the clients waiting on a dropped pool route again, and must find the new
         // config when they do.
         self.pools.retain(keep);
-        let servers: std::collections::HashSet<&crate::config::ServerAddr> = new
-            .databases
-            .values()
-            .flat_map(|d| d.shards.iter().flat_map(|s| s.servers().map(|x| &x.addr)))
-            .collect();
-        self.probes.retain(|addr| servers.contains(addr));
+        self.probes
+            .retain(|addr| servers.iter().any(|(_, server)| *server == addr));
     }
 
     /// Starts a graceful shutdown: no new clients; idle clients are told (57P01) and

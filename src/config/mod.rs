@@ -88,9 +88,9 @@ pub struct ClientTimeouts {
 }
 
 impl ClientTimeouts {
-    /// True when none is set (the session loop then arms no timer).
-    pub fn none(&self) -> bool {
-        *self == ClientTimeouts::default()
+    /// `None` when none is set (the session loop then arms no timer).
+    pub fn enabled(self) -> Option<ClientTimeouts> {
+        (self != ClientTimeouts::default()).then_some(self)
     }
 }
 

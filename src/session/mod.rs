@@ -125,10 +125,9 @@ pub struct Session {
     snap: Option<crate::app::Snapshot>,
     /// The database's name, shared cheaply with routing and metrics code.
     db_name: Arc<str>,
-    /// client_idle_timeout and friends for this client (follow reloads).
-    timeouts: crate::config::ClientTimeouts,
-    /// Any of them is set (checked once per loop turn).
-    timeouts_on: bool,
+    /// client_idle_timeout and friends for this client (follow reloads); `None` when all are
+    /// off, so the loop checks one word.
+    timeouts: Option<crate::config::ClientTimeouts>,
     /// When the client or its server last sent something (idle timeouts count from here).
     last_activity: std::time::Instant,
     /// What `info.busy` was last set to (see [`pause`]).
@@ -180,7 +179,7 @@ impl Session {
             return None;
         };
         let mode = config.pool_mode(db, user);
-        let timeouts = config.client_timeouts(user);
+        let timeouts = config.client_timeouts(user).enabled();
         let sharded = db.sharding.is_some();
         let stats = app.metrics.client(&login.database, &login.user);
         let id = app.next_client_id();
@@ -208,7 +207,6 @@ impl Session {
         Some(Session {
             _registered: registered,
             db_name: Arc::from(login.database.as_str()),
-            timeouts_on: !timeouts.none(),
             timeouts,
             last_activity: std::time::Instant::now(),
             busy: false,
@@ -325,7 +323,7 @@ impl Session {
                     },
                 }
             };
-            if self.timeouts_on && matches!(event, Event::Client(_) | Event::Server(Ok(_))) {
+            if self.timeouts.is_some() && matches!(event, Event::Client(_) | Event::Server(Ok(_))) {
                 self.last_activity = std::time::Instant::now();
             }
             match event {
@@ -450,15 +448,8 @@ impl Session {
         if self.server.is_none() {
             if !self.refresh_snapshot() {
                 self.flush_client().await?;
-                self.io
-                    .fatal(
-                        "3D000",
-                        &format!(
-                            "database {:?} was removed from usher's config",
-                            self.login.database
-                        ),
-                    )
-                    .await;
+                let (code, message) = self.database_removed();
+                self.io.fatal(&code, &message).await;
                 return Ok(Flow::Stop);
             }
             match frame.tag {
@@ -740,11 +731,10 @@ impl Session {
             return true;
         }
         if let Some(user) = snap.config.user(&self.login.user) {
-            let timeouts = snap.config.client_timeouts(user);
+            let timeouts = snap.config.client_timeouts(user).enabled();
             if timeouts != self.timeouts {
                 // Idle time is only tracked while a timeout is set: count from now.
                 self.timeouts = timeouts;
-                self.timeouts_on = !timeouts.none();
                 self.last_activity = std::time::Instant::now();
             }
         }
@@ -755,6 +745,14 @@ impl Session {
             }
             None => false,
         }
+    }
+
+    /// SQLSTATE and message for a client whose database a reload removed.
+    fn database_removed(&self) -> (String, String) {
+        let e = crate::pool::PoolError::DatabaseRemoved {
+            database: self.login.database.clone(),
+        };
+        (e.sqlstate().to_string(), e.to_string())
     }
 
     /// The classification of a statement text, computed once per text (see [`memo`]).
@@ -813,11 +811,10 @@ impl Session {
             if !matches!(result, Err(route::AttachError::PoolRemoved)) || self.sharded {
                 break;
             }
-            self.app.refresh(&mut snap);
-            // The snapshot changed under the session: what it routes by follows it.
-            let db = snap.config.databases.get(&*self.db_name);
-            removed = db.is_none();
-            self.sharded = db.is_some_and(|d| d.sharding.is_some());
+            // The snapshot changed under the session: refreshed as between transactions.
+            self.snap = Some(snap);
+            removed = !self.refresh_snapshot();
+            snap = self.snap.take().expect("just put back");
             if removed || self.sharded {
                 break;
             }
@@ -826,13 +823,7 @@ impl Session {
         self.snap = Some(snap);
         let (mut lease, _target) = result.map_err(|e| match e {
             route::AttachError::Refused(code, message) => (code, message),
-            route::AttachError::PoolRemoved if removed => (
-                "3D000".to_string(),
-                format!(
-                    "database {:?} was removed from usher's config",
-                    self.login.database
-                ),
-            ),
+            route::AttachError::PoolRemoved if removed => self.database_removed(),
             route::AttachError::PoolRemoved => (
                 "08006".to_string(),
                 "usher: the server was removed from the config by a reload; try again".to_string(),

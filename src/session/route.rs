@@ -171,12 +171,10 @@ impl Session {
     ) -> Result<(Lease, Target), AttachError> {
         let config = &snap.config;
         let name = self.db_name.clone();
-        let db = config.databases.get(&*name).ok_or_else(|| {
-            (
-                "3D000".to_string(),
-                format!("database {name:?} was removed from usher's config"),
-            )
-        })?;
+        let db = config
+            .databases
+            .get(&*name)
+            .ok_or_else(|| self.database_removed())?;
         let user = config.user(&self.login.user).ok_or_else(|| {
             (
                 "28000".to_string(),

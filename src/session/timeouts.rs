@@ -66,10 +66,7 @@ impl Session {
 
     /// The timeout that fires next in the session's present state, and when.
     pub(super) fn next_timeout(&self) -> Option<(Instant, Timeout)> {
-        if !self.timeouts_on {
-            return None;
-        }
-        let t = &self.timeouts;
+        let t = self.timeouts.as_ref()?;
         let in_flight = self.in_flight();
         let in_transaction = self.txn_status != b'I' || self.held_begin.is_some();
         let mut next: Option<(Instant, Timeout)> = None;
