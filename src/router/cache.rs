@@ -61,7 +61,9 @@ impl QueryCache {
         let text = String::from_utf8_lossy(sql);
         let c = Arc::new(classify(&text));
         let key = match key {
-            Cow::Borrowed(_) => sql.clone(),
+            // A copy: `sql` is a slice of a client's receive buffer, which a cache entry
+            // would otherwise keep alive whole for as long as it stays cached.
+            Cow::Borrowed(_) => Bytes::copy_from_slice(sql),
             Cow::Owned(v) => Bytes::from(v),
         };
         self.map.lock().put(key, c.clone());
@@ -86,5 +88,12 @@ mod tests {
             ),
             (1, 1)
         );
+        // The key is a copy (no literals to strip, so the text is the key): a cached entry
+        // must not keep the client's receive buffer alive.
+        let buffer = Bytes::from(b"SELECT now()".to_vec());
+        cache.classify(&buffer);
+        let map = cache.map.lock();
+        let (key, _) = map.iter().find(|(k, _)| &k[..] == b"SELECT now()").unwrap();
+        assert_ne!(key.as_ptr(), buffer.as_ptr());
     }
 }

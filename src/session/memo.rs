@@ -60,7 +60,7 @@ impl Memo {
         }
         let class = cache.classify(sql);
         self.insert(Entry {
-            sql: sql.clone(),
+            sql: Bytes::copy_from_slice(sql),
             class: class.clone(),
             spans: None,
         });
@@ -88,7 +88,7 @@ impl Memo {
         }
         let class = cache.classify_with_spans(sql, spans);
         self.insert(Entry {
-            sql: sql.clone(),
+            sql: Bytes::copy_from_slice(sql),
             class: class.clone(),
             spans: Some(spans.clone()),
         });
@@ -122,6 +122,8 @@ mod tests {
         assert_eq!(spans.len(), 2);
         // classify, then the spans once: two shared lookups for four asks.
         assert_eq!(lookups(&cache), 2);
+        // The memo keeps its own copy, not a slice pinning the client's receive buffer.
+        assert_ne!(memo.entries.borrow()[0].sql.as_ptr(), q.as_ptr());
     }
 
     #[test]
