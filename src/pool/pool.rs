@@ -487,12 +487,11 @@ impl Pool {
         let waiters = {
             let mut s = self.state.lock();
             s.removed = true;
-            s.reconnect_at = Some(Instant::now());
             std::mem::take(&mut s.waiters)
         };
         // Dropping a sender wakes its waiter with an error: `wait` reports Removed.
         drop(waiters);
-        self.close_idle();
+        self.reconnect();
     }
 
     fn removed_error(&self) -> PoolError {

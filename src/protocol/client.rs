@@ -19,6 +19,15 @@ fn span(start: usize, end: usize) -> Range<usize> {
     start..end
 }
 
+/// The length of the string at `pos` that must end the body (its NUL is the last byte).
+fn last_cstr(body: &[u8], pos: usize, what: &'static str) -> Result<usize, ProtocolError> {
+    let (s, end) = read_cstr(body, pos, what)?;
+    if end != body.len() {
+        return Err(ProtocolError::Malformed { what });
+    }
+    Ok(s.len())
+}
+
 /// A range of the raw frame as a range of its body (past the 5-byte header).
 fn body_span(raw: &Range<usize>) -> super::extended::NameSpan {
     super::extended::NameSpan {
@@ -46,11 +55,7 @@ impl Query {
 
     /// The length of the SQL text, once the body is checked.
     fn locate(body: &[u8]) -> Result<usize, ProtocolError> {
-        let (sql, end) = read_cstr(body, 0, "Query")?;
-        if end != body.len() {
-            return Err(ProtocolError::Malformed { what: "Query" });
-        }
-        Ok(sql.len())
+        last_cstr(body, 0, "Query")
     }
 
     /// The SQL text, without its terminator (zero-copy).
@@ -230,11 +235,7 @@ impl Targeted {
             Some(b'P') => Target::Portal,
             _ => return Err(ProtocolError::Malformed { what }),
         };
-        let (name, end) = read_cstr(body, 1, what)?;
-        if end != body.len() {
-            return Err(ProtocolError::Malformed { what });
-        }
-        Ok((target, name.len()))
+        Ok((target, last_cstr(body, 1, what)?))
     }
 
     /// The statement or portal name.
@@ -305,11 +306,7 @@ impl CopyFail {
 
     /// The reason's length, once the body is checked.
     fn locate(body: &[u8]) -> Result<usize, ProtocolError> {
-        let (reason, end) = read_cstr(body, 0, "CopyFail")?;
-        if end != body.len() {
-            return Err(ProtocolError::Malformed { what: "CopyFail" });
-        }
-        Ok(reason.len())
+        last_cstr(body, 0, "CopyFail")
     }
 
     /// The reason text.
