@@ -28,23 +28,18 @@ async fn send_and_read_to_close(s: &mut tokio::net::TcpStream, bytes: &[u8]) -> 
 }
 
 /// (tag, SQLSTATE or "") of each message.
-fn shape(mut bytes: &[u8]) -> Vec<(char, String)> {
-    let mut out = Vec::new();
-    while bytes.len() >= 5 {
-        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
-        let body = &bytes[5..1 + len];
-        let code = if bytes[0] == b'E' {
-            body.split(|b| *b == 0)
-                .find_map(|f| f.strip_prefix(b"C"))
-                .map(|c| String::from_utf8_lossy(c).into_owned())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        out.push((bytes[0] as char, code));
-        bytes = &bytes[1 + len..];
-    }
-    out
+fn shape(bytes: &[u8]) -> Vec<(char, String)> {
+    fake_server::frames(bytes)
+        .into_iter()
+        .map(|(tag, body)| {
+            let code = if tag == b'E' {
+                fake_server::error_code(&body)
+            } else {
+                String::new()
+            };
+            (tag as char, code)
+        })
+        .collect()
 }
 
 fn query(sql: &str) -> Vec<u8> {

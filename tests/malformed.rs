@@ -8,13 +8,7 @@ mod common;
 use common::*;
 use tokio::io::AsyncWriteExt;
 
-/// One message: tag, length, body.
-fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
+use common::fake_server::{error_code, frame as msg, frames};
 
 /// Parse, Bind (bodies as given), Execute of the unnamed portal, Sync: one extended batch.
 fn parse_bind_execute_sync(parse: &[u8], bind: &[u8]) -> Vec<u8> {
@@ -31,32 +25,13 @@ fn query(sql: &str) -> Vec<u8> {
     msg(b'Q', format!("{sql}\0").as_bytes())
 }
 
-/// The (tag, body) frames of a server answer.
-fn frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut out = Vec::new();
-    while bytes.len() >= 5 {
-        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
-        out.push((bytes[0], bytes[5..1 + len].to_vec()));
-        bytes = &bytes[1 + len..];
-    }
-    out
-}
-
-/// The SQLSTATE of an ErrorResponse body.
-fn code(body: &[u8]) -> String {
-    body.split(|b| *b == 0)
-        .find_map(|f| f.strip_prefix(b"C"))
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .unwrap_or_default()
-}
-
 /// Tags and error codes of an answer, e.g. `["1", "E 08P01", "Z I"]`.
 fn shape(bytes: &[u8]) -> Vec<String> {
     frames(bytes)
         .into_iter()
         .filter(|(t, _)| !matches!(t, b'N' | b'S'))
         .map(|(t, b)| match t {
-            b'E' => format!("E {}", code(&b)),
+            b'E' => format!("E {}", error_code(&b)),
             b'Z' => format!("Z {}", b[0] as char),
             t => (t as char).to_string(),
         })

@@ -8,7 +8,6 @@
 
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,8 +28,6 @@ pub type Script = Arc<dyn Fn(usize, u8, &[u8]) -> Vec<Action> + Send + Sync>;
 pub struct FakeServer {
     /// Its port on 127.0.0.1.
     pub port: u16,
-    /// Connections accepted so far.
-    pub connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -45,22 +42,17 @@ impl FakeServer {
     pub async fn start(script: Script) -> FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let count = connections.clone();
         let task = tokio::spawn(async move {
+            let mut n = 0;
             while let Ok((stream, _)) = listener.accept().await {
-                let n = count.fetch_add(1, Ordering::SeqCst);
                 let script = script.clone();
                 tokio::spawn(async move {
                     let _ = serve(stream, n, script).await;
                 });
+                n += 1;
             }
         });
-        FakeServer {
-            port,
-            connections,
-            task,
-        }
+        FakeServer { port, task }
     }
 }
 
@@ -136,6 +128,29 @@ pub fn startup_packet(user: &str, db: &str) -> Vec<u8> {
     let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
     out.extend_from_slice(&body);
     out
+}
+
+/// The (tag, body) frames of bytes a server (or usher) sent; a cut-off frame at the end is
+/// left out.
+pub fn frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let (Some(&tag), Some(len)) = (bytes.first(), bytes.get(1..5)) {
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let Some(body) = bytes.get(5..1 + len) else {
+            break;
+        };
+        out.push((tag, body.to_vec()));
+        bytes = &bytes[1 + len..];
+    }
+    out
+}
+
+/// The SQLSTATE of an ErrorResponse body (empty when it has none).
+pub fn error_code(body: &[u8]) -> String {
+    body.split(|b| *b == 0)
+        .find_map(|f| f.strip_prefix(b"C"))
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .unwrap_or_default()
 }
 
 /// One message: tag, length, body.
