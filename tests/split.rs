@@ -490,29 +490,25 @@ async fn fatal_first_answer_with_no_other_server_reaches_the_client() {
         .unwrap();
     // The lock's WAL record goes out with the next flush: a committed transaction forces one.
     t.primary.psql(&db, "SELECT pg_current_xact_id()");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while t.replica().psql(
+    until_nonzero(
+        t.replica(),
         &db,
         "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation = 'locked'::regclass",
-    ) == "0"
-    {
-        assert!(std::time::Instant::now() < deadline, "the replica never replayed the lock");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+        "the replica never replayed the lock",
+    )
+    .await;
     let sleeper = tokio::spawn(async move {
         c.simple_query("SELECT x AS fatal_noretry FROM locked")
             .await
             .map(drop)
     });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while t.replica().psql(
+    until_nonzero(
+        t.replica(),
         &db,
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE '%AS fatal_noretry%' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
-    ) == "0"
-    {
-        assert!(std::time::Instant::now() < deadline, "the read never waited for the lock");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+        "the read never waited for the lock",
+    )
+    .await;
     let err = tokio::time::timeout(std::time::Duration::from_secs(10), sleeper)
         .await
         .expect("the client gets an answer")
@@ -533,6 +529,15 @@ async fn fatal_first_answer_with_no_other_server_reaches_the_client() {
             "the replica never came back"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `sql` on `pg` until it returns something other than 0 (10 s at most, else `what`).
+async fn until_nonzero(pg: &Pg, db: &str, sql: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pg.psql(db, sql) == "0" {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
