@@ -13,7 +13,7 @@ pub mod startup;
 #[cfg(test)]
 mod robustness;
 
-pub use frame::{split_frame, Frame};
+pub use frame::{peek_header, split_frame, Frame};
 
 /// Something in a message was not valid protocol.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]

@@ -8,6 +8,7 @@ pub mod classify;
 pub(crate) mod lex;
 pub mod monitor;
 pub mod normalize;
+pub mod plan;
 pub mod probes;
 pub mod shard;
 pub mod topology;

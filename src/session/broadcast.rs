@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use super::responses::Expect;
 use super::{Flow, Session, SessionError};
 use crate::protocol::messages::{self, ErrorFields};
-use crate::protocol::{client, extended, split_frame, Frame};
+use crate::protocol::{client, extended, Frame};
 use crate::router;
 
 /// How one shard's run ended.
@@ -24,19 +24,11 @@ enum Outcome {
 }
 
 impl Session {
-    /// Runs the batch starting with `first` on every shard's primary and answers the client.
-    pub(super) async fn broadcast(&mut self, first: Frame) -> Result<Flow, SessionError> {
+    /// Runs the batch `frames` (a Query, or extended messages up to their Sync) on every
+    /// shard's primary and answers the client.
+    pub(super) async fn broadcast(&mut self, frames: Vec<Frame>) -> Result<Flow, SessionError> {
         // It holds servers of every shard: PAUSE waits for it and holds it.
         self.wait_if_paused().await;
-        let mut frames = vec![first];
-        if frames[0].tag != b'Q' {
-            while frames.last().map(|f| f.tag) != Some(b'S') {
-                match split_frame(&mut self.io.rbuf, self.io.max_message)? {
-                    Some(f) => frames.push(f),
-                    None => break,
-                }
-            }
-        }
         // Named statements live in usher (prepared lazily per server): send them as the
         // unnamed statement, with a Parse usher adds when the batch did not carry one.
         let mut batch = BytesMut::new();

@@ -14,6 +14,7 @@ mod params;
 mod pause;
 mod prepared;
 mod relay;
+mod request;
 mod responses;
 mod retry;
 mod route;
@@ -32,10 +33,12 @@ use crate::config::PoolMode;
 use crate::frontend::cancel::CancelTarget;
 use crate::frontend::{ClientIo, FrontendError, Login};
 use crate::pool::Lease;
-use crate::protocol::{client, messages, split_frame, Frame, ProtocolError};
+use crate::protocol::{client, messages, Frame, ProtocolError};
 use crate::router;
+use crate::router::plan::{Plan, Run};
 use params::ClientParams;
 use prepared::ClientStatements;
+use request::Request;
 use responses::{Expect, Tracker};
 use sql_scan::SessionChange;
 
@@ -62,9 +65,9 @@ impl From<ProtocolError> for SessionError {
 enum Flow {
     Continue,
     Stop,
-    /// Put this frame back and process it later: when more client data arrived (its batch is
-    /// incomplete) or, with a server attached, once the server answered what is in flight.
-    Wait(Frame),
+    /// Process the request's current message later: when more client data arrived (its batch
+    /// is incomplete) or, with a server attached, once the server answered what is in flight.
+    Wait,
 }
 
 /// One client's session.
@@ -99,7 +102,9 @@ pub struct Session {
     /// Length of `client_out` when recording started: anything past it is part of the answer.
     replay_mark: usize,
     /// A BEGIN held back by the aggressive strategy until the first real statement.
-    held_begin: Option<Frame>,
+    held_begin: Option<aggressive::Held>,
+    /// The request being processed, when it waits for more client data or for the server.
+    request: Option<Request>,
     /// The attached transaction was routed to a replica by the aggressive strategy: its
     /// read-only errors are rewritten to name the setting.
     rewrite_read_only: bool,
@@ -239,6 +244,7 @@ impl Session {
             replay_bytes: 0,
             replay_mark: 0,
             held_begin: None,
+            request: None,
             rewrite_read_only: false,
         })
     }
@@ -362,26 +368,34 @@ impl Session {
         }
     }
 
-    /// Processes every whole frame the client sent, then sends the batch to the server.
+    /// Processes every whole request the client sent, then sends the batch to the server.
     async fn on_client_data(&mut self) -> Result<Flow, SessionError> {
+        let max = self.io.max_message;
         loop {
-            let frame = match split_frame(&mut self.io.rbuf, self.io.max_message) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => {
-                    self.io
-                        .fatal("08P01", &format!("invalid message: {e}"))
-                        .await;
-                    return Err(e.into());
+            let mut request = match self.request.take() {
+                Some(mut r) => {
+                    r.extend(&mut self.io.rbuf, max);
+                    r
                 }
+                None => match Request::cut(&mut self.io.rbuf, max) {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.io
+                            .fatal("08P01", &format!("invalid message: {e}"))
+                            .await;
+                        return Err(e.into());
+                    }
+                },
             };
-            match self.on_client_frame(frame).await {
+            let flow = self.on_request(&mut request).await;
+            if !request.is_done() {
+                self.request = Some(request);
+            }
+            match flow {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Stop) => return Ok(Flow::Stop),
-                Ok(Flow::Wait(frame)) => {
-                    let rest = self.io.rbuf.split();
-                    self.io.rbuf.extend_from_slice(&frame.raw);
-                    self.io.rbuf.unsplit(rest);
+                Ok(Flow::Wait) => {
                     self.deferred = self.server.is_some();
                     break;
                 }
@@ -408,7 +422,22 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    async fn on_client_frame(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+    /// Processes the request's messages in order, until it is done or must wait.
+    async fn on_request(&mut self, request: &mut Request) -> Result<Flow, SessionError> {
+        while let Some(frame) = request.current().cloned() {
+            match self.on_client_frame(request, frame).await? {
+                Flow::Continue => request.advance(1),
+                other => return Ok(other),
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn on_client_frame(
+        &mut self,
+        request: &mut Request,
+        frame: Frame,
+    ) -> Result<Flow, SessionError> {
         tracing::trace!(tag = %(frame.tag as char), len = frame.raw.len(), attached = self.server.is_some(), "client frame");
         match frame.tag {
             b'X' => return Ok(Flow::Stop),
@@ -460,7 +489,7 @@ impl Session {
                 b'H' | b'd' | b'c' | b'f' => return Ok(Flow::Continue),
                 b'P' if self.mode == PoolMode::Transaction
                     && !frame.body().starts_with(b"\0")
-                    && self.parses(&frame) =>
+                    && self.parses(request) =>
                 {
                     self.stmts.remember(&frame)?;
                     self.tracker
@@ -480,61 +509,60 @@ impl Session {
                 }
                 _ => {}
             }
-            if self.held_begin.is_some() && self.txn_status == b'E' {
-                // usher refused this transaction's first statement: it is aborted.
-                if !self.hold_begin(&frame) {
-                    self.refuse(frame.tag, shard::aborted_error());
+            match self.plan(request).await {
+                Plan::Wait => return Ok(Flow::Wait),
+                Plan::Local(control) => {
+                    self.answer_control(request, control);
+                    return Ok(Flow::Continue);
                 }
-                return Ok(Flow::Continue);
-            }
-            if self.hold_begin(&frame) {
-                return Ok(Flow::Continue);
-            }
-            let mut side_trip = false;
-            let shard = match self.shard_of_batch(&frame) {
-                Ok(Some(shard::ShardChoice::Shard(s))) => s,
-                Ok(Some(shard::ShardChoice::Prepare(s))) => {
-                    side_trip = self.held_begin.is_some();
-                    s
-                }
-                Ok(Some(shard::ShardChoice::Broadcast)) if self.held_begin.is_none() => {
-                    return self.broadcast(frame).await;
-                }
-                Ok(Some(shard::ShardChoice::Broadcast)) => {
-                    let e = messages::error_response("ERROR", "0A000", "usher: DDL runs on every shard and must be sent outside a transaction block (or with /* usher: shard=N */ to run it on one shard)", None);
+                Plan::Refuse(r) => {
+                    if r.rejected {
+                        self.stats.route(crate::stats::RouteOutcome::Rejected);
+                    }
+                    let e = messages::error_response("ERROR", r.sqlstate, &r.message, None);
                     self.refuse_in_held_transaction(frame.tag, e);
                     return Ok(Flow::Continue);
                 }
-                Ok(None) => return Ok(Flow::Wait(frame)),
-                Err(e) => {
-                    self.stats.route(crate::stats::RouteOutcome::Rejected);
-                    let e = messages::error_response("ERROR", e.sqlstate(), &e.to_string(), None);
+                Plan::Broadcast => {
+                    let frames = request.take_rest();
+                    return self.broadcast(frames).await;
+                }
+                Plan::CheckFunctions(_) => {
+                    // Session::plan answers these itself; a plan asking twice is usher's bug.
+                    let e = messages::error_response(
+                        "ERROR",
+                        "XX000",
+                        "usher: internal error: function volatility unresolved",
+                        None,
+                    );
                     self.refuse_in_held_transaction(frame.tag, e);
                     return Ok(Flow::Continue);
                 }
-            };
-            if self.sharded {
-                self.stats.route(crate::stats::RouteOutcome::Shard);
-            }
-            if let Err((code, message)) = self.attach(&frame, shard).await {
-                self.stats.route(crate::stats::RouteOutcome::Rejected);
-                let e = messages::error_response("ERROR", &code, &message, None);
-                self.refuse_in_held_transaction(frame.tag, e);
-                return Ok(Flow::Continue);
-            }
-            self.start_replay();
-            if side_trip {
-                // Only preparing: the held BEGIN stays held, and the client keeps seeing its
-                // transaction as open.
-                self.side_trip = true;
-                self.rewrite_read_only = false;
-            } else {
-                self.release_held_begin();
+                Plan::Run(run) => {
+                    if run.sharded {
+                        self.stats.route(crate::stats::RouteOutcome::Shard);
+                    }
+                    if let Err((code, message)) = self.attach(run).await {
+                        self.stats.route(crate::stats::RouteOutcome::Rejected);
+                        let e = messages::error_response("ERROR", &code, &message, None);
+                        self.refuse_in_held_transaction(frame.tag, e);
+                        return Ok(Flow::Continue);
+                    }
+                    self.start_replay();
+                    if run.prepare_only {
+                        // Only preparing: the held BEGIN stays held, and the client keeps
+                        // seeing its transaction as open.
+                        self.side_trip = true;
+                        self.rewrite_read_only = false;
+                    } else {
+                        self.release_held_begin();
+                    }
+                }
             }
         } else if self.sharded && matches!(frame.tag, b'Q' | b'B') {
-            match self.check_pinned(&frame) {
+            match self.check_pinned(request) {
                 shard::PinCheck::Run => {}
-                shard::PinCheck::Defer => return Ok(Flow::Wait(frame)),
+                shard::PinCheck::Defer => return Ok(Flow::Wait),
                 shard::PinCheck::Reject(code, message) => {
                     self.stats.route(crate::stats::RouteOutcome::Rejected);
                     self.replay = None;
@@ -545,6 +573,7 @@ impl Session {
             }
         }
         self.record(&frame);
+        self.note_write(request);
         self.forward(frame)?;
         self.client_out.append(&mut self.tracker.ready);
         Ok(Flow::Continue)
@@ -552,9 +581,6 @@ impl Session {
 
     /// Appends a client frame to the server batch and records what it expects back.
     fn forward(&mut self, frame: Frame) -> Result<(), SessionError> {
-        if matches!(frame.tag, b'Q' | b'P' | b'B') {
-            self.note_write(&frame);
-        }
         if matches!(frame.tag, b'Q' | b'E') {
             self.stats.queries.inc();
         }
@@ -659,15 +685,26 @@ impl Session {
         Ok(())
     }
 
-    /// True when the query of a Parse is valid SQL for the Postgres grammar (cached by text), so
-    /// usher may answer the Parse itself; otherwise it goes to a server, which reports the
-    /// syntax error where the client expects it.
-    fn parses(&self, frame: &Frame) -> bool {
-        let Ok(parse) = client::Parse::new(frame) else {
-            return false;
-        };
-        let sql = parse.query();
-        !self.classify(&sql).parse_error
+    /// True when the query of the Parse at the request's position is valid SQL for the
+    /// Postgres grammar (cached by text), so usher may answer the Parse itself; otherwise it
+    /// goes to a server, which reports the syntax error where the client expects it.
+    fn parses(&self, request: &mut Request) -> bool {
+        let i = request.position();
+        request
+            .statement(i, &self.lookup())
+            .and_then(|s| s.class.as_ref())
+            .is_some_and(|c| !c.parse_error)
+    }
+
+    /// What statement lookups read (literal spans too for a sharded database, which routes
+    /// by literal keys).
+    fn lookup(&self) -> request::Lookup<'_> {
+        request::Lookup {
+            stmts: &self.stmts,
+            memo: &self.memo,
+            cache: &self.app.query_cache,
+            spans: self.sharded,
+        }
     }
 
     /// Nothing of the client's is in flight or open: it may be disconnected for a shutdown.
@@ -677,6 +714,7 @@ impl Session {
             && self.tracker.is_idle()
             && self.pass.is_none()
             && self.io.rbuf.is_empty()
+            && self.request.is_none()
     }
 
     /// Answers a message usher refuses with `error` (and ReadyForQuery for a simple Query; an
@@ -698,25 +736,6 @@ impl Session {
             self.txn_status = b'E';
         }
         self.refuse(tag, error);
-    }
-
-    /// The shard for the transaction starting with `frame`; `None` while the rest of its batch
-    /// is still on the way (sharded databases route by the bind values that follow a Parse).
-    fn shard_of_batch(
-        &self,
-        frame: &Frame,
-    ) -> Result<Option<shard::ShardChoice>, crate::router::shard::ShardError> {
-        if !self.sharded {
-            return Ok(Some(shard::ShardChoice::Shard(0)));
-        }
-        let Some(db) = self.snap().config.databases.get(&self.login.database) else {
-            return Ok(Some(shard::ShardChoice::Shard(0)));
-        };
-        let (frames, complete) = self.batch(frame);
-        if !complete {
-            return Ok(None);
-        }
-        self.choose_shard(&frames, db).map(Some)
     }
 
     /// Picks up a reload between transactions: the shard map (or its absence) of the new
@@ -775,13 +794,13 @@ impl Session {
         self.client_out.append(&mut self.tracker.ready);
     }
 
-    /// Gets a server for the transaction starting with `first`; on failure returns the
+    /// Gets a server for a transaction planned to run as `run`; on failure returns the
     /// SQLSTATE and message for the client.
-    async fn attach(&mut self, first: &Frame, shard: usize) -> Result<(), (String, String)> {
+    async fn attach(&mut self, run: Run) -> Result<(), (String, String)> {
         // PAUSE: new transactions of a paused database wait for RESUME.
         self.wait_if_paused().await;
         self.set_state(crate::stats::CLIENT_WAITING);
-        let result = self.attach_now(first, shard).await;
+        let result = self.attach_now(run).await;
         self.set_state(if result.is_ok() {
             crate::stats::CLIENT_ACTIVE
         } else {
@@ -796,13 +815,18 @@ impl Session {
             .store(state, std::sync::atomic::Ordering::Relaxed);
     }
 
-    async fn attach_now(&mut self, first: &Frame, shard: usize) -> Result<(), (String, String)> {
+    async fn attach_now(&mut self, run: Run) -> Result<(), (String, String)> {
+        if let Some(role) = run.set_role {
+            self.route.role_override = Some(role);
+        }
+        self.route.txn_writes = run.writes;
+        self.route.track_writes = run.track_writes;
         // Lent out (not cloned) for the checkout: no shared reference count is touched.
         let mut snap = self
             .snap
             .take()
             .expect("the snapshot is back after every attach");
-        let mut result = self.route_and_checkout(first, &snap, shard).await;
+        let mut result = self.route_and_checkout(run, &snap).await;
         let mut removed = false;
         // A reload dropped the pool being waited for: route again by the new config (a few
         // times, in case reloads follow each other). Not for a sharded database: the shard
@@ -818,7 +842,7 @@ impl Session {
             if removed || self.sharded {
                 break;
             }
-            result = self.route_and_checkout(first, &snap, shard).await;
+            result = self.route_and_checkout(run, &snap).await;
         }
         self.snap = Some(snap);
         let (mut lease, _target) = result.map_err(|e| match e {

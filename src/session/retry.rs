@@ -6,6 +6,7 @@
 use super::{Session, SessionError};
 use crate::protocol::server;
 use crate::protocol::Frame;
+use crate::router::plan::Run;
 
 /// Frames kept for replay beyond this many bytes make the transaction non-retryable.
 const MAX_REPLAY_BYTES: usize = 1 << 20;
@@ -73,16 +74,24 @@ impl Session {
             "server failed before answering a read; retrying it on another server"
         );
         self.route.exclude.push(self.route.attached_server);
-        let Some(first) = frames.first() else {
-            return Ok(false);
-        };
         // The failed server stays attached until another one is had: when none is, what it
         // said last (its FATAL) is relayed to the client as is.
         let failed = self.server.take();
         let tracker = std::mem::take(&mut self.tracker);
         let (pass, status) = (self.pass.take(), self.txn_status);
         self.txn_status = b'I';
-        if let Err((_, message)) = self.attach(first, self.route.attached_shard).await {
+        // Only a read is retried: another replica (or the primary as a fallback) takes it.
+        let run = Run {
+            shard: self.route.attached_shard,
+            primary: false,
+            prepare_only: false,
+            set_role: None,
+            writes: false,
+            track_writes: false,
+            split: true,
+            sharded: self.sharded,
+        };
+        if let Err((_, message)) = self.attach(run).await {
             tracing::warn!(reason = why, error = %message, "no other server can take the read");
             self.server = failed;
             self.tracker = tracker;

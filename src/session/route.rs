@@ -3,25 +3,25 @@
 //! check a connection out of that server's pool, banning servers that fail and retrying reads
 //! elsewhere while nothing has reached the client yet.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
-
+use super::request::Request;
 use super::Session;
 use crate::app::Snapshot;
 use crate::config::{Config, PoolMode};
 use crate::pool::{Lease, Pool, PoolError};
-use crate::protocol::{client, server, Frame};
+use crate::router::plan::{Facts, Plan, Run};
 use crate::router::shard::ShardHint;
-use crate::router::{self, Classification, Role, RoleHint, Target};
+use crate::router::{self, Role, RoleHint, Target};
 use crate::server::ServerError;
 use crate::stats::RouteOutcome;
 
 /// Pools by shard and server index, and the config they were made for.
 type PoolSlots = Option<(Arc<Config>, Vec<Vec<Option<Arc<Pool>>>>)>;
 
-/// A batch larger than this is routed on what has arrived, without waiting for its Sync.
-const MAX_LOOKAHEAD: usize = 16 << 20;
+/// Spreads reads of global tables over the shards.
+static ANY_SHARD: AtomicUsize = AtomicUsize::new(0);
 
 /// Routing state a session keeps between transactions.
 #[derive(Default)]
@@ -74,103 +74,90 @@ impl From<(String, String)> for AttachError {
     }
 }
 
-/// Where a query text sits in a message, if it carries one routing should look at.
-fn query_text(session: &Session, frame: &Frame) -> Option<Bytes> {
-    match frame.tag {
-        b'Q' | b'P' => client::sql_of(frame),
-        b'B' => session
-            .stmts
-            .query_of(client::Bind::new(frame).ok()?.statement()),
-        b'D' => match client::Targeted::new(frame).ok()? {
-            d if d.target == client::Target::Statement => session.stmts.query_of(d.name()),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
 impl Session {
-    /// Read-your-writes inside a transaction on the primary: notes whether `frame` writes.
-    /// Calls of functions not already known to be non-volatile count as writes here (no catalog
-    /// lookup in the middle of a transaction); that only costs an extra LSN read at commit.
-    pub(super) fn note_write(&mut self, frame: &Frame) {
+    /// The plan for the transaction starting at the request's position (see
+    /// [`router::plan`]), with the catalog asked when it needs function volatility.
+    pub(super) async fn plan(&mut self, request: &mut Request) -> Plan {
+        let mut volatile = None;
+        loop {
+            let plan = self.plan_now(request, volatile);
+            match plan {
+                Plan::CheckFunctions(functions) if volatile.is_none() => {
+                    let config = &self.snap().config;
+                    volatile = Some(
+                        self.app
+                            .calls_volatile(config, &self.db_name, &functions)
+                            .await,
+                    );
+                }
+                plan => return plan,
+            }
+        }
+    }
+
+    fn plan_now(&self, request: &mut Request, volatile: Option<bool>) -> Plan {
+        let Some(db) = self.snap().config.databases.get(&*self.db_name) else {
+            let (_, message) = self.database_removed();
+            return Plan::Refuse(router::plan::Refusal {
+                sqlstate: "3D000",
+                message,
+                rejected: true,
+            });
+        };
+        let transaction_mode = self.mode == PoolMode::Transaction;
+        // Only a sharded or split database reads statements to plan.
+        let reads = db.sharding.is_some() || (db.read_write_split && transaction_mode);
+        let lookup = self.lookup();
+        let batch = request.batch(reads.then_some(&lookup));
+        let facts = Facts {
+            db,
+            transaction_mode,
+            held: self.held_begin.as_ref().map(|h| &h.statement),
+            aborted: self.held_begin.is_some() && self.txn_status == b'E',
+            role_override: self.route.role_override,
+            shard_override: self.route.shard_override.as_ref(),
+            volatile,
+            rotation: if db.sharding.is_some() {
+                ANY_SHARD.fetch_add(1, Ordering::Relaxed)
+            } else {
+                0
+            },
+        };
+        router::plan::plan(&batch, &facts)
+    }
+
+    /// Read-your-writes inside a transaction on the primary: notes whether the request's
+    /// current message writes. Calls of functions not already known to be non-volatile count
+    /// as writes here (no catalog lookup in the middle of a transaction); that only costs an
+    /// extra LSN read at commit.
+    pub(super) fn note_write(&mut self, request: &mut Request) {
         if !self.route.track_writes || self.route.txn_writes {
             return;
         }
-        if let Some(sql) = query_text(self, frame) {
-            let config = self.app.config();
-            let Some(db) = config.databases.get(&self.login.database) else {
-                return;
-            };
-            let c = self.classify(&sql);
-            let name = &self.login.database;
-            self.route.txn_writes = c.write
-                || c.functions.iter().any(|f| {
-                    crate::router::classify::is_configured_write(f, &db.write_functions)
-                        || self.app.volatile_cached(name, f) != Some(false)
-                });
-        }
-    }
-
-    /// The transaction starting with `first`: it and the messages the client already pipelined
-    /// behind it, up to its Sync; and whether that Sync (or a Flush) has arrived.
-    pub(super) fn batch(&self, first: &Frame) -> (Vec<Frame>, bool) {
-        let mut frames = vec![first.clone()];
-        if first.tag == b'Q' || first.tag == b'S' {
-            return (frames, true);
-        }
-        let mut rest = &self.io.rbuf[..];
-        let mut seen = 0;
-        loop {
-            match server::frame_at(rest, self.io.max_message) {
-                Ok(Some(f)) => {
-                    if matches!(f.tag, b'S' | b'Q' | b'H') {
-                        return (frames, true);
-                    }
-                    frames.push(Frame::new(f.tag, f.body));
-                    seen += f.total;
-                    rest = rest.get(f.total..).unwrap_or_default();
-                }
-                Ok(None) => return (frames, seen >= MAX_LOOKAHEAD),
-                Err(_) => return (frames, true),
-            }
-        }
-    }
-
-    /// Classification of the transaction starting with `first`, merged over the messages the
-    /// client already pipelined behind it (up to its Sync).
-    fn classify_batch(&self, first: &Frame) -> Classification {
-        let mut merged = Classification::default();
-        let mut merge = |c: &Classification| {
-            merged.write |= c.write;
-            merged.begins = merged.begins.or(c.begins);
-            merged.hint = merged.hint.or(c.hint);
-            merged.set_role = c.set_role.or(merged.set_role);
-            merged.parse_error |= c.parse_error;
-            merged.functions.extend(c.functions.iter().cloned());
+        let i = request.position();
+        let Some(class) = request
+            .statement(i, &self.lookup())
+            .and_then(|s| s.class.clone())
+        else {
+            return;
         };
-        let (mut frames, _) = self.batch(first);
-        if let Some(begin) = &self.held_begin {
-            // The BEGIN usher held back opens this transaction.
-            frames.insert(0, begin.clone());
-        }
-        for frame in &frames {
-            if let Some(sql) = query_text(self, frame) {
-                merge(&self.classify(&sql));
-            }
-        }
-        merged
+        let Some(db) = self.snap().config.databases.get(&*self.db_name) else {
+            return;
+        };
+        let name = &self.db_name;
+        self.route.txn_writes =
+            router::plan::writes(&class, db, |f| self.app.volatile_cached(name, f));
     }
 
-    /// Routes and checks out a server of `shard` for the transaction starting with `first`.
+    /// Checks out a server of the planned shard and role.
     pub(super) async fn route_and_checkout(
         &mut self,
-        first: &Frame,
+        run: Run,
         snap: &Snapshot,
-        shard_index: usize,
     ) -> Result<(Lease, Target), AttachError> {
         let config = &snap.config;
         let name = self.db_name.clone();
+        let shard_index = run.shard;
         let db = config
             .databases
             .get(&*name)
@@ -184,30 +171,8 @@ impl Session {
                 ),
             )
         })?;
-        let split = db.read_write_split && self.mode == PoolMode::Transaction;
-        let mut wants_primary = true;
-        self.route.txn_writes = false;
-        self.route.track_writes = false;
-        if split {
-            let class = self.classify_batch(first);
-            if let Some(role) = class.set_role {
-                self.route.role_override = Some(role);
-            }
-            let volatile = db.volatile_functions_are_writes
-                && !class.functions.is_empty()
-                && self
-                    .app
-                    .calls_volatile(config, &name, &class.functions)
-                    .await;
-            wants_primary = router::wants_primary(
-                db,
-                &class,
-                self.route.role_override.unwrap_or(RoleHint::Auto),
-                volatile,
-            );
-            self.route.txn_writes = db.read_your_writes && (class.write || volatile);
-            self.route.track_writes = db.read_your_writes && wants_primary;
-        }
+        let split = run.split;
+        let wants_primary = run.primary;
         let shard = snap
             .topology
             .databases

@@ -1,0 +1,681 @@
+//! The routing decision for a transaction that is starting, as one pure function:
+//! [`plan`] reads the statements of the client's request (each classified once, see
+//! `session::request`), the session's transaction and routing state and the database's
+//! config, and says what to do: answer locally, refuse with a SQLSTATE, run on every shard,
+//! or run on one server role of one shard. No sockets, no locks, no catalog lookups; when
+//! function volatility is needed and not known yet it says so ([`Plan::CheckFunctions`]) and
+//! the session asks the catalog and plans again.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::classify::{is_configured_write, Classification, RoleHint};
+use super::shard::values::{BindParams, QueryValues};
+use super::shard::{self, Placement, ShardError, ShardHint};
+use crate::config::{Database, ReadWriteStrategy};
+
+/// One client message of a request, with what routing needs to know of it.
+#[derive(Debug, Clone, Default)]
+pub struct Statement {
+    /// The message type byte.
+    pub tag: u8,
+    /// A Describe or Close of a statement (not a portal).
+    pub of_statement: bool,
+    /// The statement text it runs or prepares: a Query's, a Parse's, or for a Bind (and a
+    /// Describe of a statement) the text of the statement it names, when known.
+    pub sql: Option<Bytes>,
+    /// The classification of `sql`.
+    pub class: Option<Arc<Classification>>,
+    /// Literal ranges of `sql` (sharded databases only, for Query and Parse).
+    pub spans: Vec<Range<usize>>,
+    /// Parameter type OIDs of the statement (Parse, or the Parse a Bind names).
+    pub types: Vec<u32>,
+    /// A Bind's body, for its parameter values.
+    pub bind: Option<Bytes>,
+}
+
+/// The statements a plan is made for: from the message that starts the transaction up to
+/// the end of what the client pipelined (its Sync, a Flush, or one Query).
+pub struct Batch<'a> {
+    /// The messages, the terminating Sync or Flush included when it arrived.
+    pub statements: &'a [Statement],
+    /// The batch ended (Sync, Flush, Query) or is too large to wait for.
+    pub complete: bool,
+}
+
+impl Batch<'_> {
+    /// The messages before the terminating Sync or Flush.
+    fn body(&self) -> &[Statement] {
+        match self.statements.split_last() {
+            Some((last, rest)) if matches!(last.tag, b'S' | b'H') => rest,
+            _ => self.statements,
+        }
+    }
+
+    fn ends_in_sync(&self) -> bool {
+        self.statements.last().is_some_and(|s| s.tag == b'S')
+    }
+}
+
+/// The session state a plan depends on.
+pub struct Facts<'a> {
+    /// The database's config.
+    pub db: &'a Database,
+    /// The session pools in transaction mode (BEGIN holding and read/write split need it).
+    pub transaction_mode: bool,
+    /// The BEGIN usher holds back, when a transaction is open without a server.
+    pub held: Option<&'a Statement>,
+    /// usher refused a statement of the held transaction: it is aborted.
+    pub aborted: bool,
+    /// `SET usher.role` for the session.
+    pub role_override: Option<RoleHint>,
+    /// `SET usher.shard` / `SET usher.sharding_key` for the session.
+    pub shard_override: Option<&'a ShardHint>,
+    /// Whether the batch calls a user-defined VOLATILE function, once the catalog was asked.
+    pub volatile: Option<bool>,
+    /// A rotating number that spreads reads of global tables over the shards.
+    pub rotation: usize,
+}
+
+/// What the session does with the transaction starting now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Wait for more client messages: a sharded transaction routes by the bind values that
+    /// follow its Parse.
+    Wait,
+    /// Answer the transaction-control batch locally: a BEGIN that is held back until the first
+    /// real statement (`tag` is its command tag), or the COMMIT/ROLLBACK of a held transaction
+    /// that never ran anything.
+    Local(Control),
+    /// Answer with this error; the rest of an extended batch is skipped to its Sync.
+    Refuse(Refusal),
+    /// Run the DDL on every shard's primary.
+    Broadcast,
+    /// Look up whether these functions are VOLATILE, then plan again.
+    CheckFunctions(Vec<String>),
+    /// Run on one shard.
+    Run(Run),
+}
+
+/// A transaction-control batch usher answers itself.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Control {
+    /// The command tag of each answer (BEGIN, START TRANSACTION, COMMIT, ROLLBACK).
+    pub tag: &'static [u8],
+    /// The BEGIN's text to hold (None: the held transaction ends).
+    pub hold: Option<Bytes>,
+    /// Message kinds answered: `P`, `B`, `D` (portal), `d` (statement), `X` (execution).
+    pub kinds: Vec<u8>,
+    /// The batch is an extended-protocol one (consumed up to and including its Sync).
+    pub extended: bool,
+}
+
+/// An error usher answers instead of running the statement.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The SQLSTATE.
+    pub sqlstate: &'static str,
+    /// The message.
+    pub message: String,
+    /// Counted as a rejected route in the metrics (a shard or routing error).
+    pub rejected: bool,
+}
+
+/// Where and how a transaction runs.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub struct Run {
+    /// The shard.
+    pub shard: usize,
+    /// It needs the primary (else a replica may serve it).
+    pub primary: bool,
+    /// The batch only prepares or describes statements: a held BEGIN stays held.
+    pub prepare_only: bool,
+    /// The batch sets `usher.role` (applies to it and to the session from now on).
+    pub set_role: Option<RoleHint>,
+    /// The batch writes (read-your-writes reads the commit LSN at release).
+    pub writes: bool,
+    /// Later statements are checked for writes (read-your-writes on the primary).
+    pub track_writes: bool,
+    /// Reads may go to replicas for this database and mode.
+    pub split: bool,
+    /// The database is sharded (the shard was chosen by the map).
+    pub sharded: bool,
+}
+
+/// Decides what to do with the transaction starting at `batch`.
+pub fn plan(batch: &Batch, facts: &Facts) -> Plan {
+    let control = control(batch, facts);
+    if facts.held.is_some() && facts.aborted {
+        // usher refused this transaction's first statement: only its end is accepted.
+        return match control {
+            Some(c) if c.hold.is_none() => Plan::Local(c),
+            _ => Plan::Refuse(Refusal {
+                sqlstate: "25P02",
+                message: "current transaction is aborted, commands ignored until end of transaction block".into(),
+                rejected: false,
+            }),
+        };
+    }
+    if let Some(c) = control {
+        return Plan::Local(c);
+    }
+    let (shard, prepare_only) = match shard_of(batch, facts) {
+        Ok(Some(Choice::Shard(s))) => (s, false),
+        Ok(Some(Choice::Prepare(s))) => (s, facts.held.is_some()),
+        Ok(Some(Choice::Broadcast)) if facts.held.is_none() => return Plan::Broadcast,
+        Ok(Some(Choice::Broadcast)) => {
+            return Plan::Refuse(Refusal {
+                sqlstate: "0A000",
+                message: "usher: DDL runs on every shard and must be sent outside a transaction block (or with /* usher: shard=N */ to run it on one shard)".into(),
+                rejected: false,
+            })
+        }
+        Ok(None) => return Plan::Wait,
+        Err(e) => {
+            return Plan::Refuse(Refusal {
+                sqlstate: e.sqlstate(),
+                message: e.to_string(),
+                rejected: true,
+            })
+        }
+    };
+    let db = facts.db;
+    let split = db.read_write_split && facts.transaction_mode;
+    let mut run = Run {
+        shard,
+        primary: true,
+        prepare_only,
+        set_role: None,
+        writes: false,
+        track_writes: false,
+        split,
+        sharded: db.sharding.is_some(),
+    };
+    if !split {
+        return Plan::Run(run);
+    }
+    let class = merged(facts.held.into_iter().chain(batch.body()));
+    let volatile = if db.volatile_functions_are_writes && !class.functions.is_empty() {
+        match facts.volatile {
+            Some(v) => v,
+            None => return Plan::CheckFunctions(class.functions),
+        }
+    } else {
+        false
+    };
+    run.set_role = class.set_role;
+    let role = class.set_role.or(facts.role_override);
+    run.primary = super::wants_primary(db, &class, role.unwrap_or(RoleHint::Auto), volatile);
+    run.writes = db.read_your_writes && (class.write || volatile);
+    run.track_writes = db.read_your_writes && run.primary;
+    Plan::Run(run)
+}
+
+/// The classification of a run of statements that execute together.
+fn merged<'a>(statements: impl Iterator<Item = &'a Statement>) -> Classification {
+    let mut merged = Classification::default();
+    for c in statements.filter_map(|s| s.class.as_deref()) {
+        merged.write |= c.write;
+        merged.begins = merged.begins.or(c.begins);
+        merged.hint = merged.hint.or(c.hint);
+        merged.set_role = c.set_role.or(merged.set_role);
+        merged.parse_error |= c.parse_error;
+        merged.functions.extend(c.functions.iter().cloned());
+    }
+    merged
+}
+
+/// A BEGIN to hold, or the end of a held transaction, when the batch is exactly that.
+fn control(batch: &Batch, facts: &Facts) -> Option<Control> {
+    let db = facts.db;
+    let first = batch.statements.first()?;
+    let sharded = db.sharding.is_some();
+    if !facts.transaction_mode
+        || !(first.tag == b'Q' || (sharded && matches!(first.tag, b'P' | b'B')))
+    {
+        return None;
+    }
+    if !sharded && (!db.read_write_split || db.read_write_strategy != ReadWriteStrategy::Aggressive)
+    {
+        return None;
+    }
+    let (sql, class, kinds) = control_batch(batch)?;
+    if class.statements != 1 {
+        return None;
+    }
+    let holds = class.begins.is_some_and(|read_only| sharded || !read_only);
+    let extended = first.tag != b'Q';
+    if facts.held.is_none() && holds {
+        let start = sql
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .and_then(|i| sql.get(i..i + 5))
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"start"));
+        let tag: &'static [u8] = if start {
+            b"START TRANSACTION"
+        } else {
+            b"BEGIN"
+        };
+        return Some(Control {
+            tag,
+            hold: Some(sql),
+            kinds,
+            extended,
+        });
+    }
+    match (facts.held, class.ends) {
+        (Some(_), Some(commit)) => Some(Control {
+            tag: if commit { b"COMMIT" } else { b"ROLLBACK" },
+            hold: None,
+            kinds,
+            extended,
+        }),
+        _ => None,
+    }
+}
+
+/// The statement text of a simple Query, or of an extended batch that executes exactly one
+/// statement and ends in a Sync, with its classification and the batch's message kinds.
+fn control_batch(batch: &Batch) -> Option<(Bytes, Arc<Classification>, Vec<u8>)> {
+    let first = batch.statements.first()?;
+    if first.tag == b'Q' {
+        return Some((first.sql.clone()?, first.class.clone()?, vec![b'X']));
+    }
+    if !batch.complete || !batch.ends_in_sync() {
+        return None;
+    }
+    let mut text: Option<(&Bytes, &Arc<Classification>)> = None;
+    let mut kinds = Vec::new();
+    let mut executes = 0;
+    for s in batch.body() {
+        let this = match s.tag {
+            b'P' => {
+                kinds.push(b'P');
+                Some((s.sql.as_ref()?, s.class.as_ref()?))
+            }
+            b'B' => {
+                kinds.push(b'B');
+                // An unnamed Bind runs the Parse before it; a named one must be known.
+                match (&text, s.bind_of_unnamed()) {
+                    (Some(_), true) => None,
+                    _ => Some((s.sql.as_ref()?, s.class.as_ref()?)),
+                }
+            }
+            b'D' => {
+                kinds.push(if s.of_statement { b'd' } else { b'D' });
+                None
+            }
+            b'E' => {
+                executes += 1;
+                kinds.push(b'X');
+                None
+            }
+            _ => return None,
+        };
+        if let Some((sql, class)) = this {
+            if text.is_some_and(|(t, _)| t != sql) {
+                return None;
+            }
+            text = Some((sql, class));
+        }
+    }
+    let (sql, class) = text.filter(|_| executes == 1)?;
+    Some((sql.clone(), class.clone(), kinds))
+}
+
+impl Statement {
+    /// A Bind of the unnamed statement.
+    fn bind_of_unnamed(&self) -> bool {
+        self.bind
+            .as_ref()
+            .is_some_and(|b| b.iter().skip_while(|c| **c != 0).nth(1) == Some(&0))
+    }
+}
+
+/// Where a transaction goes.
+enum Choice {
+    Shard(usize),
+    Broadcast,
+    Prepare(usize),
+}
+
+/// The shard for the batch; `None` while the rest of it is on the way.
+fn shard_of(batch: &Batch, facts: &Facts) -> Result<Option<Choice>, ShardError> {
+    let db = facts.db;
+    let Some(map) = &db.sharding else {
+        return Ok(Some(Choice::Shard(0)));
+    };
+    if !batch.complete {
+        return Ok(None);
+    }
+    let statements = batch.body();
+    let shards = db.shards.len();
+    if statements
+        .iter()
+        .all(|s| matches!(s.tag, b'P' | b'D' | b'C' | b'H'))
+    {
+        return Ok(Some(Choice::Prepare(map.default_shard)));
+    }
+    let (placement, hint) = placement(statements, map, shards);
+    if let Some(h) = hint.or_else(|| facts.shard_override.cloned()) {
+        return shard::hinted(&h, map, shards).map(|s| Some(Choice::Shard(s)));
+    }
+    Ok(Some(match placement? {
+        Placement::Shard(s) => Choice::Shard(s),
+        Placement::Broadcast => Choice::Broadcast,
+        Placement::AnyShard => Choice::Shard(facts.rotation % shards.max(1)),
+        Placement::Unlisted | Placement::NoTable | Placement::Unbound => {
+            Choice::Shard(map.default_shard)
+        }
+    }))
+}
+
+/// Placement of statements that run together, and the last statement hint among them (a
+/// hint wins over the placement, even over an error such as a missing key).
+pub fn placement(
+    statements: &[Statement],
+    map: &crate::config::Sharding,
+    shards: usize,
+) -> (Result<Placement, ShardError>, Option<ShardHint>) {
+    let mut result = Ok(Placement::NoTable);
+    let mut hint = None;
+    for s in statements {
+        if !matches!(s.tag, b'Q' | b'P' | b'B') {
+            continue;
+        }
+        let (Some(sql), Some(class)) = (&s.sql, &s.class) else {
+            continue;
+        };
+        if class.shard_hint.is_some() {
+            hint = class.shard_hint.clone();
+        }
+        let mut values = match &s.bind {
+            Some(b) => QueryValues::bound(sql, s.types.clone(), BindParams::parse(b)),
+            None => QueryValues::with_spans(sql, s.spans.clone()),
+        };
+        if let Ok(so_far) = result {
+            result = shard::place(&class.shard, map, shards, &mut values)
+                .and_then(|p| shard::combine(so_far, p));
+        }
+    }
+    (result, hint)
+}
+
+/// Whether a statement of a transaction on the primary writes (read-your-writes): its
+/// classification, configured write functions, or functions not known to be non-volatile
+/// (`volatile(f)` answers from the catalog cache without a lookup).
+pub fn writes(
+    class: &Classification,
+    db: &Database,
+    volatile: impl Fn(&str) -> Option<bool>,
+) -> bool {
+    class.write
+        || class
+            .functions
+            .iter()
+            .any(|f| is_configured_write(f, &db.write_functions) || volatile(f) != Some(false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_str, Config};
+    use crate::router::classify::classify;
+    use crate::router::normalize::literal_spans;
+
+    fn config() -> Config {
+        load_str(
+            r#"
+[general]
+listen = "127.0.0.1:0"
+[[users]]
+name = "u"
+auth_type = "trust"
+[databases.plain]
+shards = [ { primary = "127.0.0.1:1/d" } ]
+[databases.split]
+read_write_split = true
+volatile_functions_are_writes = true
+shards = [ { primary = "127.0.0.1:1/d", replicas = ["127.0.0.1:2/d"] } ]
+[databases.aggressive]
+read_write_split = true
+read_write_strategy = "aggressive"
+shards = [ { primary = "127.0.0.1:1/d", replicas = ["127.0.0.1:2/d"] } ]
+[databases.sharded]
+shards = [ { primary = "127.0.0.1:1/s0" }, { primary = "127.0.0.1:1/s1" } ]
+[databases.sharded.sharding]
+key_type = "bigint"
+tables = [ { name = "families", column = "id" } ]
+"#,
+            std::path::Path::new("plan.toml"),
+        )
+        .unwrap()
+    }
+
+    fn stmt(tag: u8, sql: &str) -> Statement {
+        Statement {
+            tag,
+            sql: Some(Bytes::copy_from_slice(sql.as_bytes())),
+            class: Some(Arc::new(classify(sql))),
+            spans: literal_spans(sql.as_bytes()),
+            ..Statement::default()
+        }
+    }
+
+    fn tag(tag: u8) -> Statement {
+        Statement {
+            tag,
+            ..Statement::default()
+        }
+    }
+
+    fn facts<'a>(db: &'a Database) -> Facts<'a> {
+        Facts {
+            db,
+            transaction_mode: true,
+            held: None,
+            aborted: false,
+            role_override: None,
+            shard_override: None,
+            volatile: None,
+            rotation: 0,
+        }
+    }
+
+    fn plan_of(statements: &[Statement], facts: &Facts) -> Plan {
+        plan(
+            &Batch {
+                statements,
+                complete: true,
+            },
+            facts,
+        )
+    }
+
+    fn run(p: Plan) -> Run {
+        match p {
+            Plan::Run(r) => r,
+            other => panic!("expected a run, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn without_split_or_shards_everything_runs_on_the_primary_unread() {
+        let c = config();
+        let db = &c.databases["plain"];
+        // Statements that were never looked up are enough: nothing of them is read.
+        let r = run(plan_of(&[tag(b'Q')], &facts(db)));
+        assert_eq!((r.shard, r.primary, r.split), (0, true, false));
+    }
+
+    #[test]
+    fn split_sends_reads_to_replicas_and_writes_to_the_primary() {
+        let c = config();
+        let db = &c.databases["split"];
+        let f = facts(db);
+        assert!(!run(plan_of(&[stmt(b'Q', "SELECT 1")], &f)).primary);
+        assert!(run(plan_of(&[stmt(b'Q', "UPDATE t SET v = 1")], &f)).primary);
+        // Conservative: a read-write BEGIN goes to the primary with everything after it.
+        assert!(run(plan_of(&[stmt(b'Q', "BEGIN")], &f)).primary);
+        // A write later in the same pipelined batch decides for all of it.
+        let batch = [
+            stmt(b'P', "SELECT 1"),
+            tag(b'B'),
+            stmt(b'P', "DELETE FROM t"),
+            tag(b'S'),
+        ];
+        assert!(run(plan_of(&batch, &f)).primary);
+        // Session mode never splits.
+        let session = Facts {
+            transaction_mode: false,
+            ..facts(db)
+        };
+        assert!(run(plan_of(&[stmt(b'Q', "SELECT 1")], &session)).primary);
+        // SET usher.role in the batch applies to it.
+        let r = run(plan_of(&[stmt(b'Q', "SET usher.role = 'primary'")], &f));
+        assert_eq!(r.set_role, Some(RoleHint::Primary));
+        assert!(r.primary);
+    }
+
+    #[test]
+    fn volatility_is_asked_for_then_decides() {
+        let c = config();
+        let db = &c.databases["split"];
+        let q = [stmt(b'Q', "SELECT my_func(1)")];
+        assert_eq!(
+            plan_of(&q, &facts(db)),
+            Plan::CheckFunctions(vec!["my_func".into()])
+        );
+        let known = |v| Facts {
+            volatile: Some(v),
+            ..facts(db)
+        };
+        assert!(run(plan_of(&q, &known(true))).primary);
+        assert!(!run(plan_of(&q, &known(false))).primary);
+    }
+
+    #[test]
+    fn aggressive_holds_begin_and_routes_by_the_first_statement() {
+        let c = config();
+        let db = &c.databases["aggressive"];
+        let Plan::Local(begin) = plan_of(&[stmt(b'Q', "begin")], &facts(db)) else {
+            panic!("BEGIN is held");
+        };
+        assert_eq!(begin.tag, b"BEGIN");
+        assert!(begin.hold.is_some());
+        let held = stmt(b'Q', "BEGIN");
+        let open = Facts {
+            held: Some(&held),
+            ..facts(db)
+        };
+        assert!(!run(plan_of(&[stmt(b'Q', "SELECT 1")], &open)).primary);
+        assert!(run(plan_of(&[stmt(b'Q', "INSERT INTO t VALUES (1)")], &open)).primary);
+        let Plan::Local(end) = plan_of(&[stmt(b'Q', "COMMIT")], &open) else {
+            panic!("an empty transaction ends locally");
+        };
+        assert_eq!((end.tag, end.hold.is_none()), (&b"COMMIT"[..], true));
+        // After a refusal only the end is accepted.
+        let aborted = Facts {
+            aborted: true,
+            ..open
+        };
+        let Plan::Refuse(r) = plan_of(&[stmt(b'Q', "SELECT 1")], &aborted) else {
+            panic!("refused");
+        };
+        assert_eq!(r.sqlstate, "25P02");
+        assert!(matches!(
+            plan_of(&[stmt(b'Q', "ROLLBACK")], &aborted),
+            Plan::Local(Control { hold: None, .. })
+        ));
+        // A read-only BEGIN runs where its statements do: not held under aggressive.
+        assert!(!matches!(
+            plan_of(&[stmt(b'Q', "BEGIN READ ONLY")], &facts(db)),
+            Plan::Local(_)
+        ));
+    }
+
+    #[test]
+    fn extended_begin_batches_are_held_only_when_whole() {
+        let c = config();
+        let db = &c.databases["sharded"];
+        let batch = [
+            stmt(b'P', "START TRANSACTION"),
+            Statement {
+                bind: Some(Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0])),
+                ..stmt(b'B', "START TRANSACTION")
+            },
+            Statement {
+                of_statement: false,
+                ..tag(b'D')
+            },
+            tag(b'E'),
+            tag(b'S'),
+        ];
+        let Plan::Local(c) = plan_of(&batch, &facts(db)) else {
+            panic!("held");
+        };
+        assert_eq!(c.tag, b"START TRANSACTION");
+        assert_eq!(c.kinds, b"PBDX");
+        assert!(c.extended);
+        let partial = Batch {
+            statements: &batch[..4],
+            complete: false,
+        };
+        assert_eq!(plan(&partial, &facts(db)), Plan::Wait);
+    }
+
+    #[test]
+    fn sharded_batches_go_to_their_key_s_shard_or_are_refused() {
+        let c = config();
+        let db = &c.databases["sharded"];
+        let map = db.sharding.as_ref().unwrap();
+        let f = facts(db);
+        for key in 1..20 {
+            let want = shard::hinted(&ShardHint::Key(key.to_string()), map, 2).unwrap();
+            let sql = format!("SELECT * FROM families WHERE id = {key}");
+            assert_eq!(run(plan_of(&[stmt(b'Q', &sql)], &f)).shard, want);
+        }
+        assert_eq!(
+            run(plan_of(&[stmt(b'Q', "/* usher: shard=1 */ SELECT 1")], &f)).shard,
+            1
+        );
+        let Plan::Refuse(r) = plan_of(&[stmt(b'Q', "SELECT * FROM families")], &f) else {
+            panic!("no key");
+        };
+        assert_eq!((r.sqlstate, r.rejected), ("0A000", true));
+        assert_eq!(
+            plan_of(&[stmt(b'Q', "CREATE TABLE x (id int)")], &f),
+            Plan::Broadcast
+        );
+        let held = stmt(b'Q', "BEGIN");
+        let open = Facts {
+            held: Some(&held),
+            ..facts(db)
+        };
+        let Plan::Refuse(r) = plan_of(&[stmt(b'Q', "CREATE TABLE x (id int)")], &open) else {
+            panic!("DDL inside a transaction");
+        };
+        assert_eq!((r.sqlstate, r.rejected), ("0A000", false));
+        // Only preparing: any shard answers, and a held BEGIN stays held.
+        let prepare = [
+            stmt(b'P', "SELECT * FROM families WHERE id = $1"),
+            tag(b'S'),
+        ];
+        let r = run(plan_of(&prepare, &open));
+        assert_eq!((r.shard, r.prepare_only), (0, true));
+        assert!(!run(plan_of(&prepare, &f)).prepare_only);
+        // Bound by its parameter: the Bind's value picks the shard.
+        let want = shard::hinted(&ShardHint::Key("7".into()), map, 2).unwrap();
+        // Portal "", statement "", no formats, one parameter "7", no result formats.
+        let bind = vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 1, b'7', 0, 0];
+        let bound = Statement {
+            bind: Some(Bytes::from(bind)),
+            spans: Vec::new(),
+            ..stmt(b'B', "SELECT * FROM families WHERE id = $1")
+        };
+        let batch = [prepare[0].clone(), bound, tag(b'E'), tag(b'S')];
+        assert_eq!(run(plan_of(&batch, &f)).shard, want);
+    }
+}

@@ -1,0 +1,378 @@
+//! A request: the messages a client pipelined up to its Sync (or a Flush, or one Query), cut
+//! once off the receive buffer as one `Bytes` and sliced into frames without copying. Each
+//! message's statement (its text, the statement a Bind names, its classification, literal
+//! spans) is looked up at most once, when routing first asks, and carried with it: the plan
+//! at a transaction's start, the write tracking and the shard check of a pinned transaction
+//! all read the same [`Statement`].
+//!
+//! A request still missing its end (the client is mid-batch) is kept and extended with what
+//! arrives next; once it ended, what follows is the next request.
+
+use bytes::BytesMut;
+
+use super::memo::Memo;
+use super::prepared::ClientStatements;
+use crate::protocol::{client, peek_header, Frame, ProtocolError};
+use crate::router::cache::QueryCache;
+use crate::router::plan::{Batch, Statement};
+use crate::router::shard::values::param_types;
+
+/// A request larger than this is routed on what has arrived, without waiting for its end.
+pub(super) const MAX_LOOKAHEAD: usize = 16 << 20;
+
+/// What statement lookups read.
+pub(super) struct Lookup<'a> {
+    /// The client's prepared statements (a Bind's text).
+    pub stmts: &'a ClientStatements,
+    /// The session's classification memo.
+    pub memo: &'a Memo,
+    /// The process-wide classification cache behind it.
+    pub cache: &'a QueryCache,
+    /// Literal spans are wanted (sharded databases route by literal keys).
+    pub spans: bool,
+}
+
+/// Client messages up to the end of a batch, and how far the session got through them.
+pub(super) struct Request {
+    frames: Vec<Frame>,
+    statements: Vec<Statement>,
+    /// Which statements were looked up.
+    filled: Vec<bool>,
+    /// The next message to process.
+    next: usize,
+    /// The request ended (Sync, Flush, Terminate, a Query) or is too large to wait for.
+    complete: bool,
+    /// Bytes cut so far.
+    bytes: usize,
+}
+
+impl Request {
+    /// Cuts the next request off `buf`; `None` when not even one whole message is there. A
+    /// malformed header is an error only when it comes first (the messages before it are a
+    /// request of their own, processed before the error is reported).
+    pub fn cut(buf: &mut BytesMut, max: usize) -> Result<Option<Request>, ProtocolError> {
+        peek_header(buf, max)?;
+        let mut request = Request {
+            frames: Vec::new(),
+            statements: Vec::new(),
+            filled: Vec::new(),
+            next: 0,
+            complete: false,
+            bytes: 0,
+        };
+        request.extend(buf, max);
+        Ok((!request.frames.is_empty()).then_some(request))
+    }
+
+    /// Adds the whole messages now in `buf` until the request ends.
+    pub fn extend(&mut self, buf: &mut BytesMut, max: usize) {
+        if self.complete {
+            return;
+        }
+        let mut ends = Vec::new();
+        let mut at = 0;
+        let mut first = self.frames.is_empty();
+        loop {
+            let (tag, len) = match peek_header(buf.get(at..).unwrap_or_default(), max) {
+                Ok(Some(h)) if buf.len() - at >= h.1 => h,
+                Ok(_) => break,
+                Err(_) => {
+                    // Reported when it is cut as the next request's first message.
+                    self.complete = true;
+                    break;
+                }
+            };
+            if tag == b'Q' && !first {
+                self.complete = true;
+                break;
+            }
+            ends.push((tag, at, len));
+            at += len;
+            first = false;
+            if matches!(tag, b'S' | b'H' | b'X' | b'Q') || self.bytes + at >= MAX_LOOKAHEAD {
+                self.complete = true;
+                break;
+            }
+        }
+        if at == 0 {
+            return;
+        }
+        let whole = buf.split_to(at).freeze();
+        self.bytes += at;
+        for (tag, start, len) in ends {
+            self.frames.push(Frame {
+                tag,
+                raw: whole.slice(start..start + len),
+            });
+            self.statements.push(Statement {
+                tag,
+                ..Statement::default()
+            });
+            self.filled.push(false);
+        }
+    }
+
+    /// Every message was processed.
+    pub fn is_done(&self) -> bool {
+        self.next >= self.frames.len()
+    }
+
+    /// The request ended (or is too large to wait for).
+    #[cfg(test)]
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    /// Index of the message to process next.
+    pub fn position(&self) -> usize {
+        self.next
+    }
+
+    /// The message to process next.
+    pub fn current(&self) -> Option<&Frame> {
+        self.frames.get(self.next)
+    }
+
+    /// Moves past `n` messages.
+    pub fn advance(&mut self, n: usize) {
+        self.next = (self.next + n).min(self.frames.len());
+    }
+
+    /// The messages not processed yet, taken out of the request (it is then done).
+    pub fn take_rest(&mut self) -> Vec<Frame> {
+        let rest = self.frames.get(self.next..).unwrap_or_default().to_vec();
+        self.next = self.frames.len();
+        rest
+    }
+
+    /// The statement of message `i`, looked up on first ask.
+    pub fn statement(&mut self, i: usize, lookup: &Lookup) -> Option<&Statement> {
+        if !*self.filled.get(i)? {
+            let s = self.look_up(i, lookup);
+            self.statements[i] = s;
+            self.filled[i] = true;
+        }
+        self.statements.get(i)
+    }
+
+    /// The messages from the next one to the end, with their statements looked up when
+    /// `lookup` is given (a plan that reads no statement needs none).
+    pub fn batch(&mut self, lookup: Option<&Lookup>) -> Batch<'_> {
+        if let Some(lookup) = lookup {
+            for i in self.next..self.frames.len() {
+                self.statement(i, lookup);
+            }
+        }
+        Batch {
+            statements: self.statements.get(self.next..).unwrap_or_default(),
+            complete: self.complete,
+        }
+    }
+
+    fn look_up(&self, i: usize, lookup: &Lookup) -> Statement {
+        let Some(frame) = self.frames.get(i) else {
+            return Statement::default();
+        };
+        let mut s = Statement {
+            tag: frame.tag,
+            ..Statement::default()
+        };
+        match frame.tag {
+            b'Q' => s.sql = client::Query::new(frame).ok().map(|q| q.sql()),
+            b'P' => {
+                if let Ok(p) = client::Parse::new(frame) {
+                    s.sql = Some(p.query());
+                    s.types = param_types(&p.param_types());
+                }
+            }
+            b'B' => {
+                if let Ok(b) = client::Bind::new(frame) {
+                    let name = b.statement();
+                    // The unnamed statement is the last unnamed Parse before it in this request.
+                    let here = name.is_empty().then(|| self.unnamed_before(i)).flatten();
+                    match here {
+                        Some(p) => {
+                            s.sql = p.sql.clone();
+                            s.types = p.types.clone();
+                            s.class = p.class.clone();
+                        }
+                        None => {
+                            if let Some(st) = lookup.stmts.statement(name) {
+                                s.sql = Some(st.query.clone());
+                                s.types = param_types(&st.param_types);
+                            }
+                        }
+                    }
+                    s.bind = Some(frame.body_bytes());
+                }
+            }
+            b'D' | b'C' => {
+                if let Ok(t) = client::Targeted::new(frame) {
+                    s.of_statement = t.target == client::Target::Statement;
+                    if s.of_statement && frame.tag == b'D' {
+                        s.sql = lookup.stmts.query_of(t.name());
+                    }
+                }
+            }
+            _ => {}
+        }
+        if s.class.is_none() {
+            if let Some(sql) = &s.sql {
+                s.class = Some(if lookup.spans && matches!(frame.tag, b'Q' | b'P') {
+                    lookup
+                        .memo
+                        .classify_with_spans(lookup.cache, sql, &mut s.spans)
+                } else {
+                    lookup.memo.classify(lookup.cache, sql)
+                });
+            }
+        }
+        s
+    }
+
+    /// The statement of the last unnamed Parse before message `i`, if looked up or parsable.
+    fn unnamed_before(&self, i: usize) -> Option<Statement> {
+        let j = (0..i).rev().find(|&j| {
+            self.frames[j].tag == b'P'
+                && client::Parse::new(&self.frames[j]).is_ok_and(|p| p.name().is_empty())
+        })?;
+        if self.filled[j] {
+            return Some(self.statements[j].clone());
+        }
+        let p = client::Parse::new(&self.frames[j]).ok()?;
+        Some(Statement {
+            tag: b'P',
+            sql: Some(p.query()),
+            types: param_types(&p.param_types()),
+            ..Statement::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        Frame::new(tag, body).raw.to_vec()
+    }
+
+    fn parse(name: &str, sql: &str) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(name.as_bytes());
+        b.push(0);
+        b.extend_from_slice(sql.as_bytes());
+        b.extend_from_slice(&[0, 0, 0]);
+        frame(b'P', &b)
+    }
+
+    fn bind(statement: &str) -> Vec<u8> {
+        let mut b = vec![0];
+        b.extend_from_slice(statement.as_bytes());
+        b.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
+        frame(b'B', &b)
+    }
+
+    fn buf(parts: &[Vec<u8>]) -> BytesMut {
+        let mut b = BytesMut::new();
+        for p in parts {
+            b.extend_from_slice(p);
+        }
+        b
+    }
+
+    #[test]
+    fn cuts_up_to_the_sync_without_copying() {
+        let mut b = buf(&[
+            parse("", "SELECT 1"),
+            bind(""),
+            frame(b'E', &[0, 0, 0, 0, 0]),
+            frame(b'S', &[]),
+            frame(b'Q', b"SELECT 2\0"),
+        ]);
+        let start = b.as_ptr();
+        let r = Request::cut(&mut b, 1 << 20).unwrap().unwrap();
+        assert!(r.is_complete());
+        assert_eq!(r.frames.len(), 4);
+        // The frames are slices of the receive buffer's bytes, not copies.
+        assert_eq!(r.frames[0].raw.as_ptr(), start);
+        let q = Request::cut(&mut b, 1 << 20).unwrap().unwrap();
+        assert_eq!(q.frames.len(), 1);
+        assert!(b.is_empty());
+        assert!(Request::cut(&mut b, 1 << 20).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_unfinished_batch_is_extended_and_a_query_after_it_is_the_next_request() {
+        let mut b = buf(&[parse("", "SELECT 1"), bind("")]);
+        let mut r = Request::cut(&mut b, 1 << 20).unwrap().unwrap();
+        assert!(!r.is_complete());
+        // Half a message arrives: nothing is cut.
+        let e = frame(b'E', &[0, 0, 0, 0, 0]);
+        b.extend_from_slice(&e[..3]);
+        r.extend(&mut b, 1 << 20);
+        assert_eq!(r.frames.len(), 2);
+        b.extend_from_slice(&e[3..]);
+        b.extend_from_slice(&frame(b'Q', b"SELECT 2\0"));
+        r.extend(&mut b, 1 << 20);
+        assert_eq!(r.frames.len(), 3);
+        assert!(r.is_complete(), "a Query ends the batch before it");
+        assert_eq!(b.first(), Some(&b'Q'));
+    }
+
+    #[test]
+    fn a_bad_header_is_reported_after_the_messages_before_it() {
+        let mut b = buf(&[frame(b'Q', b"SELECT 1\0")]);
+        b.extend_from_slice(&[b'P', 0, 0, 0, 1]);
+        let r = Request::cut(&mut b, 1 << 20).unwrap().unwrap();
+        assert_eq!(r.frames.len(), 1);
+        assert!(Request::cut(&mut b, 1 << 20).is_err());
+        let mut b = buf(&[parse("", "SELECT 1")]);
+        b.extend_from_slice(&[b'B', 0, 0, 0, 1]);
+        let r = Request::cut(&mut b, 1 << 20).unwrap().unwrap();
+        assert!(
+            r.is_complete(),
+            "no waiting behind a message that cannot be cut"
+        );
+    }
+
+    /// Each statement is classified once however many steps ask, and an unnamed Bind carries
+    /// the text of the Parse before it.
+    #[test]
+    fn statements_are_looked_up_once() {
+        let cache = QueryCache::new(100);
+        let memo = Memo::default();
+        let stmts = ClientStatements::default();
+        let lookup = Lookup {
+            stmts: &stmts,
+            memo: &memo,
+            cache: &cache,
+            spans: true,
+        };
+        let mut b = buf(&[
+            parse("", "UPDATE t SET v = 1 WHERE id = 5"),
+            bind(""),
+            frame(b'E', &[0, 0, 0, 0, 0]),
+            frame(b'S', &[]),
+        ]);
+        let mut r = Request::cut(&mut b, 1 << 20).unwrap().unwrap();
+        let batch = r.batch(Some(&lookup));
+        assert_eq!(batch.statements.len(), 4);
+        let bound = &batch.statements[1];
+        assert!(bound.class.as_ref().unwrap().write);
+        assert!(bound.bind.is_some());
+        let lookups = || cache.hits.load(Ordering::Relaxed) + cache.misses.load(Ordering::Relaxed);
+        let after_plan = lookups();
+        assert_eq!(after_plan, 1, "one shared lookup for the Parse's text");
+        for i in 0..4 {
+            r.statement(i, &lookup);
+        }
+        r.batch(Some(&lookup));
+        assert_eq!(
+            lookups(),
+            after_plan,
+            "asking again reads what the request carries"
+        );
+    }
+}
