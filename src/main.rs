@@ -156,6 +156,20 @@ fn run(config: usher::Config, path: PathBuf) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Signal handlers first: a SIGHUP or SIGTERM sent as soon as the ports accept (a
+        // service manager's reload right after start) must find them, not the default action
+        // that kills the process.
+        use tokio::signal::unix::{signal, SignalKind};
+        let (hup, term) = match (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(h), Ok(t)) => (h, t),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("usher: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let listen = config.general.listen.clone();
         let listener = match tokio::net::TcpListener::bind(&listen).await {
             Ok(l) => l,
@@ -180,11 +194,11 @@ fn run(config: usher::Config, path: PathBuf) -> ExitCode {
         };
         let app = usher::App::new(config);
         app.set_config_path(path);
-        tokio::spawn(reload_on_sighup(app.clone()));
+        tokio::spawn(reload_on_sighup(app.clone(), hup));
         let serving = tokio::spawn(usher::serve_with(app.clone(), listener, metrics));
         let mut shutdown = app.shutdown_signal();
         tokio::select! {
-            _ = shutdown_signal() => app.begin_shutdown(),
+            _ = shutdown_signal(term) => app.begin_shutdown(),
             _ = shutdown.changed() => {} // admin SHUTDOWN
         }
         let timeout = app.config().general.shutdown_timeout.0;
@@ -201,20 +215,13 @@ fn run(config: usher::Config, path: PathBuf) -> ExitCode {
 }
 
 /// SIGHUP re-reads the config file.
-async fn reload_on_sighup(app: std::sync::Arc<usher::App>) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        return;
-    };
+async fn reload_on_sighup(app: std::sync::Arc<usher::App>, mut hup: tokio::signal::unix::Signal) {
     while hup.recv().await.is_some() {
         let _ = app.reload();
     }
 }
 
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
+async fn shutdown_signal(mut term: tokio::signal::unix::Signal) {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
