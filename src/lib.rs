@@ -27,6 +27,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod error;
 pub mod frontend;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -8,6 +8,7 @@ mod common;
 use std::collections::HashSet;
 
 use bytes::BufMut;
+use common::fake_server::{error_code, frame, frames};
 use common::*;
 use futures_util::future::join_all;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -801,5 +802,110 @@ async fn each_shard_reads_from_its_own_replica() {
             );
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
+    }
+}
+
+/// Reads a raw connection until `n` ReadyForQuery frames (any status) arrived; returns the
+/// frames.
+async fn read_readies(s: &mut tokio::net::TcpStream, n: usize) -> Vec<(u8, Vec<u8>)> {
+    let mut got = Vec::new();
+    loop {
+        let all = frames(&got);
+        if all.iter().filter(|(t, _)| *t == b'Z').count() >= n {
+            return all;
+        }
+        let mut chunk = [0u8; 4096];
+        let r = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        assert!(r > 0, "closed: {all:?}");
+        got.extend_from_slice(&chunk[..r]);
+    }
+}
+
+/// A transaction whose BEGIN usher holds, whose statement is prepared (Parse/Describe/Sync, a
+/// trip to a server that only prepares) and executed (Bind/Execute/Sync) in one write: the
+/// execution runs inside the client's transaction on its key's shard, so a ROLLBACK undoes it
+/// and a COMMIT keeps it where shard-of says. Before, the execution was forwarded to the
+/// preparing server (the default shard) in autocommit, outside the held transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_run_behind_its_prepare_trip_stays_in_the_held_transaction() {
+    let s = setup("sidetrip", MAP).await;
+    for db in &s.shards {
+        topology().primary.psql(
+            db,
+            "CREATE TABLE items (family_no bigint NOT NULL, n int NOT NULL, how text NOT NULL); \
+             GRANT ALL ON items TO trust_user",
+        );
+    }
+    let insert = "INSERT INTO items (family_no, n, how) VALUES ($1, 9, 'side trip')";
+    // A key on the preparing server's shard (the default one) and a key elsewhere.
+    let on = |zero: bool| {
+        (1..100i64)
+            .find(|k| (shard_of(&s.config, Some("items"), &k.to_string()) == 0) == zero)
+            .unwrap()
+    };
+    let mut raw = raw_login(s.usher.port, "trust_user", s.db).await;
+    for (key, end) in [
+        (on(true), "ROLLBACK"),
+        (on(false), "ROLLBACK"),
+        (on(true), "COMMIT"),
+        (on(false), "COMMIT"),
+    ] {
+        raw.write_all(&frame(b'Q', b"BEGIN\0")).await.unwrap();
+        let begun = read_readies(&mut raw, 1).await;
+        assert_eq!(begun.last().unwrap().1, b"T");
+        let mut out = Vec::new();
+        let mut p = vec![0];
+        p.extend_from_slice(insert.as_bytes());
+        p.extend_from_slice(&[0, 0, 0]);
+        out.extend(frame(b'P', &p));
+        out.extend(frame(b'D', b"S\0"));
+        out.extend(frame(b'S', b""));
+        let v = key.to_string();
+        let mut b = vec![0, 0, 0, 0, 0, 1];
+        b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+        b.extend_from_slice(v.as_bytes());
+        b.extend_from_slice(&[0, 0]);
+        out.extend(frame(b'B', &b));
+        out.extend(frame(b'E', &[0, 0, 0, 0, 0]));
+        out.extend(frame(b'S', b""));
+        raw.write_all(&out).await.unwrap();
+        let answers = read_readies(&mut raw, 2).await;
+        let errors: Vec<String> = answers
+            .iter()
+            .filter(|(t, _)| *t == b'E')
+            .map(|(_, b)| error_code(b))
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        let statuses: Vec<&[u8]> = answers
+            .iter()
+            .filter(|(t, _)| *t == b'Z')
+            .map(|(_, b)| b.as_slice())
+            .collect();
+        assert_eq!(
+            statuses,
+            [b"T", b"T"],
+            "the client's transaction stays open"
+        );
+        raw.write_all(&frame(b'Q', format!("{end}\0").as_bytes()))
+            .await
+            .unwrap();
+        let ended = read_readies(&mut raw, 1).await;
+        assert_eq!(ended.last().unwrap().1, b"I");
+        let rows: Vec<usize> = per_shard(&s, "SELECT count(*) FROM items WHERE how = 'side trip'")
+            .iter()
+            .map(|r| r[0].parse().unwrap())
+            .collect();
+        let mut want = vec![0; 4];
+        if end == "COMMIT" {
+            want[shard_of(&s.config, Some("items"), &key.to_string())] = 1;
+        }
+        assert_eq!(rows, want, "key {key}, after {end}");
+        topology().primary.psql(
+            &s.shards[want.iter().position(|n| *n > 0).unwrap_or(0)],
+            "DELETE FROM items",
+        );
     }
 }

@@ -31,3 +31,22 @@ pub enum FrontendError {
     #[error("client closed the connection during startup")]
     ClosedDuringStartup,
 }
+
+impl crate::error::Failure for FrontendError {
+    fn side(&self) -> crate::error::Side {
+        crate::error::Side::Client
+    }
+
+    fn sqlstate(&self) -> &str {
+        match self {
+            FrontendError::Protocol(_) => "08P01",
+            FrontendError::Refused(_) => "28000",
+            FrontendError::LoginTimeout => "08006",
+            FrontendError::Io(_) | FrontendError::ClosedDuringStartup => "08006",
+        }
+    }
+
+    fn retry(&self) -> crate::error::Retry {
+        crate::error::Retry::Never
+    }
+}

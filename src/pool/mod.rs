@@ -103,6 +103,31 @@ pub enum PoolError {
     },
 }
 
+impl crate::error::Failure for PoolError {
+    fn side(&self) -> crate::error::Side {
+        use crate::error::Side;
+        match self {
+            PoolError::Server(e) => e.side(),
+            PoolError::WaitTimeout { .. } => Side::Server,
+            PoolError::DatabaseRemoved { .. } | PoolError::Removed { .. } => Side::Config,
+        }
+    }
+
+    fn sqlstate(&self) -> &str {
+        PoolError::sqlstate(self)
+    }
+
+    fn retry(&self) -> crate::error::Retry {
+        use crate::error::Retry;
+        match self {
+            PoolError::Server(e) => e.retry(),
+            // Nothing was sent: route again by the new config.
+            PoolError::Removed { .. } => Retry::Safe,
+            PoolError::WaitTimeout { .. } | PoolError::DatabaseRemoved { .. } => Retry::Never,
+        }
+    }
+}
+
 impl PoolError {
     /// SQLSTATE to report to the client.
     pub fn sqlstate(&self) -> &str {

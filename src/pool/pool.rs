@@ -399,6 +399,7 @@ impl Pool {
             return;
         }
         conn.last_used = now;
+        conn.reused = true;
         let id = conn.id;
         while let Some((_, w)) = s.waiters.pop_front() {
             match w.send(Grant::Conn(conn)) {

@@ -77,6 +77,25 @@ impl RouteError {
     }
 }
 
+impl crate::error::Failure for RouteError {
+    fn side(&self) -> crate::error::Side {
+        match self {
+            RouteError::NoSuchShard { .. } => crate::error::Side::Config,
+            // No usable server right now (down, banned, lagging).
+            _ => crate::error::Side::Server,
+        }
+    }
+
+    fn sqlstate(&self) -> &str {
+        RouteError::sqlstate(self)
+    }
+
+    /// The client may try again later; usher does not wait for a server to come back.
+    fn retry(&self) -> crate::error::Retry {
+        crate::error::Retry::Never
+    }
+}
+
 /// Whether a transaction needs the primary, from its classification and the session's state.
 pub fn wants_primary(
     db: &Database,

@@ -87,6 +87,9 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// True once something left the session in an unknown state; it must be reset or closed.
     pub dirty: bool,
+    /// It went back to the pool at least once: a failure on first use may be a close the
+    /// server made while it sat idle, and another connection may well work.
+    pub reused: bool,
     /// The last ErrorResponse seen on the control path.
     pub(crate) last_error: Option<ErrorFields>,
 }
@@ -139,6 +142,7 @@ impl ServerConn {
             created: Instant::now(),
             last_used: Instant::now(),
             dirty: false,
+            reused: false,
             last_error: None,
         };
         let mut out = BytesMut::new();

@@ -36,6 +36,8 @@ impl ServerConn {
     ) -> Result<Vec<Vec<Option<String>>>, ServerError> {
         let mut out = BytesMut::new();
         messages::query(&mut out, sql);
+        // A simple Query destroys the unnamed statement: whose it was no longer matters.
+        self.state.unnamed_owner = None;
         self.write(&out).await?;
         let mut rows = Vec::new();
         let mut error: Option<ErrorFields> = None;
@@ -82,6 +84,8 @@ impl ServerConn {
         &mut self,
         bytes: &[u8],
     ) -> Result<Vec<crate::protocol::Frame>, ServerError> {
+        // What the messages do to the unnamed statement is not tracked: no client owns it.
+        self.state.unnamed_owner = None;
         self.write(bytes).await?;
         let mut frames = Vec::new();
         loop {

@@ -8,6 +8,7 @@ mod control;
 pub use conn::{ServerConn, ServerState};
 pub use control::quote_literal;
 
+use crate::error::{Retry, Side};
 use crate::protocol::messages::ErrorFields;
 
 /// A failure on the server side, with whether the client's work may be retried elsewhere.
@@ -73,17 +74,35 @@ pub enum ServerError {
     },
 }
 
-impl ServerError {
-    /// True when nothing of the client's work reached the server, so it may go elsewhere.
-    pub fn retry_safe(&self) -> bool {
-        matches!(
-            self,
-            ServerError::Connect { .. }
-                | ServerError::ConnectTimeout { .. }
-                | ServerError::Login { .. }
-        )
+impl crate::error::Failure for ServerError {
+    fn side(&self) -> Side {
+        match self {
+            // The server refused what the client asked (a setting, a statement).
+            ServerError::Query { .. } => Side::Client,
+            _ => Side::Server,
+        }
     }
 
+    fn sqlstate(&self) -> &str {
+        ServerError::sqlstate(self)
+    }
+
+    fn retry(&self) -> Retry {
+        match self {
+            // Nothing of the client's work reached the server.
+            ServerError::Connect { .. }
+            | ServerError::ConnectTimeout { .. }
+            | ServerError::Login { .. } => Retry::Safe,
+            // A pooled connection may have been closed while idle.
+            ServerError::Io { .. } => Retry::OnReused,
+            ServerError::AuthUnsupported { .. }
+            | ServerError::Protocol { .. }
+            | ServerError::Query { .. } => Retry::Never,
+        }
+    }
+}
+
+impl ServerError {
     /// SQLSTATE to report to the client.
     pub fn sqlstate(&self) -> &str {
         match self {

@@ -12,18 +12,11 @@ use bytes::{Bytes, BytesMut};
 
 use super::request::Request;
 use super::responses::Expect;
+use super::txn::{Held, Txn};
 use super::Session;
 use crate::protocol::{messages, Frame};
 use crate::router::plan::{Control, Statement};
 use crate::router::Role;
-
-/// A BEGIN usher answered and holds back until the transaction's first real statement.
-pub(super) struct Held {
-    /// It, as a simple Query (whatever protocol the client used).
-    pub frame: Frame,
-    /// Its statement: the plan of the first real statement merges its classification.
-    pub statement: Statement,
-}
 
 impl Session {
     /// Carries out a transaction-control batch the plan answers locally: holds a BEGIN, or
@@ -36,19 +29,22 @@ impl Session {
                 let mut q = sql.to_vec();
                 q.push(0);
                 let class = self.classify(&sql);
-                self.held_begin = Some(Held {
-                    frame: Frame::new(b'Q', &q),
-                    statement: Statement {
-                        tag: b'Q',
-                        sql: Some(sql),
-                        class: Some(class),
-                        ..Statement::default()
+                self.txn = Txn::Held {
+                    begin: Held {
+                        frame: Frame::new(b'Q', &q),
+                        statement: Statement {
+                            tag: b'Q',
+                            sql: Some(sql),
+                            class: Some(class),
+                            ..Statement::default()
+                        },
                     },
-                });
+                    aborted: false,
+                };
                 b'T'
             }
             None => {
-                self.held_begin = None;
+                self.txn = Txn::Idle;
                 b'I'
             }
         };
@@ -77,14 +73,20 @@ impl Session {
 
     /// After attaching: sends the held BEGIN first (its answer is swallowed).
     pub(super) fn release_held_begin(&mut self) {
-        if let Some(held) = self.held_begin.take() {
+        let on_replica = self.route.attached_role == Some(Role::Replica);
+        let Txn::Attached(attached) = &mut self.txn else {
+            return;
+        };
+        attached.rewrite_read_only = false;
+        if let Some(held) = attached.held.take() {
+            // A simple Query: it destroys the unnamed statement on the server (a Bind of the
+            // client's unnamed statement prepares it again there).
+            attached.lease.conn().state.unnamed_owner = None;
             self.server_out.extend_from_slice(&held.frame.raw);
             self.tracker.push(Expect::HiddenQuery);
             self.route.retryable = false;
             self.replay = None;
-            self.rewrite_read_only = self.route.attached_role == Some(Role::Replica);
-        } else {
-            self.rewrite_read_only = false;
+            attached.rewrite_read_only = on_replica;
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::config::PoolMode;
 impl Session {
     /// Publishes whether this client is inside a transaction (only when that changed).
     pub(super) fn update_busy(&mut self) {
-        let busy = self.server.is_some()
+        let busy = self.txn.is_attached()
             && (self.mode == PoolMode::Transaction
                 || self.txn_status != b'I'
                 || !self.tracker.is_idle()
@@ -52,7 +52,7 @@ impl Session {
     /// keeps (session mode, nothing open or owed).
     pub(super) fn starts_session_transaction(&self) -> bool {
         self.mode == PoolMode::Session
-            && self.server.is_some()
+            && self.txn.is_attached()
             && self.txn_status == b'I'
             && self.tracker.is_idle()
             && self.pass.is_none()

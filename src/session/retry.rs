@@ -40,7 +40,7 @@ impl Session {
         if self.replay.is_none() {
             return false;
         }
-        let Some(lease) = self.server.as_mut() else {
+        let Some(lease) = self.txn.lease() else {
             return false;
         };
         let max = self.io.max_message;
@@ -76,7 +76,7 @@ impl Session {
         self.route.exclude.push(self.route.attached_server);
         // The failed server stays attached until another one is had: when none is, what it
         // said last (its FATAL) is relayed to the client as is.
-        let failed = self.server.take();
+        let failed = std::mem::replace(&mut self.txn, super::txn::Txn::Idle);
         let tracker = std::mem::take(&mut self.tracker);
         let (pass, status) = (self.pass.take(), self.txn_status);
         self.txn_status = b'I';
@@ -91,22 +91,29 @@ impl Session {
             split: true,
             sharded: self.sharded,
         };
-        if let Err((_, message)) = self.attach(run).await {
+        if let Err(message) = self.attach(run).await {
             tracing::warn!(reason = why, error = %message, "no other server can take the read");
-            self.server = failed;
+            self.txn = failed;
             self.tracker = tracker;
             self.pass = pass;
             self.txn_status = status;
             return Ok(false);
         }
-        drop(failed);
+        // What the failed server's transaction stood for carries over (a BEGIN held while
+        // it prepared statements, the replica's read-only rewrite).
+        if let (super::txn::Txn::Attached(old), super::txn::Txn::Attached(new)) =
+            (failed, &mut self.txn)
+        {
+            new.held = old.held;
+            new.rewrite_read_only = old.rewrite_read_only;
+        }
         self.start_replay();
         for frame in frames {
             self.record(&frame);
             self.forward(frame)?;
         }
         let out = self.server_out.split().freeze();
-        if let Some(lease) = &mut self.server {
+        if let Some(lease) = self.txn.lease() {
             lease.conn().write(&out).await?;
         }
         Ok(true)

@@ -10,10 +10,11 @@ use super::request::Request;
 use super::Session;
 use crate::app::Snapshot;
 use crate::config::{Config, PoolMode};
+use crate::error::{Failure, Retry, Side};
 use crate::pool::{Lease, Pool, PoolError};
 use crate::router::plan::{Facts, Plan, Run};
 use crate::router::shard::ShardHint;
-use crate::router::{self, Role, RoleHint, Target};
+use crate::router::{self, Role, RoleHint, RouteError, Target};
 use crate::server::ServerError;
 use crate::stats::RouteOutcome;
 
@@ -52,25 +53,77 @@ pub struct RouteState {
     pools: PoolSlots,
 }
 
-/// Why no server could be attached for a transaction.
-#[derive(Debug)]
+/// Why no server could be attached for a transaction; nothing of the client's reached a
+/// server, and the client is answered with the error's SQLSTATE and message.
+#[derive(Debug, thiserror::Error)]
 pub(super) enum AttachError {
-    /// The client is answered with this SQLSTATE and message.
-    Refused(String, String),
-    /// A reload dropped the pool while the client waited for it: nothing was sent, so the
-    /// transaction is routed again with the new config.
-    PoolRemoved,
+    /// No usable server for the role, or no such shard.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// Checking a connection out failed (wait timeout, connect, a pool a reload removed).
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// Making the connection ready for the client failed (its settings were refused, or the
+    /// connection died and retries ran out).
+    #[error(transparent)]
+    Prepare(ServerError),
+    /// A reload removed the client's user.
+    #[error("user {0:?} was removed from the configuration")]
+    UserRemoved(String),
 }
 
-impl AttachError {
-    fn refused(code: &str, message: String) -> AttachError {
-        AttachError::Refused(code.to_string(), message)
+impl Failure for AttachError {
+    fn side(&self) -> Side {
+        match self {
+            AttachError::Route(e) => e.side(),
+            AttachError::Pool(e) => e.side(),
+            AttachError::Prepare(e) => e.side(),
+            AttachError::UserRemoved(_) => Side::Config,
+        }
+    }
+
+    fn sqlstate(&self) -> &str {
+        match self {
+            AttachError::Route(e) => e.sqlstate(),
+            AttachError::Pool(e) => e.sqlstate(),
+            AttachError::Prepare(e) => e.sqlstate(),
+            AttachError::UserRemoved(_) => "28000",
+        }
+    }
+
+    fn retry(&self) -> Retry {
+        match self {
+            AttachError::Route(e) => e.retry(),
+            AttachError::Pool(e) => e.retry(),
+            AttachError::Prepare(e) => e.retry(),
+            AttachError::UserRemoved(_) => Retry::Never,
+        }
     }
 }
 
-impl From<(String, String)> for AttachError {
-    fn from((code, message): (String, String)) -> AttachError {
-        AttachError::Refused(code, message)
+/// What the checkout loop does after a failure, read off the error's [`Retry`].
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Answer the client with the error.
+    GiveUp,
+    /// Another connection to the same server (the failed one was a reused pooled one).
+    SameServer,
+    /// Ban the server and take another (reads only).
+    OtherServer,
+}
+
+/// Connection attempts on the same server before it counts as failed.
+const SAME_SERVER_ATTEMPTS: u32 = 3;
+
+/// The retry policy: `retry` of the error, whether the failed connection was `reused`, whether
+/// the transaction needs the primary (which has no stand-in), and how many attempts were made
+/// on this server.
+fn next_step(retry: Retry, reused: bool, primary: bool, attempts: u32) -> Next {
+    match retry {
+        Retry::Never => Next::GiveUp,
+        Retry::OnReused if reused && attempts < SAME_SERVER_ATTEMPTS => Next::SameServer,
+        Retry::Safe | Retry::OnReused if primary => Next::GiveUp,
+        Retry::Safe | Retry::OnReused => Next::OtherServer,
     }
 }
 
@@ -112,8 +165,8 @@ impl Session {
         let facts = Facts {
             db,
             transaction_mode,
-            held: self.held_begin.as_ref().map(|h| &h.statement),
-            aborted: self.held_begin.is_some() && self.txn_status == b'E',
+            held: self.txn.held().map(|h| &h.statement),
+            aborted: self.txn.aborted(),
             role_override: self.route.role_override,
             shard_override: self.route.shard_override.as_ref(),
             volatile,
@@ -161,16 +214,12 @@ impl Session {
         let db = config
             .databases
             .get(&*name)
-            .ok_or_else(|| self.database_removed())?;
-        let user = config.user(&self.login.user).ok_or_else(|| {
-            (
-                "28000".to_string(),
-                format!(
-                    "user {:?} was removed from the configuration",
-                    self.login.user
-                ),
-            )
-        })?;
+            .ok_or_else(|| PoolError::DatabaseRemoved {
+                database: name.to_string(),
+            })?;
+        let user = config
+            .user(&self.login.user)
+            .ok_or_else(|| AttachError::UserRemoved(self.login.user.clone()))?;
         let split = run.split;
         let wants_primary = run.primary;
         let shard = snap
@@ -178,11 +227,9 @@ impl Session {
             .databases
             .get(&*name)
             .and_then(|s| s.get(shard_index))
-            .ok_or_else(|| {
-                (
-                    "08006".to_string(),
-                    format!("database {name:?} has no shard {shard_index}"),
-                )
+            .ok_or_else(|| RouteError::NoSuchShard {
+                database: name.to_string(),
+                shard: shard_index,
             })?;
         let mut exclude = std::mem::take(&mut self.route.exclude);
         let mut attempts = 0;
@@ -206,9 +253,14 @@ impl Session {
                         })
                         .unwrap_or(0)
                 })
-            }
-            .map_err(|e| (e.sqlstate().to_string(), e.to_string()))?;
-            let server = &shard.servers[target.server];
+            }?;
+            let Some(server) = shard.servers.get(target.server) else {
+                return Err(RouteError::NoSuchShard {
+                    database: name.to_string(),
+                    shard: shard_index,
+                }
+                .into());
+            };
             let checked_out = self
                 .pool_at(config, user, shard_index, target.server, &server.addr)
                 .checkout()
@@ -218,7 +270,7 @@ impl Session {
                     self.stats.wait.inc_by(waited.as_secs_f64());
                 }
             }
-            match checked_out {
+            let (error, reused) = match checked_out {
                 Ok(mut lease) => match self.prepare_server(&mut lease).await {
                     Ok(()) => {
                         let outcome = match (target.role, wants_primary) {
@@ -233,37 +285,43 @@ impl Session {
                         self.route.retryable = !wants_primary;
                         return Ok((lease, target));
                     }
-                    // The client's own settings were refused (a bad parameter value): its error.
-                    Err(e @ ServerError::Query { .. }) => {
-                        lease.release();
-                        return Err(AttachError::refused(e.sqlstate(), e.to_string()));
-                    }
-                    // The connection died under us: drop it and try again (another server for
-                    // a read; a fresh connection for the primary, a few times).
                     Err(e) => {
-                        drop(lease);
-                        attempts += 1;
-                        if wants_primary || target.role == Role::Primary {
-                            if attempts >= 3 {
-                                return Err(AttachError::refused(e.sqlstate(), e.to_string()));
-                            }
-                        } else {
-                            server.ban(config.general.ban_time.0, &e.to_string());
-                            exclude.push(target.server);
+                        let reused = lease.conn().reused;
+                        if e.side() == Side::Client {
+                            // The client's own settings were refused: the connection is fine.
+                            lease.release();
                         }
-                        tracing::warn!(server = %server.addr, error = %e, "server connection failed while being prepared; trying again");
+                        (AttachError::Prepare(e), reused)
                     }
                 },
-                Err(PoolError::Server(e)) if e.retry_safe() => {
-                    server.ban(config.general.ban_time.0, &e.to_string());
-                    if wants_primary || exclude.len() >= shard.servers.len() {
-                        return Err(AttachError::refused(e.sqlstate(), e.to_string()));
+                Err(e) => (AttachError::Pool(e), false),
+            };
+            if matches!(error, AttachError::Pool(PoolError::Removed { .. })) {
+                // Routed again by the caller with the new config.
+                return Err(error);
+            }
+            attempts += 1;
+            let primary = wants_primary || target.role == Role::Primary;
+            match next_step(error.retry(), reused, primary, attempts) {
+                Next::GiveUp => {
+                    if error.retry() == Retry::Safe {
+                        // It could not be reached at all: others should not try it either.
+                        server.ban(config.general.ban_time.0, &error.to_string());
                     }
-                    tracing::warn!(server = %server.addr, error = %e, "read retried on another server");
-                    exclude.push(target.server);
+                    return Err(error);
                 }
-                Err(PoolError::Removed { .. }) => return Err(AttachError::PoolRemoved),
-                Err(e) => return Err(AttachError::refused(e.sqlstate(), e.to_string())),
+                Next::SameServer => {
+                    tracing::warn!(server = %server.addr, error = %error, "pooled server connection failed before use; trying another connection");
+                }
+                Next::OtherServer => {
+                    server.ban(config.general.ban_time.0, &error.to_string());
+                    exclude.push(target.server);
+                    attempts = 0;
+                    if exclude.len() >= shard.servers.len() {
+                        return Err(error);
+                    }
+                    tracing::warn!(server = %server.addr, error = %error, "read retried on another server");
+                }
             }
         }
     }
@@ -305,5 +363,35 @@ impl Session {
             *slot = Some(self.app.pool(config, &self.login.database, user, addr));
         }
         slot.as_ref().expect("just filled")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_policy_reads_the_error() {
+        // Never: whatever the connection, the client gets the error.
+        assert_eq!(next_step(Retry::Never, true, false, 1), Next::GiveUp);
+        // Could not connect: a read goes elsewhere, the primary has no stand-in.
+        assert_eq!(next_step(Retry::Safe, false, false, 1), Next::OtherServer);
+        assert_eq!(next_step(Retry::Safe, false, true, 1), Next::GiveUp);
+        // A pooled connection found dead: another connection to the same server, a few times.
+        assert_eq!(next_step(Retry::OnReused, true, true, 1), Next::SameServer);
+        assert_eq!(
+            next_step(Retry::OnReused, true, true, SAME_SERVER_ATTEMPTS),
+            Next::GiveUp
+        );
+        assert_eq!(
+            next_step(Retry::OnReused, true, false, SAME_SERVER_ATTEMPTS),
+            Next::OtherServer
+        );
+        // A fresh connection that dies is the server failing.
+        assert_eq!(next_step(Retry::OnReused, false, true, 1), Next::GiveUp);
+        assert_eq!(
+            next_step(Retry::OnReused, false, false, 1),
+            Next::OtherServer
+        );
     }
 }

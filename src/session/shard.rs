@@ -77,6 +77,10 @@ impl Session {
         );
         let mut out = BytesMut::new();
         messages::query(&mut out, &sql);
+        // A simple Query destroys the unnamed statement on the server.
+        if let Some(lease) = self.txn.lease() {
+            lease.conn().state.unnamed_owner = None;
+        }
         self.server_out.extend_from_slice(&out);
         if frame.tag == b'Q' {
             self.tracker.push(Expect::Query);
@@ -85,7 +89,7 @@ impl Session {
             self.skip_until_sync = true;
             // An explicit transaction is now aborted; an implicit one (a batch outside a
             // transaction block) ends with the error, as the server's own ReadyForQuery says.
-            if self.txn_status == b'T' || self.held_begin.is_some() {
+            if self.txn_status == b'T' || self.txn.held().is_some() {
                 self.txn_status = b'E';
             }
         }

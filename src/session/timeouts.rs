@@ -68,7 +68,7 @@ impl Session {
     pub(super) fn next_timeout(&self) -> Option<(Instant, Timeout)> {
         let t = self.timeouts.as_ref()?;
         let in_flight = self.in_flight();
-        let in_transaction = self.txn_status != b'I' || self.held_begin.is_some();
+        let in_transaction = self.txn_status != b'I' || self.txn.held().is_some();
         let mut next: Option<(Instant, Timeout)> = None;
         let mut consider = |at: Instant, kind: Timeout| {
             if next.is_none_or(|(n, _)| at < n) {

@@ -111,6 +111,21 @@ pub enum ShardError {
     MixedBroadcast,
 }
 
+/// A statement usher cannot place: the client's to change.
+impl crate::error::Failure for ShardError {
+    fn side(&self) -> crate::error::Side {
+        crate::error::Side::Client
+    }
+
+    fn sqlstate(&self) -> &str {
+        ShardError::sqlstate(self)
+    }
+
+    fn retry(&self) -> crate::error::Retry {
+        crate::error::Retry::Never
+    }
+}
+
 impl ShardError {
     /// SQLSTATE for the client.
     pub fn sqlstate(&self) -> &'static str {

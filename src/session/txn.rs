@@ -1,0 +1,119 @@
+//! Where a client's transaction stands, as one enum: no server, a BEGIN usher holds back
+//! (possibly aborted by a refusal), or attached to a server (possibly only preparing for a
+//! held transaction). The server connection lives inside the attached state, so a step that
+//! needs it either has it or gets `None`; there is no "attached" flag to keep in step.
+//!
+//! The transaction status the client last saw in a ReadyForQuery ('I', 'T', 'E') is kept
+//! beside it by the session: it is protocol state, reported as is.
+
+use crate::pool::Lease;
+use crate::protocol::Frame;
+use crate::router::plan::Statement;
+
+/// A BEGIN usher answered and holds back until the transaction's first real statement.
+pub(super) struct Held {
+    /// It, as a simple Query (whatever protocol the client used).
+    pub frame: Frame,
+    /// Its statement: the plan of the first real statement merges its classification.
+    pub statement: Statement,
+}
+
+/// The client's transaction.
+pub(super) enum Txn {
+    /// No server: between transactions in transaction mode, or before the first statement.
+    Idle,
+    /// usher answered the client's BEGIN and holds it until the first real statement says
+    /// where the transaction runs. `aborted`: usher refused a statement of it, so only
+    /// COMMIT or ROLLBACK is accepted, as Postgres would have it.
+    Held {
+        /// The BEGIN.
+        begin: Held,
+        /// A statement of it was refused.
+        aborted: bool,
+    },
+    /// On a server.
+    Attached(Attached),
+}
+
+/// A transaction on a server.
+pub(super) struct Attached {
+    /// The server connection.
+    pub lease: Lease,
+    /// The BEGIN is still held: this server only prepares or describes statements for the
+    /// held transaction, and its idle ReadyForQuery is shown to the client as 'T'.
+    pub held: Option<Held>,
+    /// The aggressive strategy sent this transaction to a replica: its read-only errors are
+    /// rewritten to name the setting.
+    pub rewrite_read_only: bool,
+}
+
+impl Txn {
+    /// The server connection, when attached.
+    pub fn lease(&mut self) -> Option<&mut Lease> {
+        match self {
+            Txn::Attached(a) => Some(&mut a.lease),
+            _ => None,
+        }
+    }
+
+    /// A server is attached.
+    pub fn is_attached(&self) -> bool {
+        matches!(self, Txn::Attached(_))
+    }
+
+    /// The BEGIN usher holds, with or without a server preparing for it.
+    pub fn held(&self) -> Option<&Held> {
+        match self {
+            Txn::Held { begin, .. } => Some(begin),
+            Txn::Attached(a) => a.held.as_ref(),
+            Txn::Idle => None,
+        }
+    }
+
+    /// The held transaction was aborted by a refusal.
+    pub fn aborted(&self) -> bool {
+        matches!(self, Txn::Held { aborted: true, .. })
+    }
+
+    /// A refusal aborts a held transaction.
+    pub fn abort_held(&mut self) {
+        if let Txn::Held { aborted, .. } = self {
+            *aborted = true;
+        }
+    }
+
+    /// Attaches `lease`; a held BEGIN comes along (the session sends it or keeps holding it).
+    pub fn attach(&mut self, lease: Lease) {
+        let held = match std::mem::replace(self, Txn::Idle) {
+            Txn::Held { begin, .. } => Some(begin),
+            Txn::Attached(a) => a.held,
+            Txn::Idle => None,
+        };
+        *self = Txn::Attached(Attached {
+            lease,
+            held,
+            rewrite_read_only: false,
+        });
+    }
+
+    /// Detaches the server: a BEGIN held during a preparing trip is held again. Returns the
+    /// lease, and whether the client's transaction stays open (a held BEGIN).
+    pub fn detach(&mut self) -> Option<(Lease, bool)> {
+        match std::mem::replace(self, Txn::Idle) {
+            Txn::Attached(a) => {
+                let still_held = a.held.is_some();
+                if let Some(begin) = a.held {
+                    *self = Txn::Held {
+                        begin,
+                        aborted: false,
+                    };
+                }
+                Some((a.lease, still_held))
+            }
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+}
