@@ -1,7 +1,7 @@
 //! The shared state of a running usher: config and topology snapshots, pools, probes, caches,
 //! the client registry, the pause gate and the shutdown signal. Lower layers (frontend,
 //! session, admin, monitor) see it; it sees none of them. What spawns the listener, monitor
-//! and HTTP server around it is [`crate::serve`].
+//! and HTTP server around it is [`crate::serve`](mod@crate::serve).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -6,9 +6,11 @@
 //!
 //! ```text
 //! client socket ─► frontend (listener, handshake, ClientIo codec)
-//!               ─► session  (per-client loop: transaction boundaries, prepared statements,
-//!                            session parameters, response tracking)
-//!               ─► router   (which shard and role serves this transaction)
+//!               ─► session  (per-client loop: client bytes cut into a Request up to Sync,
+//!                            the transaction as an enum, prepared statements, session
+//!                            parameters, response tracking)
+//!               ─► router   (router::plan: a pure function from the request to what to do,
+//!                            which shard and role serves this transaction)
 //!               ─► pool     (per database/user/server pools, waiters, reserve, maintenance)
 //!               ─► server   (ServerConn: login, control queries)  ─► back through session::relay
 //! ```
@@ -16,8 +18,9 @@
 //! Supporting modules: [`protocol`] (frames, startup packet, message builders, and the
 //! length-checked views of client and server messages that are the only code reading fields
 //! out of peer bytes), [`auth`] (SCRAM-SHA-256 and md5 verification), [`config`] (TOML with
-//! file:line:key errors), [`app`] (the shared state every layer may see: config and topology
-//! snapshots, pools, probes, caches, pause gate, shutdown) and [`serve`] (the orchestration on
+//! file:line:key errors), [`error`] (the side that failed and whether a retry is safe, which
+//! every layer's error reports), [`app`] (the shared state every layer may see: config and topology
+//! snapshots, pools, probes, caches, pause gate, shutdown) and [`serve`](mod@serve) (the orchestration on
 //! top: it starts the listener, monitor, HTTP endpoint and maintenance around an [`App`];
 //! nothing imports it, so there is no import circle through `App`).
 

@@ -8,17 +8,17 @@
 //! held whole); only ReadyForQuery and ParameterStatus bodies are read.
 //!
 //! # Files, in the order a message meets them
-//! - [`drive`]: the loop (client, server, timers, shutdown) and cutting client bytes into
-//!   [`request`]s: the messages up to a Sync, each statement looked up once.
-//! - [`inbound`]: one client message: checked, answered locally, or planned (the pure
-//!   [`crate::router::plan`] over the request) when no server is attached; the plan is carried
-//!   out by [`attach`] (PAUSE, checkout via [`route`], preparing the connection), [`broadcast`]
-//!   (DDL on every shard) or [`aggressive`] (a held BEGIN answered locally).
-//! - [`forward`]: the message to the server; [`prepared`] renames statements in transaction
-//!   mode, [`params`] follows SET, [`responses`] records what the server will answer.
-//! - [`release`]: the server's answer relayed ([`relay`]), the round counted, the server
-//!   given back; [`retry`] replays a read whose server failed before answering.
-//! - [`txn`]: where the transaction stands (idle, BEGIN held, attached); [`error`]: how a
+//! - `drive`: the loop (client, server, timers, shutdown) and cutting client bytes into
+//!   `request`s: the messages up to a Sync, each statement looked up once.
+//! - `inbound`: one client message: checked, answered locally, or planned (the pure
+//!   [[`crate::router::plan`]] over the request) when no server is attached; the plan is carried
+//!   out by `attach` (PAUSE, checkout via `route`, preparing the connection), `broadcast`
+//!   (DDL on every shard) or `aggressive` (a held BEGIN answered locally).
+//! - `forward`: the message to the server; `prepared` renames statements in transaction
+//!   mode, `params` follows SET, `responses` records what the server will answer.
+//! - `release`: the server's answer relayed (`relay`), the round counted, the server
+//!   given back; `retry` replays a read whose server failed before answering.
+//! - `txn`: where the transaction stands (idle, BEGIN held, attached); `error`: how a
 //!   session fails and which side failed.
 
 mod aggressive;

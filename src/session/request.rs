@@ -9,6 +9,7 @@
 //! arrives next; once it ended, what follows is the next request.
 
 use bytes::BytesMut;
+use smallvec::SmallVec;
 
 use super::memo::Memo;
 use super::prepared::ClientStatements;
@@ -34,9 +35,13 @@ pub(super) struct Lookup<'a> {
 
 /// Client messages up to the end of a batch, and how far the session got through them.
 pub(super) struct Request {
-    frames: Vec<Frame>,
+    /// Inline up to four messages: a simple Query or a Parse/Bind/Execute/Sync costs no
+    /// allocation.
+    frames: SmallVec<[Frame; 4]>,
+    /// One per frame once the first statement is looked up (empty until then: a database
+    /// that routes without reading statements never pays for them).
     statements: Vec<Statement>,
-    /// Which statements were looked up.
+    /// Which statements were looked up (as long as `statements`).
     filled: Vec<bool>,
     /// The next message to process.
     next: usize,
@@ -53,7 +58,7 @@ impl Request {
     pub fn cut(buf: &mut BytesMut, max: usize) -> Result<Option<Request>, ProtocolError> {
         peek_header(buf, max)?;
         let mut request = Request {
-            frames: Vec::new(),
+            frames: SmallVec::new(),
             statements: Vec::new(),
             filled: Vec::new(),
             next: 0,
@@ -69,8 +74,9 @@ impl Request {
         if self.complete {
             return;
         }
-        let mut ends = Vec::new();
+        // First the extent of the whole messages to take, then one cut for all of them.
         let mut at = 0;
+        let mut count = 0;
         let mut first = self.frames.is_empty();
         loop {
             let (tag, len) = match peek_header(buf.get(at..).unwrap_or_default(), max) {
@@ -86,8 +92,8 @@ impl Request {
                 self.complete = true;
                 break;
             }
-            ends.push((tag, at, len));
             at += len;
+            count += 1;
             first = false;
             if matches!(tag, b'S' | b'H' | b'X' | b'Q') || self.bytes + at >= MAX_LOOKAHEAD {
                 self.complete = true;
@@ -99,16 +105,26 @@ impl Request {
         }
         let whole = buf.split_to(at).freeze();
         self.bytes += at;
-        for (tag, start, len) in ends {
+        let mut start = 0;
+        for _ in 0..count {
+            // The headers were checked above.
+            let (Some(&tag), Some(len)) = (whole.get(start), whole.get(start + 1..start + 5))
+            else {
+                break;
+            };
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize + 1;
             self.frames.push(Frame {
                 tag,
                 raw: whole.slice(start..start + len),
             });
-            self.statements.push(Statement {
-                tag,
-                ..Statement::default()
-            });
-            self.filled.push(false);
+            if !self.statements.is_empty() {
+                self.statements.push(Statement {
+                    tag,
+                    ..Statement::default()
+                });
+                self.filled.push(false);
+            }
+            start += len;
         }
     }
 
@@ -147,6 +163,17 @@ impl Request {
 
     /// The statement of message `i`, looked up on first ask.
     pub fn statement(&mut self, i: usize, lookup: &Lookup) -> Option<&Statement> {
+        if self.statements.is_empty() {
+            self.statements = self
+                .frames
+                .iter()
+                .map(|f| Statement {
+                    tag: f.tag,
+                    ..Statement::default()
+                })
+                .collect();
+            self.filled = vec![false; self.frames.len()];
+        }
         if !*self.filled.get(i)? {
             let s = self.look_up(i, lookup);
             self.statements[i] = s;
@@ -156,7 +183,8 @@ impl Request {
     }
 
     /// The messages from the next one to the end, with their statements looked up when
-    /// `lookup` is given (a plan that reads no statement needs none).
+    /// `lookup` is given; without it the statements may be missing (a plan for a database
+    /// that neither splits nor shards reads none).
     pub fn batch(&mut self, lookup: Option<&Lookup>) -> Batch<'_> {
         if let Some(lookup) = lookup {
             for i in self.next..self.frames.len() {
@@ -236,10 +264,10 @@ impl Request {
             self.frames[j].tag == b'P'
                 && client::Parse::new(&self.frames[j]).is_ok_and(|p| p.name().is_empty())
         })?;
-        if self.filled[j] {
-            return Some(self.statements[j].clone());
+        if self.filled.get(j) == Some(&true) {
+            return self.statements.get(j).cloned();
         }
-        let p = client::Parse::new(&self.frames[j]).ok()?;
+        let p = client::Parse::new(self.frames.get(j)?).ok()?;
         Some(Statement {
             tag: b'P',
             sql: Some(p.query()),
