@@ -31,7 +31,7 @@ pub struct Config {
     pub users: Vec<User>,
     /// Databases clients may connect to, keyed by the name clients use.
     #[serde(default)]
-    pub databases: BTreeMap<String, Database>,
+    pub databases: BTreeMap<String, std::sync::Arc<Database>>,
     /// The admin console (`psql -U admin usher`); without this section it is disabled.
     #[serde(default)]
     pub admin: Option<Admin>,

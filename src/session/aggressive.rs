@@ -30,7 +30,7 @@ impl Session {
                 q.push(0);
                 let class = self.classify(&sql);
                 self.txn = Txn::Held {
-                    begin: Held {
+                    begin: Box::new(Held {
                         frame: Frame::new(b'Q', &q),
                         statement: Statement {
                             tag: b'Q',
@@ -38,7 +38,7 @@ impl Session {
                             class: Some(class),
                             ..Statement::default()
                         },
-                    },
+                    }),
                     aborted: false,
                 };
                 b'T'

@@ -114,15 +114,13 @@ impl Session {
                 }
             };
             let addr = shard.servers[target.server].addr.clone();
-            let Some(user) = config.user(&self.login.user) else {
-                out.push((
-                    i,
-                    addr.to_string(),
-                    Outcome::Unreachable("user removed from the configuration".into()),
-                ));
-                continue;
+            let pool = match self.pool_at(&config, i, target.server, &addr) {
+                Ok(p) => p,
+                Err(e) => {
+                    out.push((i, addr.to_string(), Outcome::Unreachable(e.to_string())));
+                    continue;
+                }
             };
-            let pool = self.pool_at(&config, user, i, target.server, &addr).clone();
             let outcome = match pool.checkout().await {
                 Err(e) => Outcome::Unreachable(e.to_string()),
                 Ok(mut lease) => match self.prepare_server(&mut lease).await {

@@ -3,7 +3,6 @@
 //! processed message by message; a request that must wait (the rest of a sharded batch, or
 //! the server's answer to what is in flight) is kept and resumed.
 
-use super::request::Request;
 use super::{Session, SessionError};
 use crate::config::PoolMode;
 use crate::frontend::FrontendError;
@@ -87,7 +86,7 @@ impl Session {
                 Event::Shutdown => continue,
                 Event::Timeout => {
                     if let Some((_, kind)) = timeout {
-                        self.time_out(kind).await;
+                        Box::pin(self.time_out(kind)).await;
                     }
                     return Ok(());
                 }
@@ -109,7 +108,7 @@ impl Session {
                     }
                 }
                 Event::Server(Err(e)) => {
-                    if self.retry_read(&e.to_string()).await? {
+                    if Box::pin(self.retry_read(&e.to_string())).await? {
                         continue;
                     }
                     self.tracker.clear();
@@ -123,26 +122,40 @@ impl Session {
     pub(super) async fn on_client_data(&mut self) -> Result<Flow, SessionError> {
         let max = self.io.max_message;
         loop {
-            let mut request = match self.request.take() {
-                Some(mut r) => {
-                    r.extend(&mut self.io.rbuf, max);
-                    r
-                }
-                None => match Request::cut(&mut self.io.rbuf, max) {
-                    Ok(Some(r)) => r,
-                    Ok(None) => break,
+            // The session's one request: resumed if it waits, else the next one cut.
+            let mut request = self.request.take().unwrap_or_default();
+            if request.is_done() {
+                match request.start(&mut self.io.rbuf, max) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.request = Some(request);
+                        break;
+                    }
                     Err(e) => {
                         self.io
                             .fatal("08P01", &format!("invalid message: {e}"))
                             .await;
                         return Err(e.into());
                     }
-                },
-            };
-            let flow = self.on_request(&mut request).await;
-            if !request.is_done() {
-                self.request = Some(request);
+                }
+            } else {
+                request.extend(&mut self.io.rbuf, max);
             }
+            // Its messages in order, until it is done or must wait.
+            let mut flow = Ok(Flow::Continue);
+            while let Some(frame) = request.current().cloned() {
+                match self.on_client_frame(&mut request, frame).await {
+                    Ok(Flow::Continue) => request.advance(1),
+                    other => {
+                        flow = other;
+                        break;
+                    }
+                }
+            }
+            if request.is_done() {
+                request.clear();
+            }
+            self.request = Some(request);
             match flow {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Stop) => return Ok(Flow::Stop),
@@ -173,14 +186,4 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    /// Processes the request's messages in order, until it is done or must wait.
-    pub(super) async fn on_request(&mut self, request: &mut Request) -> Result<Flow, SessionError> {
-        while let Some(frame) = request.current().cloned() {
-            match self.on_client_frame(request, frame).await? {
-                Flow::Continue => request.advance(1),
-                other => return Ok(other),
-            }
-        }
-        Ok(Flow::Continue)
-    }
 }

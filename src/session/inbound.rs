@@ -101,7 +101,16 @@ impl Session {
                 }
                 _ => {}
             }
-            match self.plan(request).await {
+            let plan = match self.plan_now(request, None) {
+                // Rare (a user function, first seen): boxed, so the session's state that
+                // moves on every transaction stays small.
+                Plan::CheckFunctions(functions) => {
+                    let volatile = Box::pin(self.volatility(functions)).await;
+                    self.plan_now(request, Some(volatile))
+                }
+                plan => plan,
+            };
+            match plan {
                 Plan::Wait => return Ok(Flow::Wait),
                 Plan::Local(control) => {
                     self.answer_control(request, control);
@@ -117,7 +126,7 @@ impl Session {
                 }
                 Plan::Broadcast => {
                     let frames = request.take_rest();
-                    return self.broadcast(frames).await;
+                    return Box::pin(self.broadcast(frames)).await;
                 }
                 Plan::CheckFunctions(_) => {
                     // Session::plan answers these itself; a plan asking twice is usher's bug.

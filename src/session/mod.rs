@@ -96,8 +96,9 @@ pub struct Session {
     replay_bytes: usize,
     /// Length of `client_out` when recording started: anything past it is part of the answer.
     replay_mark: usize,
-    /// The request being processed, when it waits for more client data or for the server.
-    request: Option<Request>,
+    /// The request being processed (kept when it waits for more client data or for the
+    /// server, and reused for the next one); `None` only while it is out being processed.
+    request: Option<Box<Request>>,
     /// The database has a shard map (statements are checked against the attached shard);
     /// follows reloads between transactions.
     sharded: bool,
@@ -117,6 +118,9 @@ pub struct Session {
     snap: Option<crate::app::Snapshot>,
     /// The database's name, shared cheaply with routing and metrics code.
     db_name: Arc<str>,
+    /// The database's config in the session's snapshot (follows reloads with it), so
+    /// routing does not look it up by name per transaction.
+    db: Arc<crate::config::Database>,
     /// client_idle_timeout and friends for this client (follow reloads); `None` when all are
     /// off, so the loop checks one word.
     timeouts: Option<crate::config::ClientTimeouts>,
@@ -199,6 +203,7 @@ impl Session {
         Some(Session {
             _registered: registered,
             db_name: Arc::from(login.database.as_str()),
+            db: db.clone(),
             timeouts,
             last_activity: std::time::Instant::now(),
             busy: false,
@@ -286,7 +291,7 @@ impl Session {
             && self.tracker.is_idle()
             && self.pass.is_none()
             && self.io.rbuf.is_empty()
-            && self.request.is_none()
+            && self.request.as_ref().is_none_or(|r| r.is_done())
     }
 
     /// Picks up a reload between transactions: the shard map (or its absence) of the new
@@ -311,6 +316,7 @@ impl Session {
         match snap.config.databases.get(&*self.db_name) {
             Some(db) => {
                 self.sharded = db.sharding.is_some();
+                self.db = db.clone();
                 true
             }
             None => false,

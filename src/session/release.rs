@@ -17,9 +17,7 @@ impl Session {
     /// Reads what the server sent, forwards it and releases the server when the transaction is over.
     pub(super) async fn on_server_data(&mut self) -> Result<(), SessionError> {
         if self.server_says_fatal()
-            && self
-                .retry_read("server sent FATAL before answering")
-                .await?
+            && Box::pin(self.retry_read("server sent FATAL before answering")).await?
         {
             return Ok(());
         }

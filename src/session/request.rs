@@ -33,7 +33,9 @@ pub(super) struct Lookup<'a> {
     pub spans: bool,
 }
 
-/// Client messages up to the end of a batch, and how far the session got through them.
+/// Client messages up to the end of a batch, and how far the session got through them. A
+/// session keeps one and reuses it for each request (no allocation per request).
+#[derive(Default)]
 pub(super) struct Request {
     /// Inline up to four messages: a simple Query or a Parse/Bind/Execute/Sync costs no
     /// allocation.
@@ -52,21 +54,44 @@ pub(super) struct Request {
 }
 
 impl Request {
-    /// Cuts the next request off `buf`; `None` when not even one whole message is there. A
-    /// malformed header is an error only when it comes first (the messages before it are a
-    /// request of their own, processed before the error is reported).
-    pub fn cut(buf: &mut BytesMut, max: usize) -> Result<Option<Request>, ProtocolError> {
-        peek_header(buf, max)?;
-        let mut request = Request {
-            frames: SmallVec::new(),
-            statements: Vec::new(),
-            filled: Vec::new(),
-            next: 0,
-            complete: false,
-            bytes: 0,
-        };
-        request.extend(buf, max);
-        Ok((!request.frames.is_empty()).then_some(request))
+    /// Cuts the next request off `buf` in place of this one; false when not even one whole
+    /// message is there. A malformed header is an error only when it comes first (the
+    /// messages before it are a request of their own, processed before the error is
+    /// reported).
+    pub fn start(&mut self, buf: &mut BytesMut, max: usize) -> Result<bool, ProtocolError> {
+        if !self.frames.is_empty() {
+            self.clear();
+        }
+        match peek_header(buf, max)? {
+            // The usual simple Query, alone in the buffer: it is the request.
+            Some((b'Q', len)) if buf.len() == len => {
+                let raw = buf.split_to(len).freeze();
+                self.bytes = len;
+                self.complete = true;
+                self.push(Frame { tag: b'Q', raw });
+            }
+            _ => self.extend(buf, max),
+        }
+        Ok(!self.frames.is_empty())
+    }
+
+    /// Forgets the messages (their bytes are released at once, so the receive buffer can
+    /// reuse its memory) and keeps the capacity of a usual request.
+    #[inline]
+    pub fn clear(&mut self) {
+        const KEEP: usize = 64;
+        if self.frames.capacity() > KEEP {
+            self.frames = SmallVec::new();
+            self.statements = Vec::new();
+            self.filled = Vec::new();
+        } else {
+            self.frames.clear();
+            self.statements.clear();
+            self.filled.clear();
+        }
+        self.next = 0;
+        self.complete = false;
+        self.bytes = 0;
     }
 
     /// Adds the whole messages now in `buf` until the request ends.
@@ -105,6 +130,12 @@ impl Request {
         }
         let whole = buf.split_to(at).freeze();
         self.bytes += at;
+        if count == 1 {
+            // One message (a simple Query): the cut is the frame.
+            let tag = whole.first().copied().unwrap_or_default();
+            self.push(Frame { tag, raw: whole });
+            return;
+        }
         let mut start = 0;
         for _ in 0..count {
             // The headers were checked above.
@@ -113,22 +144,28 @@ impl Request {
                 break;
             };
             let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize + 1;
-            self.frames.push(Frame {
+            self.push(Frame {
                 tag,
                 raw: whole.slice(start..start + len),
             });
-            if !self.statements.is_empty() {
-                self.statements.push(Statement {
-                    tag,
-                    ..Statement::default()
-                });
-                self.filled.push(false);
-            }
             start += len;
         }
     }
 
+    #[inline]
+    fn push(&mut self, frame: Frame) {
+        if !self.statements.is_empty() {
+            self.statements.push(Statement {
+                tag: frame.tag,
+                ..Statement::default()
+            });
+            self.filled.push(false);
+        }
+        self.frames.push(frame);
+    }
+
     /// Every message was processed.
+    #[inline]
     pub fn is_done(&self) -> bool {
         self.next >= self.frames.len()
     }
@@ -140,16 +177,19 @@ impl Request {
     }
 
     /// Index of the message to process next.
+    #[inline]
     pub fn position(&self) -> usize {
         self.next
     }
 
     /// The message to process next.
+    #[inline]
     pub fn current(&self) -> Option<&Frame> {
         self.frames.get(self.next)
     }
 
     /// Moves past `n` messages.
+    #[inline]
     pub fn advance(&mut self, n: usize) {
         self.next = (self.next + n).min(self.frames.len());
     }
@@ -310,6 +350,11 @@ mod tests {
         b
     }
 
+    fn cut(b: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
+        let mut r = Request::default();
+        Ok(r.start(b, 1 << 20)?.then_some(r))
+    }
+
     #[test]
     fn cuts_up_to_the_sync_without_copying() {
         let mut b = buf(&[
@@ -320,21 +365,21 @@ mod tests {
             frame(b'Q', b"SELECT 2\0"),
         ]);
         let start = b.as_ptr();
-        let r = Request::cut(&mut b, 1 << 20).unwrap().unwrap();
+        let r = cut(&mut b).unwrap().unwrap();
         assert!(r.is_complete());
         assert_eq!(r.frames.len(), 4);
         // The frames are slices of the receive buffer's bytes, not copies.
         assert_eq!(r.frames[0].raw.as_ptr(), start);
-        let q = Request::cut(&mut b, 1 << 20).unwrap().unwrap();
+        let q = cut(&mut b).unwrap().unwrap();
         assert_eq!(q.frames.len(), 1);
         assert!(b.is_empty());
-        assert!(Request::cut(&mut b, 1 << 20).unwrap().is_none());
+        assert!(cut(&mut b).unwrap().is_none());
     }
 
     #[test]
     fn an_unfinished_batch_is_extended_and_a_query_after_it_is_the_next_request() {
         let mut b = buf(&[parse("", "SELECT 1"), bind("")]);
-        let mut r = Request::cut(&mut b, 1 << 20).unwrap().unwrap();
+        let mut r = cut(&mut b).unwrap().unwrap();
         assert!(!r.is_complete());
         // Half a message arrives: nothing is cut.
         let e = frame(b'E', &[0, 0, 0, 0, 0]);
@@ -353,12 +398,12 @@ mod tests {
     fn a_bad_header_is_reported_after_the_messages_before_it() {
         let mut b = buf(&[frame(b'Q', b"SELECT 1\0")]);
         b.extend_from_slice(&[b'P', 0, 0, 0, 1]);
-        let r = Request::cut(&mut b, 1 << 20).unwrap().unwrap();
+        let r = cut(&mut b).unwrap().unwrap();
         assert_eq!(r.frames.len(), 1);
-        assert!(Request::cut(&mut b, 1 << 20).is_err());
+        assert!(cut(&mut b).is_err());
         let mut b = buf(&[parse("", "SELECT 1")]);
         b.extend_from_slice(&[b'B', 0, 0, 0, 1]);
-        let r = Request::cut(&mut b, 1 << 20).unwrap().unwrap();
+        let r = cut(&mut b).unwrap().unwrap();
         assert!(
             r.is_complete(),
             "no waiting behind a message that cannot be cut"
@@ -384,7 +429,7 @@ mod tests {
             frame(b'E', &[0, 0, 0, 0, 0]),
             frame(b'S', &[]),
         ]);
-        let mut r = Request::cut(&mut b, 1 << 20).unwrap().unwrap();
+        let mut r = cut(&mut b).unwrap().unwrap();
         let batch = r.batch(Some(&lookup));
         assert_eq!(batch.statements.len(), 4);
         let bound = &batch.statements[1];

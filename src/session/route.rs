@@ -128,35 +128,24 @@ fn next_step(retry: Retry, reused: bool, primary: bool, attempts: u32) -> Next {
 }
 
 impl Session {
-    /// The plan for the transaction starting at the request's position (see
-    /// [`router::plan`]), with the catalog asked when it needs function volatility.
-    pub(super) async fn plan(&mut self, request: &mut Request) -> Plan {
-        let mut volatile = None;
-        loop {
-            let plan = self.plan_now(request, volatile);
-            match plan {
-                Plan::CheckFunctions(functions) if volatile.is_none() => {
-                    let config = &self.snap().config;
-                    volatile = Some(
-                        self.app
-                            .calls_volatile(config, &self.db_name, &functions)
-                            .await,
-                    );
-                }
-                plan => return plan,
-            }
-        }
+    /// Whether any of `functions` is a user-defined VOLATILE function (the catalog is asked
+    /// once per name; see [`crate::app::App::calls_volatile`]).
+    pub(super) fn volatility(
+        &self,
+        functions: Vec<String>,
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let (app, config, name) = (
+            self.app.clone(),
+            self.snap().config.clone(),
+            self.db_name.clone(),
+        );
+        async move { app.calls_volatile(&config, &name, &functions).await }
     }
 
-    fn plan_now(&self, request: &mut Request, volatile: Option<bool>) -> Plan {
-        let Some(db) = self.snap().config.databases.get(&*self.db_name) else {
-            let (_, message) = self.database_removed();
-            return Plan::Refuse(router::plan::Refusal {
-                sqlstate: "3D000",
-                message,
-                rejected: true,
-            });
-        };
+    /// The plan for the transaction starting at the request's position (see
+    /// [`router::plan`]), given what is known of function volatility.
+    pub(super) fn plan_now(&self, request: &mut Request, volatile: Option<bool>) -> Plan {
+        let db = &*self.db;
         let transaction_mode = self.mode == PoolMode::Transaction;
         // Only a sharded or split database reads statements to plan.
         let reads = db.sharding.is_some() || (db.read_write_split && transaction_mode);
@@ -194,9 +183,7 @@ impl Session {
         else {
             return;
         };
-        let Some(db) = self.snap().config.databases.get(&*self.db_name) else {
-            return;
-        };
+        let db = &*self.db;
         let name = &self.db_name;
         self.route.txn_writes =
             router::plan::writes(&class, db, |f| self.app.volatile_cached(name, f));
@@ -211,15 +198,7 @@ impl Session {
         let config = &snap.config;
         let name = self.db_name.clone();
         let shard_index = run.shard;
-        let db = config
-            .databases
-            .get(&*name)
-            .ok_or_else(|| PoolError::DatabaseRemoved {
-                database: name.to_string(),
-            })?;
-        let user = config
-            .user(&self.login.user)
-            .ok_or_else(|| AttachError::UserRemoved(self.login.user.clone()))?;
+        let db = self.db.clone();
         let split = run.split;
         let wants_primary = run.primary;
         let shard = snap
@@ -243,7 +222,7 @@ impl Session {
                 } else {
                     0
                 };
-                router::pick_reader(&name, db, shard_index, shard, min_lsn, &exclude, |i| {
+                router::pick_reader(&name, &db, shard_index, shard, min_lsn, &exclude, |i| {
                     pools
                         .get(i)
                         .and_then(|p| p.as_ref())
@@ -262,7 +241,7 @@ impl Session {
                 .into());
             };
             let checked_out = self
-                .pool_at(config, user, shard_index, target.server, &server.addr)
+                .pool_at(config, shard_index, target.server, &server.addr)?
                 .checkout()
                 .await;
             if let Some(waited) = checked_out.as_ref().ok().map(Lease::waited) {
@@ -338,31 +317,37 @@ impl Session {
         }
     }
 
-    /// The pool of server `index` of `shard` (cached per session for the current config).
+    /// The pool of server `index` of `shard`, cached per session for the current config (the
+    /// user is looked up only to make a pool: a cached one was made for this config's user).
     pub(super) fn pool_at(
         &mut self,
         config: &Arc<Config>,
-        user: &crate::config::User,
         shard: usize,
         index: usize,
         addr: &crate::config::ServerAddr,
-    ) -> &Arc<Pool> {
-        if !matches!(&self.route.pools, Some((c, _)) if Arc::ptr_eq(c, config)) {
-            self.route.pools = Some((config.clone(), Vec::new()));
+    ) -> Result<Arc<Pool>, AttachError> {
+        let cached = match &mut self.route.pools {
+            Some((c, pools)) if Arc::ptr_eq(c, config) => pools,
+            other => &mut other.insert((config.clone(), Vec::new())).1,
+        };
+        if cached.len() <= shard {
+            cached.resize(shard + 1, Vec::new());
         }
-        let pools = &mut self.route.pools.as_mut().expect("just set").1;
-        if pools.len() <= shard {
-            pools.resize(shard + 1, Vec::new());
+        let slots = &mut cached[shard];
+        if slots.len() <= index {
+            slots.resize(index + 1, None);
         }
-        let pools = &mut pools[shard];
-        if pools.len() <= index {
-            pools.resize(index + 1, None);
+        match &slots[index] {
+            Some(p) if *p.key.server == *addr => Ok(p.clone()),
+            _ => {
+                let user = config
+                    .user(&self.login.user)
+                    .ok_or_else(|| AttachError::UserRemoved(self.login.user.clone()))?;
+                let pool = self.app.pool(config, &self.login.database, user, addr);
+                slots[index] = Some(pool.clone());
+                Ok(pool)
+            }
         }
-        let slot = &mut pools[index];
-        if slot.as_ref().is_none_or(|p| *p.key.server != *addr) {
-            *slot = Some(self.app.pool(config, &self.login.database, user, addr));
-        }
-        slot.as_ref().expect("just filled")
     }
 }
 

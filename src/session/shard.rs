@@ -29,9 +29,7 @@ impl Session {
     /// Checks the request's current Query or Bind, arriving while a server of a sharded
     /// database is attached.
     pub(super) fn check_pinned(&self, request: &mut Request) -> PinCheck {
-        let Some(db) = self.snap().config.databases.get(&*self.db_name) else {
-            return PinCheck::Run;
-        };
+        let db = &*self.db;
         let Some(map) = &db.sharding else {
             return PinCheck::Run;
         };

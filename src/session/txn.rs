@@ -26,8 +26,8 @@ pub(super) enum Txn {
     /// where the transaction runs. `aborted`: usher refused a statement of it, so only
     /// COMMIT or ROLLBACK is accepted, as Postgres would have it.
     Held {
-        /// The BEGIN.
-        begin: Held,
+        /// The BEGIN (boxed: rare, and the state moves on every transaction).
+        begin: Box<Held>,
         /// A statement of it was refused.
         aborted: bool,
     },
@@ -41,7 +41,7 @@ pub(super) struct Attached {
     pub lease: Lease,
     /// The BEGIN is still held: this server only prepares or describes statements for the
     /// held transaction, and its idle ReadyForQuery is shown to the client as 'T'.
-    pub held: Option<Held>,
+    pub held: Option<Box<Held>>,
     /// The aggressive strategy sent this transaction to a replica: its read-only errors are
     /// rewritten to name the setting.
     pub rewrite_read_only: bool,
@@ -49,6 +49,7 @@ pub(super) struct Attached {
 
 impl Txn {
     /// The server connection, when attached.
+    #[inline]
     pub fn lease(&mut self) -> Option<&mut Lease> {
         match self {
             Txn::Attached(a) => Some(&mut a.lease),
@@ -57,20 +58,23 @@ impl Txn {
     }
 
     /// A server is attached.
+    #[inline]
     pub fn is_attached(&self) -> bool {
         matches!(self, Txn::Attached(_))
     }
 
     /// The BEGIN usher holds, with or without a server preparing for it.
+    #[inline]
     pub fn held(&self) -> Option<&Held> {
         match self {
             Txn::Held { begin, .. } => Some(begin),
-            Txn::Attached(a) => a.held.as_ref(),
+            Txn::Attached(a) => a.held.as_deref(),
             Txn::Idle => None,
         }
     }
 
     /// The held transaction was aborted by a refusal.
+    #[inline]
     pub fn aborted(&self) -> bool {
         matches!(self, Txn::Held { aborted: true, .. })
     }
@@ -83,7 +87,9 @@ impl Txn {
     }
 
     /// Attaches `lease`; a held BEGIN comes along (the session sends it or keeps holding it).
+    #[inline]
     pub fn attach(&mut self, lease: Lease) {
+        // The state is a few words (a held BEGIN is boxed): cheap to move.
         let held = match std::mem::replace(self, Txn::Idle) {
             Txn::Held { begin, .. } => Some(begin),
             Txn::Attached(a) => a.held,
@@ -98,22 +104,23 @@ impl Txn {
 
     /// Detaches the server: a BEGIN held during a preparing trip is held again. Returns the
     /// lease, and whether the client's transaction stays open (a held BEGIN).
+    #[inline]
     pub fn detach(&mut self) -> Option<(Lease, bool)> {
-        match std::mem::replace(self, Txn::Idle) {
-            Txn::Attached(a) => {
-                let still_held = a.held.is_some();
-                if let Some(begin) = a.held {
-                    *self = Txn::Held {
-                        begin,
-                        aborted: false,
-                    };
-                }
-                Some((a.lease, still_held))
-            }
-            other => {
-                *self = other;
-                None
-            }
+        let Txn::Attached(a) = self else {
+            return None;
+        };
+        let held = a.held.take();
+        let still_held = held.is_some();
+        let next = match held {
+            Some(begin) => Txn::Held {
+                begin,
+                aborted: false,
+            },
+            None => Txn::Idle,
+        };
+        match std::mem::replace(self, next) {
+            Txn::Attached(a) => Some((a.lease, still_held)),
+            _ => None,
         }
     }
 }
