@@ -144,7 +144,13 @@ impl Session {
             // Its messages in order, until it is done or must wait.
             let mut flow = Ok(Flow::Continue);
             while let Some(frame) = request.current().cloned() {
-                match self.on_client_frame(&mut request, frame).await {
+                let step = if self.needs_async(&frame) {
+                    self.on_client_frame(&mut request, frame).await
+                } else {
+                    // Most messages of a transaction on a server: no future to build.
+                    self.on_attached_frame(&mut request, frame)
+                };
+                match step {
                     Ok(Flow::Continue) => request.advance(1),
                     other => {
                         flow = other;
@@ -185,5 +191,4 @@ impl Session {
         self.maybe_release().await;
         Ok(Flow::Continue)
     }
-
 }

@@ -14,14 +14,70 @@ use crate::protocol::{client, messages, Frame, ProtocolError};
 use crate::router::plan::Plan;
 
 impl Session {
+    /// One client message. Most messages of a transaction on a server need nothing
+    /// asynchronous and are handled by [`Session::on_attached_frame`] without building this
+    /// function's future; `drive` calls it when [`Session::needs_async`] says so.
     pub(super) async fn on_client_frame(
         &mut self,
         request: &mut Request,
         frame: Frame,
     ) -> Result<Flow, SessionError> {
+        if let Some(flow) = self.check_frame(&frame)? {
+            return Ok(flow);
+        }
+        if self.starts_session_transaction() && !matches!(frame.tag, b'S' | b'H') {
+            // Session mode keeps its server: PAUSE holds the transaction here instead.
+            self.wait_if_paused().await;
+        }
+        if self.runs_behind_prepare_trip(&frame) {
+            // The server only prepares for the held transaction: what runs waits until it is
+            // given back, and is then planned as the transaction's first statement (its BEGIN
+            // sent first, on the shard its key names).
+            if !self.tracker.is_idle() || self.pass.is_some() {
+                return Ok(Flow::Wait);
+            }
+            self.release().await;
+        }
+        if self.txn.is_attached() {
+            return self.run_attached(request, frame);
+        }
+        self.start_transaction(request, frame).await
+    }
+
+    /// False when the message can be handled synchronously on the attached server.
+    #[inline]
+    pub(super) fn needs_async(&self, frame: &Frame) -> bool {
+        !self.txn.is_attached()
+            || (self.starts_session_transaction() && !matches!(frame.tag, b'S' | b'H'))
+            || self.runs_behind_prepare_trip(frame)
+    }
+
+    /// A message on the attached server, when [`Session::needs_async`] is false.
+    pub(super) fn on_attached_frame(
+        &mut self,
+        request: &mut Request,
+        frame: Frame,
+    ) -> Result<Flow, SessionError> {
+        if let Some(flow) = self.check_frame(&frame)? {
+            return Ok(flow);
+        }
+        self.run_attached(request, frame)
+    }
+
+    /// A message that would run something while the attached server only prepares for a
+    /// held transaction.
+    #[inline]
+    fn runs_behind_prepare_trip(&self, frame: &Frame) -> bool {
+        matches!(&self.txn, Txn::Attached(a) if a.held.is_some())
+            && matches!(frame.tag, b'Q' | b'B' | b'E' | b'F')
+    }
+
+    /// The checks every message goes through: its type, a batch being skipped to its Sync,
+    /// and its lengths. `Some` when that settled it.
+    fn check_frame(&mut self, frame: &Frame) -> Result<Option<Flow>, SessionError> {
         tracing::trace!(tag = %(frame.tag as char), len = frame.raw.len(), attached = self.txn.is_attached(), "client frame");
         match frame.tag {
-            b'X' => return Ok(Flow::Stop),
+            b'X' => return Ok(Some(Flow::Stop)),
             b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'H' | b'F' | b'd' | b'c' | b'f' => {}
             other => {
                 return Err(ProtocolError::UnknownType(other as char).into());
@@ -32,9 +88,9 @@ impl Session {
                 self.skip_until_sync = false;
                 self.push_local_ready();
             }
-            return Ok(Flow::Continue);
+            return Ok(Some(Flow::Continue));
         }
-        if let Err(e) = client::validate(&frame) {
+        if let Err(e) = client::validate(frame) {
             // As Postgres answers a malformed message: 08P01, and the rest of an extended batch
             // is skipped up to its Sync. On a server, the error is raised there so that the
             // server's transaction is aborted exactly as the client now sees it.
@@ -43,30 +99,25 @@ impl Session {
             let message = format!("usher: {e}");
             if self.txn.is_attached() {
                 self.replay = None;
-                self.inject_error(&frame, "08P01", &message);
+                self.inject_error(frame, "08P01", &message);
                 self.client_out.append(&mut self.tracker.ready);
             } else {
                 let error = messages::error_response("ERROR", "08P01", &message, None);
                 self.refuse_in_held_transaction(frame.tag, error);
             }
-            return Ok(Flow::Continue);
+            return Ok(Some(Flow::Continue));
         }
-        if self.starts_session_transaction() && !matches!(frame.tag, b'S' | b'H') {
-            // Session mode keeps its server: PAUSE holds the transaction here instead.
-            self.wait_if_paused().await;
-        }
-        if matches!(&self.txn, Txn::Attached(a) if a.held.is_some())
-            && matches!(frame.tag, b'Q' | b'B' | b'E' | b'F')
+        Ok(None)
+    }
+
+    /// The first message of a transaction, with no server attached: answered locally, or
+    /// planned and its plan carried out.
+    async fn start_transaction(
+        &mut self,
+        request: &mut Request,
+        frame: Frame,
+    ) -> Result<Flow, SessionError> {
         {
-            // The server only prepares for the held transaction: what runs waits until it is
-            // given back, and is then planned as the transaction's first statement (its BEGIN
-            // sent first, on the shard its key names).
-            if !self.tracker.is_idle() || self.pass.is_some() {
-                return Ok(Flow::Wait);
-            }
-            self.release().await;
-        }
-        if !self.txn.is_attached() {
             if !self.refresh_snapshot() {
                 self.flush_client().await?;
                 let (code, message) = self.database_removed();
@@ -158,7 +209,13 @@ impl Session {
                     }
                 }
             }
-        } else if self.sharded && matches!(frame.tag, b'Q' | b'B') {
+        }
+        self.forward_checked(request, frame)
+    }
+
+    /// A message on the attached server: checked against the pinned shard, then forwarded.
+    fn run_attached(&mut self, request: &mut Request, frame: Frame) -> Result<Flow, SessionError> {
+        if self.sharded && matches!(frame.tag, b'Q' | b'B') {
             match self.check_pinned(request) {
                 shard::PinCheck::Run => {}
                 shard::PinCheck::Defer => return Ok(Flow::Wait),
@@ -171,6 +228,15 @@ impl Session {
                 }
             }
         }
+        self.forward_checked(request, frame)
+    }
+
+    /// Forwards a message to the attached server, kept for a replay and checked for writes.
+    fn forward_checked(
+        &mut self,
+        request: &mut Request,
+        frame: Frame,
+    ) -> Result<Flow, SessionError> {
         self.record(&frame);
         self.note_write(request);
         self.forward(frame)?;

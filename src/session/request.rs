@@ -37,9 +37,9 @@ pub(super) struct Lookup<'a> {
 /// session keeps one and reuses it for each request (no allocation per request).
 #[derive(Default)]
 pub(super) struct Request {
-    /// Inline up to four messages: a simple Query or a Parse/Bind/Execute/Sync costs no
-    /// allocation.
-    frames: SmallVec<[Frame; 4]>,
+    /// Inline up to eight messages: a simple Query, or Parse/Bind/Describe/Execute/Sync,
+    /// costs no allocation.
+    frames: SmallVec<[Frame; 8]>,
     /// One per frame once the first statement is looked up (empty until then: a database
     /// that routes without reading statements never pays for them).
     statements: Vec<Statement>,
@@ -99,7 +99,10 @@ impl Request {
         if self.complete {
             return;
         }
-        // First the extent of the whole messages to take, then one cut for all of them.
+        // First the extent of the whole messages to take (the first few headers kept on the
+        // stack), then one cut for all of them.
+        const SEEN: usize = 8;
+        let mut seen = [(0u8, 0usize); SEEN];
         let mut at = 0;
         let mut count = 0;
         let mut first = self.frames.is_empty();
@@ -116,6 +119,9 @@ impl Request {
             if tag == b'Q' && !first {
                 self.complete = true;
                 break;
+            }
+            if let Some(slot) = seen.get_mut(count) {
+                *slot = (tag, len);
             }
             at += len;
             count += 1;
@@ -137,6 +143,16 @@ impl Request {
             return;
         }
         let mut start = 0;
+        if count <= SEEN {
+            for &(tag, len) in seen.iter().take(count) {
+                self.push(Frame {
+                    tag,
+                    raw: whole.slice(start..start + len),
+                });
+                start += len;
+            }
+            return;
+        }
         for _ in 0..count {
             // The headers were checked above.
             let (Some(&tag), Some(len)) = (whole.get(start), whole.get(start + 1..start + 5))
