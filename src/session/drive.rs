@@ -143,12 +143,14 @@ impl Session {
             }
             // Its messages in order, until it is done or must wait.
             let mut flow = Ok(Flow::Continue);
-            while let Some(frame) = request.current().cloned() {
-                let step = if self.needs_async(&frame) {
+            while let Some(frame) = request.current() {
+                let step = if self.needs_async(frame) {
+                    let frame = frame.clone();
                     self.on_client_frame(&mut request, frame).await
                 } else {
-                    // Most messages of a transaction on a server: no future to build.
-                    self.on_attached_frame(&mut request, frame)
+                    // Most messages of a transaction on a server: no future to build, and
+                    // the message is read where it lies.
+                    self.on_attached_frame(&mut request)
                 };
                 match step {
                     Ok(Flow::Continue) => request.advance(1),

@@ -13,7 +13,7 @@ use crate::protocol::{client, messages, Frame};
 
 impl Session {
     /// Appends a client frame to the server batch and records what it expects back.
-    pub(super) fn forward(&mut self, frame: Frame) -> Result<(), SessionError> {
+    pub(super) fn forward(&mut self, frame: &Frame) -> Result<(), SessionError> {
         if matches!(frame.tag, b'Q' | b'E') {
             self.stats.queries.inc();
         }
@@ -38,7 +38,7 @@ impl Session {
                     self.route.shard_override = None;
                 }
                 if changes.iter().any(|c| matches!(c, SessionChange::Set(n) | SessionChange::Reset(n) if n.to_ascii_lowercase().starts_with("usher."))) {
-                    let sql = client::sql_of(&frame).unwrap_or_default();
+                    let sql = client::sql_of(frame).unwrap_or_default();
                     let class = self.memo.classify(&self.app.query_cache, &sql);
                     if let Some(role) = class.set_role {
                         self.route.role_override = Some(role);
@@ -75,7 +75,7 @@ impl Session {
             b'P' | b'B' | b'D' | b'C' if rewrite => {
                 self.stmts.translate(
                     self.id,
-                    &frame,
+                    frame,
                     state,
                     &mut self.tracker,
                     &mut self.server_out,
@@ -89,7 +89,7 @@ impl Session {
                     },
                     b'B' => Expect::Bind,
                     b'C' => Expect::Close,
-                    _ => match client::Targeted::new(&frame)?.target {
+                    _ => match client::Targeted::new(frame)?.target {
                         client::Target::Statement => Expect::DescribeStatement,
                         client::Target::Portal => Expect::DescribePortal,
                     },

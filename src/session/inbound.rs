@@ -39,7 +39,7 @@ impl Session {
             self.release().await;
         }
         if self.txn.is_attached() {
-            return self.run_attached(request, frame);
+            return self.run_attached(request);
         }
         self.start_transaction(request, frame).await
     }
@@ -52,16 +52,19 @@ impl Session {
             || self.runs_behind_prepare_trip(frame)
     }
 
-    /// A message on the attached server, when [`Session::needs_async`] is false.
+    /// The request's current message on the attached server, when [`Session::needs_async`]
+    /// is false (read in place: no copy of its handle).
     pub(super) fn on_attached_frame(
         &mut self,
         request: &mut Request,
-        frame: Frame,
     ) -> Result<Flow, SessionError> {
-        if let Some(flow) = self.check_frame(&frame)? {
+        let Some(frame) = request.current() else {
+            return Ok(Flow::Continue);
+        };
+        if let Some(flow) = self.check_frame(frame)? {
             return Ok(flow);
         }
-        self.run_attached(request, frame)
+        self.run_attached(request)
     }
 
     /// A message that would run something while the attached server only prepares for a
@@ -210,35 +213,39 @@ impl Session {
                 }
             }
         }
-        self.forward_checked(request, frame)
+        self.forward_checked(request)
     }
 
-    /// A message on the attached server: checked against the pinned shard, then forwarded.
-    fn run_attached(&mut self, request: &mut Request, frame: Frame) -> Result<Flow, SessionError> {
-        if self.sharded && matches!(frame.tag, b'Q' | b'B') {
+    /// The request's current message on the attached server: checked against the pinned
+    /// shard, then forwarded.
+    fn run_attached(&mut self, request: &mut Request) -> Result<Flow, SessionError> {
+        let tag = request.current().map_or(0, |f| f.tag);
+        if self.sharded && matches!(tag, b'Q' | b'B') {
             match self.check_pinned(request) {
                 shard::PinCheck::Run => {}
                 shard::PinCheck::Defer => return Ok(Flow::Wait),
                 shard::PinCheck::Reject(code, message) => {
                     self.stats.route(crate::stats::RouteOutcome::Rejected);
                     self.replay = None;
-                    self.inject_error(&frame, code, &message);
+                    if let Some(frame) = request.current() {
+                        self.inject_error(frame, code, &message);
+                    }
                     self.client_out.append(&mut self.tracker.ready);
                     return Ok(Flow::Continue);
                 }
             }
         }
-        self.forward_checked(request, frame)
+        self.forward_checked(request)
     }
 
-    /// Forwards a message to the attached server, kept for a replay and checked for writes.
-    fn forward_checked(
-        &mut self,
-        request: &mut Request,
-        frame: Frame,
-    ) -> Result<Flow, SessionError> {
-        self.record(&frame);
+    /// Forwards the request's current message to the attached server, kept for a replay and
+    /// checked for writes.
+    fn forward_checked(&mut self, request: &mut Request) -> Result<Flow, SessionError> {
         self.note_write(request);
+        let Some(frame) = request.current() else {
+            return Ok(Flow::Continue);
+        };
+        self.record(frame);
         self.forward(frame)?;
         self.client_out.append(&mut self.tracker.ready);
         Ok(Flow::Continue)

@@ -110,7 +110,7 @@ impl Session {
         self.start_replay();
         for frame in frames {
             self.record(&frame);
-            self.forward(frame)?;
+            self.forward(&frame)?;
         }
         let out = self.server_out.split().freeze();
         if let Some(lease) = self.txn.lease() {
