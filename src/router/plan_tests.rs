@@ -1,0 +1,260 @@
+//! The plan for each kind of batch, from the statements a client sends to what usher does.
+
+use super::*;
+use crate::config::{load_str, Config};
+use crate::router::classify::classify;
+use crate::router::normalize::literal_spans;
+
+fn config() -> Config {
+    load_str(
+        r#"
+[general]
+listen = "127.0.0.1:0"
+[[users]]
+name = "u"
+auth_type = "trust"
+[databases.plain]
+shards = [ { primary = "127.0.0.1:1/d" } ]
+[databases.split]
+read_write_split = true
+volatile_functions_are_writes = true
+shards = [ { primary = "127.0.0.1:1/d", replicas = ["127.0.0.1:2/d"] } ]
+[databases.aggressive]
+read_write_split = true
+read_write_strategy = "aggressive"
+shards = [ { primary = "127.0.0.1:1/d", replicas = ["127.0.0.1:2/d"] } ]
+[databases.sharded]
+shards = [ { primary = "127.0.0.1:1/s0" }, { primary = "127.0.0.1:1/s1" } ]
+[databases.sharded.sharding]
+key_type = "bigint"
+tables = [ { name = "families", column = "id" } ]
+"#,
+        std::path::Path::new("plan.toml"),
+    )
+    .unwrap()
+}
+
+fn stmt(tag: u8, sql: &str) -> Statement {
+    Statement {
+        tag,
+        sql: Some(Bytes::copy_from_slice(sql.as_bytes())),
+        class: Some(Arc::new(classify(sql))),
+        spans: literal_spans(sql.as_bytes()),
+        ..Statement::default()
+    }
+}
+
+fn tag(tag: u8) -> Statement {
+    Statement {
+        tag,
+        ..Statement::default()
+    }
+}
+
+fn facts<'a>(db: &'a Database) -> Facts<'a> {
+    Facts {
+        db,
+        transaction_mode: true,
+        held: None,
+        aborted: false,
+        role_override: None,
+        shard_override: None,
+        volatile: None,
+        rotation: 0,
+    }
+}
+
+fn plan_of(statements: &[Statement], facts: &Facts) -> Plan {
+    plan(
+        &Batch {
+            statements,
+            complete: true,
+        },
+        facts,
+    )
+}
+
+fn run(p: Plan) -> Run {
+    match p {
+        Plan::Run(r) => r,
+        other => panic!("expected a run, got {other:?}"),
+    }
+}
+
+#[test]
+fn without_split_or_shards_everything_runs_on_the_primary_unread() {
+    let c = config();
+    let db = &c.databases["plain"];
+    // Statements that were never looked up are enough: nothing of them is read.
+    let r = run(plan_of(&[tag(b'Q')], &facts(db)));
+    assert_eq!((r.shard, r.primary, r.split), (0, true, false));
+}
+
+#[test]
+fn split_sends_reads_to_replicas_and_writes_to_the_primary() {
+    let c = config();
+    let db = &c.databases["split"];
+    let f = facts(db);
+    assert!(!run(plan_of(&[stmt(b'Q', "SELECT 1")], &f)).primary);
+    assert!(run(plan_of(&[stmt(b'Q', "UPDATE t SET v = 1")], &f)).primary);
+    // Conservative: a read-write BEGIN goes to the primary with everything after it.
+    assert!(run(plan_of(&[stmt(b'Q', "BEGIN")], &f)).primary);
+    // A write later in the same pipelined batch decides for all of it.
+    let batch = [
+        stmt(b'P', "SELECT 1"),
+        tag(b'B'),
+        stmt(b'P', "DELETE FROM t"),
+        tag(b'S'),
+    ];
+    assert!(run(plan_of(&batch, &f)).primary);
+    // Session mode never splits.
+    let session = Facts {
+        transaction_mode: false,
+        ..facts(db)
+    };
+    assert!(run(plan_of(&[stmt(b'Q', "SELECT 1")], &session)).primary);
+    // SET usher.role in the batch applies to it.
+    let r = run(plan_of(&[stmt(b'Q', "SET usher.role = 'primary'")], &f));
+    assert_eq!(r.set_role, Some(RoleHint::Primary));
+    assert!(r.primary);
+}
+
+#[test]
+fn volatility_is_asked_for_then_decides() {
+    let c = config();
+    let db = &c.databases["split"];
+    let q = [stmt(b'Q', "SELECT my_func(1)")];
+    assert_eq!(
+        plan_of(&q, &facts(db)),
+        Plan::CheckFunctions(vec!["my_func".into()])
+    );
+    let known = |v| Facts {
+        volatile: Some(v),
+        ..facts(db)
+    };
+    assert!(run(plan_of(&q, &known(true))).primary);
+    assert!(!run(plan_of(&q, &known(false))).primary);
+}
+
+#[test]
+fn aggressive_holds_begin_and_routes_by_the_first_statement() {
+    let c = config();
+    let db = &c.databases["aggressive"];
+    let Plan::Local(begin) = plan_of(&[stmt(b'Q', "begin")], &facts(db)) else {
+        panic!("BEGIN is held");
+    };
+    assert_eq!(begin.tag, b"BEGIN");
+    assert!(begin.hold.is_some());
+    let held = stmt(b'Q', "BEGIN");
+    let open = Facts {
+        held: Some(&held),
+        ..facts(db)
+    };
+    assert!(!run(plan_of(&[stmt(b'Q', "SELECT 1")], &open)).primary);
+    assert!(run(plan_of(&[stmt(b'Q', "INSERT INTO t VALUES (1)")], &open)).primary);
+    let Plan::Local(end) = plan_of(&[stmt(b'Q', "COMMIT")], &open) else {
+        panic!("an empty transaction ends locally");
+    };
+    assert_eq!((end.tag, end.hold.is_none()), (&b"COMMIT"[..], true));
+    // After a refusal only the end is accepted.
+    let aborted = Facts {
+        aborted: true,
+        ..open
+    };
+    let Plan::Refuse(r) = plan_of(&[stmt(b'Q', "SELECT 1")], &aborted) else {
+        panic!("refused");
+    };
+    assert_eq!(r.sqlstate, "25P02");
+    assert!(matches!(
+        plan_of(&[stmt(b'Q', "ROLLBACK")], &aborted),
+        Plan::Local(Control { hold: None, .. })
+    ));
+    // A read-only BEGIN runs where its statements do: not held under aggressive.
+    assert!(!matches!(
+        plan_of(&[stmt(b'Q', "BEGIN READ ONLY")], &facts(db)),
+        Plan::Local(_)
+    ));
+}
+
+#[test]
+fn extended_begin_batches_are_held_only_when_whole() {
+    let c = config();
+    let db = &c.databases["sharded"];
+    let batch = [
+        stmt(b'P', "START TRANSACTION"),
+        Statement {
+            bind: Some(Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0])),
+            ..stmt(b'B', "START TRANSACTION")
+        },
+        Statement {
+            of_statement: false,
+            ..tag(b'D')
+        },
+        tag(b'E'),
+        tag(b'S'),
+    ];
+    let Plan::Local(c) = plan_of(&batch, &facts(db)) else {
+        panic!("held");
+    };
+    assert_eq!(c.tag, b"START TRANSACTION");
+    assert_eq!(c.kinds, b"PBDX");
+    assert!(c.extended);
+    let partial = Batch {
+        statements: &batch[..4],
+        complete: false,
+    };
+    assert_eq!(plan(&partial, &facts(db)), Plan::Wait);
+}
+
+#[test]
+fn sharded_batches_go_to_their_key_s_shard_or_are_refused() {
+    let c = config();
+    let db = &c.databases["sharded"];
+    let map = db.sharding.as_ref().unwrap();
+    let f = facts(db);
+    for key in 1..20 {
+        let want = shard::hinted(&ShardHint::Key(key.to_string()), map, 2).unwrap();
+        let sql = format!("SELECT * FROM families WHERE id = {key}");
+        assert_eq!(run(plan_of(&[stmt(b'Q', &sql)], &f)).shard, want);
+    }
+    assert_eq!(
+        run(plan_of(&[stmt(b'Q', "/* usher: shard=1 */ SELECT 1")], &f)).shard,
+        1
+    );
+    let Plan::Refuse(r) = plan_of(&[stmt(b'Q', "SELECT * FROM families")], &f) else {
+        panic!("no key");
+    };
+    assert_eq!((r.sqlstate, r.rejected), ("0A000", true));
+    assert_eq!(
+        plan_of(&[stmt(b'Q', "CREATE TABLE x (id int)")], &f),
+        Plan::Broadcast
+    );
+    let held = stmt(b'Q', "BEGIN");
+    let open = Facts {
+        held: Some(&held),
+        ..facts(db)
+    };
+    let Plan::Refuse(r) = plan_of(&[stmt(b'Q', "CREATE TABLE x (id int)")], &open) else {
+        panic!("DDL inside a transaction");
+    };
+    assert_eq!((r.sqlstate, r.rejected), ("0A000", false));
+    // Only preparing: any shard answers, and a held BEGIN stays held.
+    let prepare = [
+        stmt(b'P', "SELECT * FROM families WHERE id = $1"),
+        tag(b'S'),
+    ];
+    let r = run(plan_of(&prepare, &open));
+    assert_eq!((r.shard, r.prepare_only), (0, true));
+    assert!(!run(plan_of(&prepare, &f)).prepare_only);
+    // Bound by its parameter: the Bind's value picks the shard.
+    let want = shard::hinted(&ShardHint::Key("7".into()), map, 2).unwrap();
+    // Portal "", statement "", no formats, one parameter "7", no result formats.
+    let bind = vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 1, b'7', 0, 0];
+    let bound = Statement {
+        bind: Some(Bytes::from(bind)),
+        spans: Vec::new(),
+        ..stmt(b'B', "SELECT * FROM families WHERE id = $1")
+    };
+    let batch = [prepare[0].clone(), bound, tag(b'E'), tag(b'S')];
+    assert_eq!(run(plan_of(&batch, &f)).shard, want);
+}
