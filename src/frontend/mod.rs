@@ -41,7 +41,7 @@ impl crate::error::Failure for FrontendError {
         match self {
             FrontendError::Protocol(_) => "08P01",
             FrontendError::Refused(_) => "28000",
-            FrontendError::LoginTimeout => "08006",
+            FrontendError::LoginTimeout => "08P01",
             FrontendError::Io(_) | FrontendError::ClosedDuringStartup => "08006",
         }
     }

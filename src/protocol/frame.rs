@@ -43,11 +43,10 @@ impl Frame {
 
 /// Reads the header at the front of `buf`: (tag, total frame length including tag).
 pub fn peek_header(buf: &[u8], max: usize) -> Result<Option<(u8, usize)>, ProtocolError> {
-    if buf.len() < 5 {
+    let Some(&[tag, a, b, c, d]) = buf.get(..5) else {
         return Ok(None);
-    }
-    let tag = buf[0];
-    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    };
+    let len = i32::from_be_bytes([a, b, c, d]);
     if len < 4 || len as usize > max {
         return Err(ProtocolError::BadLength {
             tag: tag as char,

@@ -47,10 +47,10 @@ impl StartupPacket {
 
 /// Cuts and decodes a startup packet from `buf`; `None` until it is all there.
 pub fn split_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, ProtocolError> {
-    if buf.len() < 4 {
+    let Some(&[a, b, c, d]) = buf.get(..4) else {
         return Ok(None);
-    }
-    let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    };
+    let len = i32::from_be_bytes([a, b, c, d]);
     if len < 8 || len as usize > MAX_STARTUP_PACKET {
         return Err(ProtocolError::BadLength {
             tag: '\0',

@@ -146,20 +146,6 @@ pub struct Run {
 
 /// Decides what to do with the transaction starting at `batch`.
 pub fn plan(batch: &Batch, facts: &Facts) -> Plan {
-    let db = facts.db;
-    if db.sharding.is_none() && !(db.read_write_split && facts.transaction_mode) {
-        // Nothing to read: one shard, and every transaction on its primary.
-        return Plan::Run(Run {
-            shard: 0,
-            primary: true,
-            prepare_only: false,
-            set_role: None,
-            writes: false,
-            track_writes: false,
-            split: false,
-            sharded: false,
-        });
-    }
     let control = control(batch, facts);
     if facts.held.is_some() && facts.aborted {
         // usher refused this transaction's first statement: only its end is accepted.

@@ -35,10 +35,8 @@ pub(super) struct Memo {
 }
 
 impl Memo {
-    fn find(entries: &[Entry], sql: &Bytes) -> Option<usize> {
-        entries.iter().position(|e| {
-            (e.sql.as_ptr() == sql.as_ptr() && e.sql.len() == sql.len()) || e.sql == *sql
-        })
+    fn matches(e: &Entry, sql: &Bytes) -> bool {
+        (e.sql.as_ptr() == sql.as_ptr() && e.sql.len() == sql.len()) || e.sql == *sql
     }
 
     fn insert(&self, entry: Entry) {
@@ -47,16 +45,23 @@ impl Memo {
             entries.push(entry);
         } else {
             let i = self.next.get() % ENTRIES;
-            entries[i] = entry;
+            if let Some(slot) = entries.get_mut(i) {
+                *slot = entry;
+            }
             self.next.set(i + 1);
         }
     }
 
     /// The classification of `sql`, from the memo or else the shared cache.
     pub(super) fn classify(&self, cache: &QueryCache, sql: &Bytes) -> Arc<Classification> {
-        let found = Self::find(&self.entries.borrow(), sql);
-        if let Some(i) = found {
-            return self.entries.borrow()[i].class.clone();
+        let found = self
+            .entries
+            .borrow()
+            .iter()
+            .find(|e| Self::matches(e, sql))
+            .map(|e| e.class.clone());
+        if let Some(class) = found {
+            return class;
         }
         let class = cache.classify(sql);
         self.insert(Entry {
@@ -74,10 +79,8 @@ impl Memo {
         sql: &Bytes,
         spans: &mut Vec<Range<usize>>,
     ) -> Arc<Classification> {
-        let found = Self::find(&self.entries.borrow(), sql);
-        if let Some(i) = found {
-            let mut entries = self.entries.borrow_mut();
-            let entry = &mut entries[i];
+        let mut entries = self.entries.borrow_mut();
+        if let Some(entry) = entries.iter_mut().find(|e| Self::matches(e, sql)) {
             if let Some(known) = &entry.spans {
                 spans.clone_from(known);
                 return entry.class.clone();
@@ -86,6 +89,7 @@ impl Memo {
             entry.spans = Some(spans.clone());
             return class;
         }
+        drop(entries);
         let class = cache.classify_with_spans(sql, spans);
         self.insert(Entry {
             sql: Bytes::copy_from_slice(sql),

@@ -62,16 +62,8 @@ impl Request {
         if !self.frames.is_empty() {
             self.clear();
         }
-        match peek_header(buf, max)? {
-            // The usual simple Query, alone in the buffer: it is the request.
-            Some((b'Q', len)) if buf.len() == len => {
-                let raw = buf.split_to(len).freeze();
-                self.bytes = len;
-                self.complete = true;
-                self.push(Frame { tag: b'Q', raw });
-            }
-            _ => self.extend(buf, max),
-        }
+        peek_header(buf, max)?;
+        self.extend(buf, max);
         Ok(!self.frames.is_empty())
     }
 
@@ -99,10 +91,7 @@ impl Request {
         if self.complete {
             return;
         }
-        // First the extent of the whole messages to take (the first few headers kept on the
-        // stack), then one cut for all of them.
-        const SEEN: usize = 8;
-        let mut seen = [(0u8, 0usize); SEEN];
+        // First the extent of the whole messages to take, then one cut for all of them.
         let mut at = 0;
         let mut count = 0;
         let mut first = self.frames.is_empty();
@@ -119,9 +108,6 @@ impl Request {
             if tag == b'Q' && !first {
                 self.complete = true;
                 break;
-            }
-            if let Some(slot) = seen.get_mut(count) {
-                *slot = (tag, len);
             }
             at += len;
             count += 1;
@@ -143,28 +129,17 @@ impl Request {
             return;
         }
         let mut start = 0;
-        if count <= SEEN {
-            for &(tag, len) in seen.iter().take(count) {
-                self.push(Frame {
-                    tag,
-                    raw: whole.slice(start..start + len),
-                });
-                start += len;
-            }
-            return;
-        }
-        for _ in 0..count {
-            // The headers were checked above.
-            let (Some(&tag), Some(len)) = (whole.get(start), whole.get(start + 1..start + 5))
-            else {
+        // The headers were checked above; read again, each frame within the cut.
+        while let Ok(Some((tag, len))) = peek_header(whole.get(start..).unwrap_or_default(), max) {
+            let end = start + len;
+            if end > whole.len() {
                 break;
-            };
-            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize + 1;
+            }
             self.push(Frame {
                 tag,
-                raw: whole.slice(start..start + len),
+                raw: whole.slice(start..end),
             });
-            start += len;
+            start = end;
         }
     }
 
@@ -232,8 +207,11 @@ impl Request {
         }
         if !*self.filled.get(i)? {
             let s = self.look_up(i, lookup);
-            self.statements[i] = s;
-            self.filled[i] = true;
+            if let (Some(slot), Some(filled)) = (self.statements.get_mut(i), self.filled.get_mut(i))
+            {
+                *slot = s;
+                *filled = true;
+            }
         }
         self.statements.get(i)
     }
@@ -317,8 +295,9 @@ impl Request {
     /// The statement of the last unnamed Parse before message `i`, if looked up or parsable.
     fn unnamed_before(&self, i: usize) -> Option<Statement> {
         let j = (0..i).rev().find(|&j| {
-            self.frames[j].tag == b'P'
-                && client::Parse::new(&self.frames[j]).is_ok_and(|p| p.name().is_empty())
+            self.frames.get(j).is_some_and(|f| {
+                f.tag == b'P' && client::Parse::new(f).is_ok_and(|p| p.name().is_empty())
+            })
         })?;
         if self.filled.get(j) == Some(&true) {
             return self.statements.get(j).cloned();

@@ -333,18 +333,22 @@ impl Session {
         if cached.len() <= shard {
             cached.resize(shard + 1, Vec::new());
         }
-        let slots = &mut cached[shard];
-        if slots.len() <= index {
-            slots.resize(index + 1, None);
-        }
-        match &slots[index] {
-            Some(p) if *p.key.server == *addr => Ok(p.clone()),
-            _ => {
+        let slot = cached.get_mut(shard).and_then(|slots| {
+            if slots.len() <= index {
+                slots.resize(index + 1, None);
+            }
+            slots.get_mut(index)
+        });
+        match slot {
+            Some(Some(p)) if *p.key.server == *addr => Ok(p.clone()),
+            slot => {
                 let user = config
                     .user(&self.login.user)
                     .ok_or_else(|| AttachError::UserRemoved(self.login.user.clone()))?;
                 let pool = self.app.pool(config, &self.login.database, user, addr);
-                slots[index] = Some(pool.clone());
+                if let Some(slot) = slot {
+                    *slot = Some(pool.clone());
+                }
                 Ok(pool)
             }
         }

@@ -69,7 +69,7 @@ pub fn scan(sql: &[u8]) -> (Vec<SessionChange>, usize) {
     let mut end_statement = |lead: &[Tok<'_>], n: &mut usize| {
         if *n > 0 {
             statements += 1;
-            changes.extend(change_of(&lead[..*n]));
+            changes.extend(change_of(lead.get(..*n).unwrap_or_default()));
         }
         *n = 0;
     };
@@ -79,7 +79,7 @@ pub fn scan(sql: &[u8]) -> (Vec<SessionChange>, usize) {
     // and reused until lexing passes them, so a long statement is searched in linear time.
     let (mut semi_at, mut quote_at, mut dash_at) = (None, None, None);
     while i < s.len() {
-        if n == LEAD || (n > 0 && !starts_change(&lead[0])) {
+        if n == LEAD || (n > 0 && !lead.first().is_some_and(starts_change)) {
             // This statement is decided: skip plain text up to its `;` or up to what could
             // hide one (a quote, a comment, a dollar quote), or stop when no `;` follows.
             let semi = next_at(&mut semi_at, s, i, |t| memchr::memchr(b';', t));
@@ -94,12 +94,14 @@ pub fn scan(sql: &[u8]) -> (Vec<SessionChange>, usize) {
             // Resume at the start of the word it ends, if any (a `$` inside an identifier
             // is no dollar quote): there the lexer is in the same state as if it had read
             // every skipped byte.
-            while resume > i && is_word_byte(s[resume - 1]) {
+            while resume > i && s.get(resume - 1).is_some_and(|b| is_word_byte(*b)) {
                 resume -= 1;
             }
             i = resume;
         }
-        let c = s[i];
+        let Some(&c) = s.get(i) else {
+            break;
+        };
         let tok = match c {
             b';' => {
                 end_statement(&lead, &mut n);
@@ -107,7 +109,7 @@ pub fn scan(sql: &[u8]) -> (Vec<SessionChange>, usize) {
                 continue;
             }
             b'-' if s.get(i + 1) == Some(&b'-') => {
-                while i < s.len() && s[i] != b'\n' {
+                while s.get(i).is_some_and(|b| *b != b'\n') {
                     i += 1;
                 }
                 continue;
@@ -117,13 +119,19 @@ pub fn scan(sql: &[u8]) -> (Vec<SessionChange>, usize) {
                 continue;
             }
             b'\'' => {
-                let escapes = i > 0 && matches!(s[i - 1], b'e' | b'E');
+                let escapes = i
+                    .checked_sub(1)
+                    .and_then(|j| s.get(j))
+                    .is_some_and(|b| matches!(b, b'e' | b'E'));
                 i = skip_quoted(s, i, escapes).0;
                 Tok::Other
             }
             b'"' => {
                 let end = skip_quoted(s, i, false).0;
-                let tok = Tok::Quoted(&s[i + 1..end.saturating_sub(1).max(i + 1)]);
+                let tok = Tok::Quoted(
+                    s.get(i + 1..end.saturating_sub(1).max(i + 1))
+                        .unwrap_or_default(),
+                );
                 i = end;
                 tok
             }
@@ -140,13 +148,13 @@ pub fn scan(sql: &[u8]) -> (Vec<SessionChange>, usize) {
             },
             _ if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
                 let start = i;
-                while i < s.len() && is_word_byte(s[i]) {
+                while s.get(i).is_some_and(|b| is_word_byte(*b)) {
                     i += 1;
                 }
                 if i - start == 1 && matches!(c, b'e' | b'E') && s.get(i) == Some(&b'\'') {
                     continue; // E'...' string: handled by the quote arm.
                 }
-                Tok::Word(&s[start..i])
+                Tok::Word(s.get(start..i).unwrap_or_default())
             }
             _ if c.is_ascii_whitespace() => {
                 i += 1;
@@ -161,8 +169,8 @@ pub fn scan(sql: &[u8]) -> (Vec<SessionChange>, usize) {
                 continue;
             }
         };
-        if n < LEAD {
-            lead[n] = tok;
+        if let Some(slot) = lead.get_mut(n) {
+            *slot = tok;
             n += 1;
         }
     }
@@ -181,7 +189,7 @@ fn next_at(
     match *cache {
         Some(p) if p >= i => p,
         _ => {
-            let p = find(&s[i..]).map_or(s.len(), |p| i + p);
+            let p = find(s.get(i..).unwrap_or_default()).map_or(s.len(), |p| i + p);
             *cache = Some(p);
             p
         }
@@ -203,11 +211,12 @@ fn starts_change(first: &Tok<'_>) -> bool {
 /// The end of the (nested) block comment starting at `i`.
 fn skip_block_comment(s: &[u8], mut i: usize) -> usize {
     let mut depth = 0;
-    while i < s.len() {
-        if s[i] == b'/' && s.get(i + 1) == Some(&b'*') {
+    while let Some(&c) = s.get(i) {
+        let next = s.get(i + 1).copied();
+        if c == b'/' && next == Some(b'*') {
             depth += 1;
             i += 2;
-        } else if s[i] == b'*' && s.get(i + 1) == Some(&b'/') {
+        } else if c == b'*' && next == Some(b'/') {
             depth -= 1;
             i += 2;
             if depth == 0 {
