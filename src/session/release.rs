@@ -16,6 +16,10 @@ use crate::router;
 impl Session {
     /// Reads what the server sent, forwards it and releases the server when the transaction is over.
     pub(super) async fn on_server_data(&mut self) -> Result<(), SessionError> {
+        if self.first_error_incomplete() {
+            // Read on: a FATAL cut across two reads must not reach the client half relayed.
+            return Ok(());
+        }
         if self.server_says_fatal()
             && Box::pin(self.retry_read("server sent FATAL before answering")).await?
         {

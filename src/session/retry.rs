@@ -35,6 +35,21 @@ impl Session {
         }
     }
 
+    /// True when the server's first answer to a replayable read is an ErrorResponse not yet
+    /// whole: it is waited for rather than streamed, since it may be a FATAL (a server
+    /// shutting down) after which the read goes elsewhere.
+    pub(super) fn first_error_incomplete(&mut self) -> bool {
+        if self.replay.is_none() {
+            return false;
+        }
+        let max = self.io.max_message;
+        let Some(lease) = self.txn.lease() else {
+            return false;
+        };
+        let rbuf = &lease.conn().rbuf;
+        matches!(crate::protocol::peek_header(rbuf, max), Ok(Some((b'E', total))) if rbuf.len() < total)
+    }
+
     /// True when the server's first answer is a FATAL error (the server is going away).
     pub(super) fn server_says_fatal(&mut self) -> bool {
         if self.replay.is_none() {
