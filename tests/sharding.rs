@@ -8,7 +8,8 @@ mod common;
 use std::collections::HashSet;
 
 use bytes::BufMut;
-use common::fake_server::{error_code, frame, frames};
+use common::fake_server::{error_code, frame};
+use common::sharded::*;
 use common::*;
 use futures_util::future::join_all;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -71,38 +72,6 @@ impl ToSql for Uuid {
     to_sql_checked!();
 }
 
-struct Sharded {
-    usher: Usher,
-    db: &'static str,
-    shards: Vec<String>,
-    config: String,
-}
-
-async fn setup(prefix: &str, map: &str) -> Sharded {
-    let shards = shard_dbs(prefix, 4);
-    let config = sharded_config("app", &shards, map);
-    migrate(&config, "migrations").await.unwrap();
-    for s in &shards {
-        topology()
-            .primary
-            .psql(s, "GRANT ALL ON ALL TABLES IN SCHEMA public TO trust_user");
-    }
-    let usher = start_usher(&config).await;
-    Sharded {
-        usher,
-        db: "app",
-        shards,
-        config,
-    }
-}
-
-fn shard_of(config: &str, table: Option<&str>, key: &str) -> usize {
-    let c = usher::config::load_str(config, std::path::Path::new("t.toml")).unwrap();
-    usher::tools::shard_of::shard_of(&c, Some("app"), table, key)
-        .unwrap()
-        .0
-}
-
 /// Sends P/B/E/S with text-format parameters over a raw connection; returns the SQLSTATE of
 /// an error, if any.
 async fn raw_text_params(
@@ -161,22 +130,6 @@ async fn raw_text_params(
             }
         }
     }
-}
-
-/// Every row of `sql` on each shard, queried directly on the primary.
-fn per_shard(s: &Sharded, sql: &str) -> Vec<Vec<String>> {
-    s.shards
-        .iter()
-        .map(|db| {
-            topology()
-                .primary
-                .psql(db, sql)
-                .lines()
-                .map(str::to_string)
-                .filter(|l| !l.is_empty())
-                .collect()
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -802,25 +755,6 @@ async fn each_shard_reads_from_its_own_replica() {
             );
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
-    }
-}
-
-/// Reads a raw connection until `n` ReadyForQuery frames (any status) arrived; returns the
-/// frames.
-async fn read_readies(s: &mut tokio::net::TcpStream, n: usize) -> Vec<(u8, Vec<u8>)> {
-    let mut got = Vec::new();
-    loop {
-        let all = frames(&got);
-        if all.iter().filter(|(t, _)| *t == b'Z').count() >= n {
-            return all;
-        }
-        let mut chunk = [0u8; 4096];
-        let r = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut chunk))
-            .await
-            .expect("an answer within 10 s")
-            .unwrap();
-        assert!(r > 0, "closed: {all:?}");
-        got.extend_from_slice(&chunk[..r]);
     }
 }
 

@@ -80,6 +80,7 @@ impl Session {
             key: conn.backend_key,
         });
         self.txn.attach(lease);
+        self.tracker.executed = false;
         Ok(())
     }
 

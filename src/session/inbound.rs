@@ -34,7 +34,8 @@ impl Session {
             // given back, and is then planned as the transaction's first statement (its BEGIN
             // sent first, on the shard its key names).
             if !self.tracker.is_idle() || self.pass.is_some() {
-                return Ok(Flow::Wait);
+                // A trip ended by a Flush is closed by usher's own Sync first.
+                return Ok(self.end_prepare_trip());
             }
             self.release().await;
         }
@@ -224,6 +225,7 @@ impl Session {
             match self.check_pinned(request) {
                 shard::PinCheck::Run => {}
                 shard::PinCheck::Defer => return Ok(Flow::Wait),
+                shard::PinCheck::Move => return Ok(self.end_prepare_trip()),
                 shard::PinCheck::Reject(code, message) => {
                     self.stats.route(crate::stats::RouteOutcome::Rejected);
                     self.replay = None;

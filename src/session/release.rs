@@ -68,6 +68,15 @@ impl Session {
             self.flush_client().await?;
             self.maybe_release().await;
         }
+        if std::mem::take(&mut self.tracker.hidden_sync_failed) {
+            // The server skipped to usher's own Sync after an error: the client's messages
+            // up to its Sync are skipped too, and a held transaction is now aborted.
+            self.skip_until_sync = true;
+            if self.txn.held().is_some() {
+                self.txn_status = b'E';
+                self.txn.abort_held();
+            }
+        }
         Ok(())
     }
 

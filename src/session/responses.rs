@@ -46,6 +46,10 @@ pub enum Expect {
     /// inside the client's transaction: its ErrorResponse is forwarded, its ReadyForQuery
     /// swallowed (the client gets one at its own Sync).
     InjectedError,
+    /// A Sync usher sent itself to end a server's implicit transaction that only prepared
+    /// statements (so the client's next statement may run on another shard): its
+    /// ReadyForQuery is swallowed.
+    HiddenSync,
 }
 
 /// What to do with one server frame.
@@ -73,6 +77,12 @@ pub struct Tracker {
     copy_in: bool,
     /// ErrorResponses seen since the session last counted them.
     pub errors: u64,
+    /// Something that executes (Execute, Query, a function call) was sent since the server
+    /// was attached: its implicit or explicit transaction may have done work.
+    pub executed: bool,
+    /// The server reported an error in what preceded a hidden Sync: the client's messages
+    /// up to its own Sync must be skipped, as the server would have skipped them.
+    pub hidden_sync_failed: bool,
 }
 
 impl Tracker {
@@ -87,11 +97,15 @@ impl Tracker {
             return;
         }
         match expect {
-            Expect::Sync
-            | Expect::Query
-            | Expect::FunctionCall
-            | Expect::HiddenQuery
-            | Expect::InjectedError => self.unsynced = false,
+            Expect::Query | Expect::FunctionCall | Expect::HiddenQuery | Expect::InjectedError => {
+                self.unsynced = false;
+                self.executed = true;
+            }
+            Expect::Execute => {
+                self.unsynced = true;
+                self.executed = true;
+            }
+            Expect::Sync | Expect::HiddenSync => self.unsynced = false,
             // Answered by usher: the server is not inside an implicit transaction because of it.
             Expect::Local(_) | Expect::CopyEnd => {}
             _ => self.unsynced = true,
@@ -166,6 +180,9 @@ impl Tracker {
                     None | Some(Expect::Query | Expect::FunctionCall | Expect::Sync) => {}
                     Some(_) => self.abort_until_sync(),
                 }
+                if self.queue.front() == Some(&Expect::HiddenSync) {
+                    self.hidden_sync_failed = true;
+                }
                 Decision::Forward
             }
             b'G' => {
@@ -174,13 +191,18 @@ impl Tracker {
             }
             b'Z' => {
                 self.copy_in = false;
+                let mut decision = Decision::Forward;
                 while let Some(e) = self.queue.pop_front() {
                     match e {
                         Expect::Sync | Expect::Query | Expect::FunctionCall => break,
+                        Expect::HiddenSync => {
+                            decision = Decision::Swallow;
+                            break;
+                        }
                         other => self.forget(other),
                     }
                 }
-                Decision::Forward
+                decision
             }
             _ => match (self.queue.front(), tag) {
                 (Some(Expect::Parse { injected, .. }), b'1') => {
@@ -209,7 +231,10 @@ impl Tracker {
     /// The server skips everything up to the next Sync after an error.
     fn abort_until_sync(&mut self) {
         while let Some(front) = self.queue.front() {
-            if matches!(front, Expect::Sync | Expect::Query | Expect::FunctionCall) {
+            if matches!(
+                front,
+                Expect::Sync | Expect::Query | Expect::FunctionCall | Expect::HiddenSync
+            ) {
                 break;
             }
             let e = self.queue.pop_front().expect("front exists");
@@ -247,6 +272,7 @@ impl Tracker {
         self.queue.clear();
         self.unsynced = false;
         self.copy_in = false;
+        self.hidden_sync_failed = false;
     }
 }
 
@@ -375,6 +401,36 @@ mod tests {
             vec![Swallow, Swallow, Forward, Forward, Forward, Forward]
         );
         assert!(t.is_idle());
+    }
+
+    #[test]
+    fn hidden_sync_ends_a_preparing_trip_unseen() {
+        let mut t = Tracker::default();
+        t.push(Expect::Parse {
+            injected: false,
+            name: None,
+        });
+        t.push(Expect::DescribeStatement);
+        assert!(!t.executed);
+        t.push(Expect::HiddenSync);
+        assert!(!t.is_idle());
+        let got: Vec<Decision> = b"1tnZ".iter().map(|x| t.on_frame(*x)).collect();
+        assert_eq!(got, vec![Forward, Forward, Forward, Swallow]);
+        assert!(t.is_idle() && !t.hidden_sync_failed);
+        // A failed Parse: the error reaches the client, the client's own messages up to its
+        // Sync are to be skipped.
+        t.push(Expect::Parse {
+            injected: false,
+            name: None,
+        });
+        t.push(Expect::DescribeStatement);
+        t.push(Expect::HiddenSync);
+        assert_eq!(t.on_frame(b'E'), Forward);
+        assert!(t.hidden_sync_failed);
+        assert_eq!(t.on_frame(b'Z'), Swallow);
+        assert!(t.is_idle());
+        t.push(Expect::Execute);
+        assert!(t.executed);
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub(super) enum PinCheck {
     Defer,
     /// Raise this error inside the transaction.
     Reject(&'static str, String),
+    /// The server has only prepared statements since it was attached (a Parse and Describe
+    /// ended by a Flush, as asyncpg sends before its first Bind): end that trip and start the
+    /// transaction on the statement's own shard.
+    Move,
 }
 
 impl Session {
@@ -58,6 +62,9 @@ impl Session {
             Err(_) if in_flight => return PinCheck::Defer,
             Err(e) => return PinCheck::Reject(e.sqlstate(), e.to_string()),
         };
+        if self.only_prepared() {
+            return PinCheck::Move;
+        }
         if in_flight {
             return PinCheck::Defer;
         }
@@ -65,6 +72,27 @@ impl Session {
             "0A000",
             format!("usher: this transaction is pinned to shard {pinned}, but this statement belongs to shard {other}; a transaction runs on one shard (COMMIT or ROLLBACK, then start a new one)"),
         )
+    }
+
+    /// The attached server has done nothing a transaction could see: since it was attached
+    /// in transaction mode it was only sent Parse, Describe and Close (no BEGIN, no Execute,
+    /// no query), so the client's next statement may start its transaction on another server.
+    pub(super) fn only_prepared(&self) -> bool {
+        self.mode == crate::config::PoolMode::Transaction
+            && !self.tracker.executed
+            && (self.txn_status == b'I' || self.txn.held().is_some())
+    }
+
+    /// Ends a server trip that only prepared statements, so that the message at hand starts
+    /// its transaction where it belongs: a Sync of usher's own closes the server's implicit
+    /// transaction (its ReadyForQuery unseen by the client), the session waits for that
+    /// answer, the server goes back to the pool, and the message is then planned afresh.
+    pub(super) fn end_prepare_trip(&mut self) -> super::Flow {
+        if self.tracker.unsynced {
+            self.server_out.extend_from_slice(messages::SYNC);
+            self.tracker.push(Expect::HiddenSync);
+        }
+        super::Flow::Wait
     }
 
     /// Raises `code`/`message` inside the server's transaction in place of `frame`.

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod fake_server;
+pub mod sharded;
 use std::net::TcpListener as StdListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

@@ -22,7 +22,14 @@ pub enum ValueSrc {
         negate: bool,
     },
     /// Bind parameter `$n` (1-based).
-    Param(u16),
+    Param {
+        /// Its number.
+        n: u16,
+        /// The type OID of a cast written on the parameter itself (`$1::text`), which is the
+        /// type the server infers for it when the Parse leaves it unspecified: 0 without a cast,
+        /// [`keys::oid::OTHER`](super::keys::oid::OTHER) for a type usher does not decode.
+        cast: u32,
+    },
 }
 
 /// A column reference: `qualifier.column` (qualifier = table name or alias) or `column`.
@@ -366,14 +373,43 @@ fn column_ref(n: &pg_query::protobuf::Node) -> Option<ColRef> {
     })
 }
 
+/// The OID of a cast's target type, for the types a sharding key's parameter is decoded from
+/// (an array type or any other is [`keys::oid::OTHER`](super::keys::oid::OTHER)).
+fn cast_oid(name: Option<&pg_query::protobuf::TypeName>) -> u32 {
+    use super::keys::oid;
+    let Some(name) = name.filter(|n| n.array_bounds.is_empty()) else {
+        return oid::OTHER;
+    };
+    let last = name.names.last().and_then(|n| match &n.node {
+        Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+        _ => None,
+    });
+    match last {
+        Some("text") => oid::TEXT,
+        Some("varchar") => oid::VARCHAR,
+        Some("uuid") => oid::UUID,
+        Some("int2") => oid::INT2,
+        Some("int4") => oid::INT4,
+        Some("int8") => oid::INT8,
+        _ => oid::OTHER,
+    }
+}
+
 /// A literal (possibly cast) or a parameter, located in the text.
 fn value_src(n: &pg_query::protobuf::Node, sql: &[u8], spans: &[Range<usize>]) -> Option<ValueSrc> {
     match n.node.as_ref()? {
-        NodeEnum::TypeCast(t) => value_src(t.arg.as_deref()?, sql, spans),
+        NodeEnum::TypeCast(t) => match value_src(t.arg.as_deref()?, sql, spans)? {
+            // The innermost cast on a parameter is the type the server gives it.
+            ValueSrc::Param { n, cast: 0 } => Some(ValueSrc::Param {
+                n,
+                cast: cast_oid(t.type_name.as_ref()),
+            }),
+            other => Some(other),
+        },
         NodeEnum::ParamRef(p) => u16::try_from(p.number)
             .ok()
             .filter(|n| *n > 0)
-            .map(ValueSrc::Param),
+            .map(|n| ValueSrc::Param { n, cast: 0 }),
         NodeEnum::AConst(k) if !k.isnull => {
             use pg_query::protobuf::a_const::Val;
             if !matches!(k.val, Some(Val::Ival(_) | Val::Fval(_) | Val::Sval(_))) {
@@ -448,7 +484,13 @@ mod tests {
                 (col(Some("c"), "x"), vec![lit(2)]),
                 (
                     col(Some("c"), "family_id"),
-                    vec![ValueSrc::Param(1), ValueSrc::Param(2)]
+                    vec![
+                        ValueSrc::Param { n: 1, cast: 0 },
+                        ValueSrc::Param {
+                            n: 2,
+                            cast: super::super::keys::oid::UUID
+                        }
+                    ]
                 ),
             ]
         );
@@ -485,7 +527,10 @@ mod tests {
         assert_eq!(f.inserts[0].columns.as_ref().unwrap()[1], "family_id");
         let rows = f.inserts[0].rows.as_ref().unwrap();
         assert_eq!(rows[0][1], RowValue::Value(lit(1)));
-        assert_eq!(rows[1][1], RowValue::Value(ValueSrc::Param(2)));
+        assert_eq!(
+            rows[1][1],
+            RowValue::Value(ValueSrc::Param { n: 2, cast: 0 })
+        );
         let f = facts("INSERT INTO progress (family_id, n) SELECT c.family_id, now() FROM children c WHERE c.family_id = 5");
         assert_eq!(
             f.inserts[0].rows.as_ref().unwrap()[0][0],

@@ -86,6 +86,9 @@ pub mod oid {
     pub const VARCHAR: u32 = 1043;
     /// uuid
     pub const UUID: u32 = 2950;
+    /// Not a type OID: a parameter cast to a type usher does not decode (its binary form is
+    /// unknown, so the key is refused rather than guessed).
+    pub const OTHER: u32 = u32::MAX;
 }
 
 /// Parses a binary-format parameter. `type_oid` is what the client declared in Parse (0 when

@@ -423,14 +423,18 @@ fn eval(
             }
             Ok(Some(keys::from_text(&text, key_type)?))
         }
-        ValueSrc::Param(n) => match values.param(n) {
+        ValueSrc::Param { n, cast } => match values.param(n) {
             None => Ok(None),
             Some(Param { value: None, .. }) => Err(null()),
             Some(Param {
                 format: 1,
                 type_oid,
                 value: Some(v),
-            }) => Ok(Some(keys::from_binary(v, type_oid, key_type)?)),
+            }) => {
+                // A type the Parse left to the server is the one the cast gives it.
+                let declared = if type_oid == 0 { cast } else { type_oid };
+                Ok(Some(keys::from_binary(v, declared, key_type)?))
+            }
             Some(Param { value: Some(v), .. }) => Ok(Some(keys::from_text(v, key_type)?)),
         },
     }

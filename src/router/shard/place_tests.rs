@@ -148,6 +148,40 @@ fn bind_parameters_text_and_binary() {
         let mut v = QueryValues::bound(sql.as_bytes(), types, BindParams::parse(&body));
         assert_eq!(place(&c.shard, &map(), 4, &mut v), want);
     }
+    // A type the Parse leaves to the server is the one a cast on the parameter gives it:
+    // `$1::text` is sent as text bytes in binary format (asyncpg does this).
+    for (sql, value) in [
+        (
+            "SELECT * FROM children WHERE family_id = $1::text::bigint",
+            b"42".to_vec(),
+        ),
+        (
+            "SELECT * FROM children WHERE family_id = $1::varchar(8)",
+            b"42".to_vec(),
+        ),
+        (
+            "SELECT * FROM children WHERE family_id = $1::int4",
+            42i32.to_be_bytes().to_vec(),
+        ),
+        (
+            "INSERT INTO children (family_id) VALUES ($1::pg_catalog.text::int8)",
+            b"42".to_vec(),
+        ),
+    ] {
+        let c = classify(sql);
+        let body = bind(1, &value);
+        let mut v = QueryValues::bound(sql.as_bytes(), vec![], BindParams::parse(&body));
+        assert_eq!(place(&c.shard, &map(), 4, &mut v), want, "{sql}");
+    }
+    // A cast to a type whose binary form usher does not decode is refused, not guessed.
+    let sql = "SELECT * FROM children WHERE family_id = $1::numeric::bigint";
+    let c = classify(sql);
+    let body = bind(1, &42i64.to_be_bytes());
+    let mut v = QueryValues::bound(sql.as_bytes(), vec![], BindParams::parse(&body));
+    assert_eq!(
+        place(&c.shard, &map(), 4, &mut v).unwrap_err().sqlstate(),
+        "22P02"
+    );
     // Not bound yet (a Parse on its own): any shard may prepare it.
     let mut v = QueryValues::text(sql.as_bytes());
     assert_eq!(place(&c.shard, &map(), 4, &mut v), Ok(Placement::Unbound));
