@@ -10,6 +10,7 @@ use pg_query::protobuf::TransactionStmtKind;
 use pg_query::{Context, NodeEnum, NodeRef};
 
 use super::normalize::literal_spans;
+use super::fanout::{self, Shape};
 use super::shard::facts::{statement_facts, StatementFacts};
 use super::shard::ShardHint;
 
@@ -69,6 +70,8 @@ pub struct Classification {
     pub set_shard: Option<Option<ShardHint>>,
     /// Sharding facts, one entry per statement.
     pub shard: Vec<StatementFacts>,
+    /// For a string that is one SELECT: how its rows combine when it runs on several shards.
+    pub fanout: Option<Shape>,
 }
 
 /// Built-in functions with side effects: a call sends the statement to the primary.
@@ -274,6 +277,13 @@ pub fn classify(sql: &str) -> Classification {
             c.write = true;
         } else if !name.starts_with("pg_catalog.") && !c.functions.contains(name) {
             c.functions.push(name.clone());
+        }
+    }
+    if let [raw] = parsed.protobuf.stmts.as_slice() {
+        if let Some(NodeEnum::SelectStmt(s)) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) {
+            if !s.from_clause.is_empty() {
+                c.fanout = Some(fanout::shape(&parsed.protobuf, s));
+            }
         }
     }
     c.only_usher_settings = statements > 0 && usher_settings == statements;

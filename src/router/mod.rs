@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod classify;
+pub mod fanout;
 pub(crate) mod lex;
 pub mod monitor;
 pub mod normalize;
