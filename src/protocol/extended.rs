@@ -57,10 +57,30 @@ pub fn parse_message(name: &[u8], query: &[u8], param_types: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// A Describe of portal `name` (frontend).
+pub fn describe_portal(out: &mut BytesMut, name: &[u8]) {
+    out.put_u8(b'D');
+    out.put_i32((4 + 1 + name.len() + 1) as i32);
+    out.put_u8(b'P');
+    out.put_slice(name);
+    out.put_u8(0);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::client;
+
+    #[test]
+    fn describe_portal_is_a_valid_describe() {
+        let mut out = BytesMut::new();
+        describe_portal(&mut out, b"p1");
+        let f = crate::protocol::frame::split_frame(&mut out, 100)
+            .unwrap()
+            .unwrap();
+        let d = client::Targeted::new(&f).unwrap();
+        assert_eq!((d.target, d.name()), (client::Target::Portal, &b"p1"[..]));
+    }
 
     #[test]
     fn parse_and_rename_round_trip() {

@@ -86,6 +86,89 @@ pub fn row_description_columns(body: &[u8]) -> Result<usize, ProtocolError> {
     }
 }
 
+/// One column of a RowDescription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field<'a> {
+    /// Column name.
+    pub name: &'a [u8],
+    /// Type OID.
+    pub type_oid: u32,
+    /// Format code: 0 text, 1 binary.
+    pub format: i16,
+}
+
+/// RowDescription: every column's name, type and format.
+pub fn row_description(body: &[u8]) -> Result<Vec<Field<'_>>, ProtocolError> {
+    let what = "RowDescription";
+    let bad = || ProtocolError::Malformed { what };
+    let n = row_description_columns(body)?;
+    let mut at = 2;
+    let mut fields = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (name, next) = read_cstr(body, at, what)?;
+        // table oid (4), attnum (2), type oid (4), typlen (2), typmod (4), format (2)
+        let rest = body.get(next..next + 18).ok_or_else(bad)?;
+        let word = |i: usize| rest.get(i..i + 4).and_then(|w| <[u8; 4]>::try_from(w).ok());
+        let type_oid = u32::from_be_bytes(word(6).ok_or_else(bad)?);
+        let format = rest
+            .get(16..18)
+            .and_then(|f| <[u8; 2]>::try_from(f).ok())
+            .map(i16::from_be_bytes)
+            .ok_or_else(bad)?;
+        fields.push(Field {
+            name,
+            type_oid,
+            format,
+        });
+        at = next + 18;
+    }
+    if at != body.len() {
+        return Err(bad());
+    }
+    Ok(fields)
+}
+
+/// DataRow: the value of column `index` (None = NULL), checking every length up to it.
+pub fn data_row_value(body: &[u8], index: usize) -> Result<Option<&[u8]>, ProtocolError> {
+    let bad = || ProtocolError::Malformed { what: "DataRow" };
+    let count = body
+        .get(..2)
+        .and_then(|c| <[u8; 2]>::try_from(c).ok())
+        .map(i16::from_be_bytes)
+        .ok_or_else(bad)?;
+    if usize::try_from(count).map_or(true, |c| index >= c) {
+        return Err(bad());
+    }
+    let mut at = 2;
+    for i in 0..=index {
+        let len = body
+            .get(at..at + 4)
+            .and_then(|l| <[u8; 4]>::try_from(l).ok())
+            .map(i32::from_be_bytes)
+            .ok_or_else(bad)?;
+        at += 4;
+        let value = match usize::try_from(len) {
+            Err(_) if len == -1 => None,
+            Err(_) => return Err(bad()),
+            Ok(n) => {
+                let v = body.get(at..at + n).ok_or_else(bad)?;
+                at += n;
+                Some(v)
+            }
+        };
+        if i == index {
+            return Ok(value);
+        }
+    }
+    Err(bad())
+}
+
+/// CommandComplete of a SELECT-like command: the row count in `SELECT n` (None for other tags).
+pub fn rows_in_tag(tag: &[u8]) -> Option<u64> {
+    let n = tag.strip_prefix(b"SELECT ")?;
+    std::str::from_utf8(n).ok()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +197,47 @@ mod tests {
         let fields = error_fields(f.body);
         assert!(is_fatal(&fields));
         assert_eq!(fields.code, "57P01");
+    }
+
+    #[test]
+    fn rows_and_their_description() {
+        let mut rd = 2i16.to_be_bytes().to_vec();
+        for (name, oid, format) in [(&b"id"[..], 23u32, 0i16), (b"name", 25, 1)] {
+            rd.extend_from_slice(name);
+            rd.push(0);
+            rd.extend_from_slice(&[0; 6]);
+            rd.extend_from_slice(&oid.to_be_bytes());
+            rd.extend_from_slice(&[0; 6]);
+            rd.extend_from_slice(&format.to_be_bytes());
+        }
+        let fields = row_description(&rd).unwrap();
+        assert_eq!(
+            fields[1],
+            Field {
+                name: b"name",
+                type_oid: 25,
+                format: 1
+            }
+        );
+        for cut in 0..rd.len() {
+            assert!(row_description(&rd[..cut]).is_err(), "{cut}");
+        }
+        let mut row = 3i16.to_be_bytes().to_vec();
+        row.extend_from_slice(&1i32.to_be_bytes());
+        row.push(b'7');
+        row.extend_from_slice(&(-1i32).to_be_bytes());
+        row.extend_from_slice(&2i32.to_be_bytes());
+        row.extend_from_slice(b"ab");
+        assert_eq!(data_row_value(&row, 0).unwrap(), Some(&b"7"[..]));
+        assert_eq!(data_row_value(&row, 1).unwrap(), None);
+        assert_eq!(data_row_value(&row, 2).unwrap(), Some(&b"ab"[..]));
+        assert!(data_row_value(&row, 3).is_err());
+        assert!(data_row_value(&row[..row.len() - 1], 2).is_err());
+        let mut liar = 1i16.to_be_bytes().to_vec();
+        liar.extend_from_slice(&(-7i32).to_be_bytes());
+        assert!(data_row_value(&liar, 0).is_err());
+        assert_eq!(rows_in_tag(b"SELECT 42"), Some(42));
+        assert_eq!(rows_in_tag(b"INSERT 0 1"), None);
     }
 
     #[test]

@@ -9,8 +9,8 @@
 use pg_query::protobuf::TransactionStmtKind;
 use pg_query::{Context, NodeEnum, NodeRef};
 
-use super::normalize::literal_spans;
 use super::fanout::{self, Shape};
+use super::normalize::literal_spans;
 use super::shard::facts::{statement_facts, StatementFacts};
 use super::shard::ShardHint;
 

@@ -9,6 +9,9 @@
 use pg_query::protobuf::{self, a_const::Val, LimitOption, SetOperation, SortByDir, SortByNulls};
 use pg_query::{NodeEnum, NodeRef};
 
+use super::shard::facts::StatementFacts;
+use crate::config::Sharding;
+
 /// How a cross-shard read combines, or why it cannot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Shape {
@@ -63,16 +66,112 @@ pub enum Count {
 
 /// Built-in aggregate and window functions: per-shard results of these are partial.
 const AGGREGATES: &[&str] = &[
-    "count", "sum", "avg", "min", "max", "array_agg", "string_agg", "bool_and", "bool_or",
-    "every", "bit_and", "bit_or", "bit_xor", "json_agg", "jsonb_agg", "json_object_agg",
-    "jsonb_object_agg", "json_objectagg", "json_arrayagg", "xmlagg", "stddev", "stddev_pop",
-    "stddev_samp", "variance", "var_pop", "var_samp", "corr", "covar_pop", "covar_samp",
-    "regr_avgx", "regr_avgy", "regr_count", "regr_intercept", "regr_r2", "regr_slope",
-    "regr_sxx", "regr_sxy", "regr_syy", "percentile_cont", "percentile_disc", "mode",
-    "range_agg", "range_intersect_agg", "any_value", "row_number", "rank", "dense_rank",
-    "percent_rank", "cume_dist", "ntile", "lag", "lead", "first_value", "last_value",
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "bit_and",
+    "bit_or",
+    "bit_xor",
+    "json_agg",
+    "jsonb_agg",
+    "json_object_agg",
+    "jsonb_object_agg",
+    "json_objectagg",
+    "json_arrayagg",
+    "xmlagg",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "variance",
+    "var_pop",
+    "var_samp",
+    "corr",
+    "covar_pop",
+    "covar_samp",
+    "regr_avgx",
+    "regr_avgy",
+    "regr_count",
+    "regr_intercept",
+    "regr_r2",
+    "regr_slope",
+    "regr_sxx",
+    "regr_sxy",
+    "regr_syy",
+    "percentile_cont",
+    "percentile_disc",
+    "mode",
+    "range_agg",
+    "range_intersect_agg",
+    "any_value",
+    "row_number",
+    "rank",
+    "dense_rank",
+    "percent_rank",
+    "cume_dist",
+    "ntile",
+    "lag",
+    "lead",
+    "first_value",
+    "last_value",
     "nth_value",
 ];
+
+/// Checks that each shard can answer for its own rows: every table is sharded or global (an
+/// unlisted table lives on the default shard only), and sharded tables are joined on their
+/// keys, so that rows which meet in the answer live on the same shard. Returns what breaks
+/// that, named.
+pub fn colocated(f: &StatementFacts, map: &Sharding) -> Result<(), String> {
+    let mut sharded: Vec<(usize, &str)> = Vec::new();
+    for (i, t) in f.tables.iter().enumerate() {
+        if let Some(st) = map.table(t.schema.as_deref(), &t.name) {
+            sharded.push((i, st.column.as_str()));
+        } else if !map.is_global(t.schema.as_deref(), &t.name) {
+            return Err(format!(
+                "table {:?} (neither sharded nor global: it lives on the default shard only)",
+                t.name
+            ));
+        }
+    }
+    // Union-find over the sharded references, joined by equalities of their key columns.
+    let mut group: Vec<usize> = (0..sharded.len()).collect();
+    fn root(group: &mut [usize], mut i: usize) -> usize {
+        while group[i] != i {
+            i = group[i];
+        }
+        i
+    }
+    for (a, b) in &f.joins {
+        let side = |c: &super::shard::facts::ColRef| {
+            let owners: Vec<usize> = sharded
+                .iter()
+                .enumerate()
+                .filter(|(_, (t, column))| f.tables[*t].owns(c, column))
+                .map(|(k, _)| k)
+                .collect();
+            match owners.as_slice() {
+                [k] => Some(*k),
+                _ => None,
+            }
+        };
+        if let (Some(x), Some(y)) = (side(a), side(b)) {
+            let (rx, ry) = (root(&mut group, x), root(&mut group, y));
+            group[rx] = ry;
+        }
+    }
+    let roots: std::collections::BTreeSet<usize> =
+        (0..sharded.len()).map(|k| root(&mut group, k)).collect();
+    if roots.len() > 1 {
+        return Err("a join of sharded tables that is not on their sharding keys".into());
+    }
+    Ok(())
+}
 
 /// The shape of the single SELECT `stmt`, parsed from `parsed` (for the rewrite).
 pub fn shape(parsed: &protobuf::ParseResult, stmt: &protobuf::SelectStmt) -> Shape {

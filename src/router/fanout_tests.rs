@@ -32,7 +32,8 @@ fn key(column: SortColumn, descending: bool, nulls_first: bool) -> SortKey {
 #[test]
 fn order_keys_are_output_columns() {
     use SortColumn::*;
-    let m = merge("SELECT id, name AS n, grade FROM children ORDER BY grade DESC, n, 1 NULLS FIRST");
+    let m =
+        merge("SELECT id, name AS n, grade FROM children ORDER BY grade DESC, n, 1 NULLS FIRST");
     assert_eq!(
         m.order,
         vec![
@@ -44,10 +45,15 @@ fn order_keys_are_output_columns() {
     assert_eq!(m.limit, None);
     assert_eq!(m.shard_sql, None);
     // The same expression as a select-list item; a qualified column; a `*` column by name.
-    let m = merge("SELECT c.id, lower(c.name) FROM children c ORDER BY lower(c.name) DESC NULLS LAST, c.id");
+    let m = merge(
+        "SELECT c.id, lower(c.name) FROM children c ORDER BY lower(c.name) DESC NULLS LAST, c.id",
+    );
     assert_eq!(
         m.order,
-        vec![key(Position(1), true, false), key(Position(0), false, false)]
+        vec![
+            key(Position(1), true, false),
+            key(Position(0), false, false)
+        ]
     );
     let m = merge("SELECT * FROM children ORDER BY grade");
     assert_eq!(m.order, vec![key(Name("grade".into()), false, false)]);
@@ -59,13 +65,19 @@ fn limit_and_offset_push_down() {
     assert_eq!(m.limit, Some(Count::Value(10)));
     assert_eq!(m.shard_sql, None, "a LIMIT alone runs as written");
     let m = merge("SELECT id FROM children ORDER BY id LIMIT 10 OFFSET 5");
-    assert_eq!((m.limit, m.offset), (Some(Count::Value(10)), Some(Count::Value(5))));
+    assert_eq!(
+        (m.limit, m.offset),
+        (Some(Count::Value(10)), Some(Count::Value(5)))
+    );
     assert_eq!(
         m.shard_sql.as_deref(),
         Some("SELECT id FROM children ORDER BY id LIMIT 15")
     );
     let m = merge("SELECT id FROM children ORDER BY id LIMIT $1 OFFSET $2");
-    assert_eq!((m.limit, m.offset), (Some(Count::Param(1)), Some(Count::Param(2))));
+    assert_eq!(
+        (m.limit, m.offset),
+        (Some(Count::Param(1)), Some(Count::Param(2)))
+    );
     assert_eq!(
         m.shard_sql.as_deref(),
         Some("SELECT id FROM children ORDER BY id LIMIT $1::bigint + $2::bigint")
@@ -78,26 +90,62 @@ fn limit_and_offset_push_down() {
         Some("SELECT id FROM children ORDER BY id LIMIT 4000000001")
     );
     // Negative counts are left for the shards to refuse, as Postgres does.
-    assert_eq!(merge("SELECT id FROM children LIMIT 2 OFFSET -1").shard_sql, None);
+    assert_eq!(
+        merge("SELECT id FROM children LIMIT 2 OFFSET -1").shard_sql,
+        None
+    );
     assert_eq!(merge("SELECT id FROM children LIMIT ALL").limit, None);
 }
 
 #[test]
 fn what_cannot_merge_exactly_is_named() {
     for (sql, named) in [
-        ("SELECT count(*) FROM children", "aggregate function count()"),
-        ("SELECT max(grade) FROM children", "aggregate function max()"),
+        (
+            "SELECT count(*) FROM children",
+            "aggregate function count()",
+        ),
+        (
+            "SELECT max(grade) FROM children",
+            "aggregate function max()",
+        ),
         ("SELECT grade FROM children GROUP BY grade", "GROUP BY"),
         ("SELECT DISTINCT grade FROM children", "DISTINCT"),
-        ("SELECT id, row_number() OVER () FROM children", "window function row_number()"),
-        ("SELECT id FROM children UNION SELECT id FROM families", "UNION, INTERSECT or EXCEPT"),
-        ("SELECT id FROM children WHERE grade > (SELECT 1)", "subqueries"),
-        ("WITH c AS (SELECT 1) SELECT id FROM children", "WITH (common table expressions)"),
-        ("SELECT id FROM children ORDER BY grade", "ORDER BY an expression that is not in the select list"),
-        ("SELECT id FROM children ORDER BY name COLLATE \"C\"", "ORDER BY ... COLLATE"),
-        ("SELECT id, grade AS id FROM children ORDER BY id", "ORDER BY id (ambiguous)"),
-        ("SELECT id FROM children LIMIT 1 + 1", "LIMIT with an expression"),
-        ("SELECT id FROM children ORDER BY id FETCH FIRST 2 ROWS WITH TIES", "FETCH ... WITH TIES"),
+        (
+            "SELECT id, row_number() OVER () FROM children",
+            "window function row_number()",
+        ),
+        (
+            "SELECT id FROM children UNION SELECT id FROM families",
+            "UNION, INTERSECT or EXCEPT",
+        ),
+        (
+            "SELECT id FROM children WHERE grade > (SELECT 1)",
+            "subqueries",
+        ),
+        (
+            "WITH c AS (SELECT 1) SELECT id FROM children",
+            "WITH (common table expressions)",
+        ),
+        (
+            "SELECT id FROM children ORDER BY grade",
+            "ORDER BY an expression that is not in the select list",
+        ),
+        (
+            "SELECT id FROM children ORDER BY name COLLATE \"C\"",
+            "ORDER BY ... COLLATE",
+        ),
+        (
+            "SELECT id, grade AS id FROM children ORDER BY id",
+            "ORDER BY id (ambiguous)",
+        ),
+        (
+            "SELECT id FROM children LIMIT 1 + 1",
+            "LIMIT with an expression",
+        ),
+        (
+            "SELECT id FROM children ORDER BY id FETCH FIRST 2 ROWS WITH TIES",
+            "FETCH ... WITH TIES",
+        ),
     ] {
         assert_eq!(shape_of(sql), Shape::Refused(named.into()), "{sql}");
     }

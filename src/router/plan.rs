@@ -97,6 +97,19 @@ pub enum Plan {
     CheckFunctions(Vec<String>),
     /// Run on one shard.
     Run(Run),
+    /// Run one read on every shard and merge the rows (see `router::fanout`).
+    Fanout(Fanout),
+}
+
+/// A read that runs on every shard.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub struct Fanout {
+    /// The statement's classification (its `fanout` shape is a merge).
+    pub class: Arc<Classification>,
+    /// It needs the shards' primaries (else their replicas may serve it).
+    pub primary: bool,
+    /// Reads may go to replicas for this database and mode.
+    pub split: bool,
 }
 
 /// A transaction-control batch usher answers itself.
@@ -162,6 +175,7 @@ pub fn plan(batch: &Batch, facts: &Facts) -> Plan {
         return Plan::Local(c);
     }
     let (shard, prepare_only) = match shard_of(batch, facts) {
+        Ok(Some(Choice::Fanout(class))) => return fan_out(class, facts),
         Ok(Some(Choice::Shard(s))) => (s, false),
         Ok(Some(Choice::Prepare(s))) => (s, facts.held.is_some()),
         Ok(Some(Choice::Broadcast)) if facts.held.is_none() => return Plan::Broadcast,
@@ -211,6 +225,32 @@ pub fn plan(batch: &Batch, facts: &Facts) -> Plan {
     run.writes = db.read_your_writes && (class.write || volatile);
     run.track_writes = db.read_your_writes && run.primary;
     Plan::Run(run)
+}
+
+/// The plan of a read that runs on every shard: on primaries or replicas, as a one-shard
+/// read of the same statement would.
+fn fan_out(class: Arc<Classification>, facts: &Facts) -> Plan {
+    let db = facts.db;
+    let split = db.read_write_split && facts.transaction_mode;
+    let primary = if split {
+        let volatile = if db.volatile_functions_are_writes && !class.functions.is_empty() {
+            match facts.volatile {
+                Some(v) => v,
+                None => return Plan::CheckFunctions(class.functions.clone()),
+            }
+        } else {
+            false
+        };
+        let role = facts.role_override.unwrap_or(RoleHint::Auto);
+        super::wants_primary(db, &class, role, volatile)
+    } else {
+        true
+    };
+    Plan::Fanout(Fanout {
+        class,
+        primary,
+        split,
+    })
 }
 
 /// The classification of a run of statements that execute together.
@@ -337,6 +377,7 @@ impl Statement {
 /// Where a transaction goes.
 enum Choice {
     Shard(usize),
+    Fanout(Arc<Classification>),
     Broadcast,
     Prepare(usize),
 }
@@ -362,6 +403,12 @@ fn shard_of(batch: &Batch, facts: &Facts) -> Result<Option<Choice>, ShardError> 
     if let Some(h) = hint.or_else(|| facts.shard_override.cloned()) {
         return shard::hinted(&h, map, shards).map(|s| Some(Choice::Shard(s)));
     }
+    let placement = match placement {
+        Err(e @ (ShardError::MissingKey { .. } | ShardError::CrossShard { .. })) => {
+            return fanout_of(batch, facts, map, e).map(|c| Some(Choice::Fanout(c)));
+        }
+        p => p,
+    };
     Ok(Some(match placement? {
         Placement::Shard(s) => Choice::Shard(s),
         Placement::Broadcast => Choice::Broadcast,
@@ -370,6 +417,48 @@ fn shard_of(batch: &Batch, facts: &Facts) -> Result<Option<Choice>, ShardError> 
             Choice::Shard(map.default_shard)
         }
     }))
+}
+
+/// The read a batch runs on every shard: one SELECT whose rows merge exactly, outside a
+/// transaction block, sent as a simple Query or as one execution ended by a Sync. Anything
+/// else keeps the error `why` that made one shard impossible, with what stops the merge.
+fn fanout_of(
+    batch: &Batch,
+    facts: &Facts,
+    map: &crate::config::Sharding,
+    why: ShardError,
+) -> Result<Arc<Classification>, ShardError> {
+    let body = batch.body();
+    let executes = body.iter().filter(|s| matches!(s.tag, b'Q' | b'E')).count();
+    let class = body
+        .iter()
+        .find(|s| matches!(s.tag, b'Q' | b'B'))
+        .and_then(|s| s.class.clone());
+    let single = executes == 1
+        && (body.first().is_some_and(|s| s.tag == b'Q') && body.len() == 1
+            || batch.ends_in_sync()
+                && body
+                    .iter()
+                    .all(|s| matches!(s.tag, b'P' | b'B' | b'D' | b'E')));
+    let Some(class) = class.filter(|_| single && facts.held.is_none()) else {
+        return Err(why);
+    };
+    let refuse = |construct: String| ShardError::NotMergeable {
+        why: Box::new(why.clone()),
+        construct,
+    };
+    if class.write {
+        return Err(why);
+    }
+    match &class.fanout {
+        Some(super::fanout::Shape::Merge(_)) => {}
+        Some(super::fanout::Shape::Refused(construct)) => return Err(refuse(construct.clone())),
+        None => return Err(why),
+    }
+    if let Some(f) = class.shard.first() {
+        super::fanout::colocated(f, map).map_err(refuse)?;
+    }
+    Ok(class)
 }
 
 /// Placement of statements that run together, and the last statement hint among them (a

@@ -221,10 +221,59 @@ fn sharded_batches_go_to_their_key_s_shard_or_are_refused() {
         run(plan_of(&[stmt(b'Q', "/* usher: shard=1 */ SELECT 1")], &f)).shard,
         1
     );
-    let Plan::Refuse(r) = plan_of(&[stmt(b'Q', "SELECT * FROM families")], &f) else {
-        panic!("no key");
+    // Without a key: a read whose rows merge runs on every shard; the rest is refused,
+    // naming what stops the merge; inside a transaction block it stays refused.
+    let Plan::Fanout(fan) = plan_of(&[stmt(b'Q', "SELECT * FROM families ORDER BY id")], &f) else {
+        panic!("a read on every shard");
     };
-    assert_eq!((r.sqlstate, r.rejected), ("0A000", true));
+    assert!(fan.primary && !fan.split);
+    let fanned = [
+        stmt(b'P', "SELECT * FROM families LIMIT $1"),
+        Statement {
+            bind: Some(Bytes::from(vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 1, b'5', 0, 0])),
+            spans: Vec::new(),
+            ..stmt(b'B', "SELECT * FROM families LIMIT $1")
+        },
+        tag(b'E'),
+        tag(b'S'),
+    ];
+    assert!(matches!(plan_of(&fanned, &f), Plan::Fanout(_)));
+    for (sql, named) in [
+        (
+            "SELECT count(*) FROM families",
+            "aggregate function count()",
+        ),
+        (
+            "SELECT * FROM families f JOIN other o ON o.id = f.id",
+            "\"other\"",
+        ),
+    ] {
+        let Plan::Refuse(r) = plan_of(&[stmt(b'Q', sql)], &f) else {
+            panic!("{sql}");
+        };
+        assert_eq!((r.sqlstate, r.rejected), ("0A000", true));
+        assert!(
+            r.message.contains("no sharding key") && r.message.contains(named),
+            "{}",
+            r.message
+        );
+    }
+    for batch in [
+        vec![stmt(b'Q', "UPDATE families SET name = 'x'")],
+        vec![stmt(b'Q', "SELECT * FROM families; SELECT 1")],
+        fanned[..3].iter().cloned().chain([tag(b'H')]).collect(),
+    ] {
+        assert!(matches!(plan_of(&batch, &f), Plan::Refuse(_)), "{batch:?}");
+    }
+    let held_begin = stmt(b'Q', "BEGIN");
+    let in_block = Facts {
+        held: Some(&held_begin),
+        ..facts(db)
+    };
+    assert!(matches!(
+        plan_of(&[stmt(b'Q', "SELECT * FROM families")], &in_block),
+        Plan::Refuse(_)
+    ));
     assert_eq!(
         plan_of(&[stmt(b'Q', "CREATE TABLE x (id int)")], &f),
         Plan::Broadcast

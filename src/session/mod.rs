@@ -26,6 +26,7 @@ mod attach;
 mod broadcast;
 mod drive;
 mod error;
+mod fanout;
 mod forward;
 mod inbound;
 mod memo;

@@ -31,16 +31,19 @@ pub enum RouteOutcome {
     Shard,
     /// Refused (no key, no server, ...).
     Rejected,
+    /// One read run on every shard and merged (counted once, besides each shard's role).
+    Fanout,
 }
 
 impl RouteOutcome {
     /// Every outcome, in declaration order (the index of each is `outcome as usize`).
-    pub const ALL: [RouteOutcome; 5] = [
+    pub const ALL: [RouteOutcome; 6] = [
         RouteOutcome::Primary,
         RouteOutcome::Replica,
         RouteOutcome::Fallback,
         RouteOutcome::Shard,
         RouteOutcome::Rejected,
+        RouteOutcome::Fanout,
     ];
 
     fn label(self) -> &'static str {
@@ -50,6 +53,7 @@ impl RouteOutcome {
             RouteOutcome::Fallback => "fallback",
             RouteOutcome::Shard => "shard",
             RouteOutcome::Rejected => "rejected",
+            RouteOutcome::Fanout => "fanout",
         }
     }
 }

@@ -106,6 +106,14 @@ pub enum ShardError {
         /// The table.
         table: String,
     },
+    /// A read without one shard whose rows cannot be merged exactly across shards.
+    #[error("{why}; a query across shards is run by usher only when its rows merge exactly, and this one has {construct}")]
+    NotMergeable {
+        /// Why it needs more than one shard.
+        why: Box<ShardError>,
+        /// The construct that stops the merge.
+        construct: String,
+    },
     /// Schema changes mixed with other statements in one query string.
     #[error("usher: DDL runs on every shard and cannot share a query string with other statements; send it on its own")]
     MixedBroadcast,

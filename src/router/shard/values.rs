@@ -47,6 +47,11 @@ impl<'a> BindParams<'a> {
         Some(BindParams { formats, values })
     }
 
+    /// Parameter `i` (0-based): its format code and value (None = NULL).
+    pub fn get(&self, i: usize) -> Option<(i16, Option<&'a [u8]>)> {
+        Some((self.format(i), *self.values.get(i)?))
+    }
+
     fn format(&self, i: usize) -> i16 {
         match self.formats.as_slice() {
             [] => 0,

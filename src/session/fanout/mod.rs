@@ -1,0 +1,349 @@
+//! Running one read on every shard and answering with the rows merged, as one database
+//! holding all of them would answer: the statement goes to a server of each shard at once
+//! (a replica where a one-shard read could use one), the first shard's RowDescription (and
+//! ParseComplete, BindComplete, ...) is the client's, rows are forwarded as they arrive — or,
+//! under ORDER BY, merged k-way by the sort keys, one row held per shard — with OFFSET and
+//! LIMIT applied to the merged rows, and one CommandComplete counting what was sent. An error
+//! on any shard is the client's error, with its own SQLSTATE; the other shards are cancelled
+//! and their connections closed rather than reused, so a late cancel can hit no one else.
+//! DataRows are forwarded as the bytes the shards sent: no re-encoding.
+
+pub mod batch;
+pub mod compare;
+mod merge;
+
+use bytes::{Bytes, BytesMut};
+
+use super::{Flow, Session, SessionError};
+use crate::error::Failure;
+use crate::frontend::cancel::{send_cancel, CancelTarget};
+use crate::pool::Lease;
+use crate::protocol::{frame::split_frame, messages, Frame};
+use crate::router::fanout::{Merge, Shape};
+use crate::router::plan::{Fanout, Run};
+use compare::Column;
+use merge::{sort_columns, Window};
+
+/// Largest frame accepted from a shard (Postgres never sends one over 1 GB + header).
+const MAX_FRAME: usize = (1 << 30) + 64;
+
+/// One shard's part of the answer.
+struct Part {
+    lease: Lease,
+    /// Its frames before the rows (ParseComplete, ..., RowDescription) are all in.
+    header_done: bool,
+    /// Its next row under ORDER BY, waiting for the merge.
+    head: Option<Frame>,
+    /// It sent CommandComplete or an error: no more rows.
+    rows_done: bool,
+    /// It sent ReadyForQuery.
+    ready: bool,
+    /// It may not go back to the pool (cancelled, or broken).
+    discard: bool,
+}
+
+impl Session {
+    /// Runs the read in `frames` (a Query, or extended messages up to their Sync) on every
+    /// shard and answers the client with the merged rows.
+    pub(super) async fn fan_out(
+        &mut self,
+        plan: Fanout,
+        frames: Vec<Frame>,
+    ) -> Result<Flow, SessionError> {
+        self.wait_if_paused().await;
+        let Some(Shape::Merge(merge)) = plan.class.fanout.as_ref() else {
+            return Err(SessionError::Internal("a fan-out planned without a merge"));
+        };
+        let batch = match batch::build(&frames, merge, &self.stmts) {
+            Ok(b) => b,
+            Err((code, message)) => {
+                self.answer_fanout_error(code, &message);
+                return Ok(Flow::Continue);
+            }
+        };
+        let mut parts = Vec::with_capacity(self.db.shards.len());
+        for shard in 0..self.db.shards.len() {
+            match self.checkout_shard(shard, &plan).await? {
+                Ok(lease) => parts.push(Part {
+                    lease,
+                    header_done: false,
+                    head: None,
+                    rows_done: false,
+                    ready: false,
+                    discard: false,
+                }),
+                Err(e) => {
+                    for p in parts {
+                        p.lease.release();
+                    }
+                    self.answer_fanout_error(e.sqlstate(), &e.to_string());
+                    return Ok(Flow::Continue);
+                }
+            }
+        }
+        self.stats.route(crate::stats::RouteOutcome::Fanout);
+        self.set_state(crate::stats::CLIENT_ACTIVE);
+        let result = self.merge_parts(&mut parts, &batch, merge).await;
+        for p in parts {
+            if p.ready && !p.discard {
+                p.lease.release();
+            }
+        }
+        self.set_state(crate::stats::CLIENT_IDLE);
+        result?;
+        Ok(Flow::Continue)
+    }
+
+    /// A server of `shard` for the fan-out, with the client's settings applied.
+    async fn checkout_shard(
+        &mut self,
+        shard: usize,
+        plan: &Fanout,
+    ) -> Result<Result<Lease, super::route::AttachError>, SessionError> {
+        let run = Run {
+            shard,
+            primary: plan.primary,
+            prepare_only: false,
+            set_role: None,
+            writes: false,
+            track_writes: false,
+            split: plan.split,
+            sharded: true,
+        };
+        let snap = self.snap.take().ok_or(SessionError::Internal(
+            "the routing snapshot was lent out twice",
+        ))?;
+        let result = self.route_and_checkout(run, &snap).await;
+        self.snap = Some(snap);
+        Ok(result.map(|(lease, _)| lease))
+    }
+
+    /// Sends the batch to every shard, relays and merges the answers, and ends with the
+    /// client's CommandComplete (or error) and ReadyForQuery.
+    async fn merge_parts(
+        &mut self,
+        parts: &mut [Part],
+        batch: &batch::ShardBatch,
+        merge: &Merge,
+    ) -> Result<(), SessionError> {
+        let mut error: Option<Bytes> = None;
+        for (i, p) in parts.iter_mut().enumerate() {
+            if let Err(e) = p.lease.conn().write(&batch.bytes).await {
+                error.get_or_insert_with(|| lost(i, &e.to_string()));
+                p.discard = true;
+                p.ready = true;
+                p.rows_done = true;
+            }
+        }
+        let mut window = Window {
+            offset: batch.offset,
+            limit: batch.limit,
+            skipped: 0,
+            sent: 0,
+        };
+        let mut columns: Option<Vec<Column>> = None;
+        let mut parses = 0usize;
+        let mut after_t = false;
+        loop {
+            for i in 0..parts.len() {
+                let leader_done = parts.first().is_none_or(|l| l.header_done || l.ready);
+                if i > 0 && !leader_done {
+                    break;
+                }
+                let Some(p) = parts.get_mut(i) else { break };
+                while !p.ready && p.head.is_none() {
+                    let frame = match split_frame(&mut p.lease.conn().rbuf, MAX_FRAME) {
+                        Ok(Some(f)) => f,
+                        Ok(None) => break,
+                        Err(e) => {
+                            error.get_or_insert_with(|| lost(i, &e.to_string()));
+                            p.discard = true;
+                            p.ready = true;
+                            p.rows_done = true;
+                            break;
+                        }
+                    };
+                    match frame.tag {
+                        b'1' | b'2' | b't' | b'T' | b'n' if !p.header_done => {
+                            if i != 0 {
+                                continue;
+                            }
+                            if frame.tag == b'1' {
+                                parses += 1;
+                                if batch.injected.get(parses - 1).copied().unwrap_or(false) {
+                                    continue;
+                                }
+                            }
+                            // A RowDescription right after a ParameterDescription describes
+                            // a statement (formats unknown), not the portal that runs.
+                            let of_statement = std::mem::replace(&mut after_t, frame.tag == b't');
+                            if frame.tag == b'T' && !of_statement && !merge.order.is_empty() {
+                                match sort_columns(frame.body(), merge) {
+                                    Ok(c) => columns = Some(c),
+                                    Err(construct) => {
+                                        error.get_or_insert_with(|| not_mergeable(&construct));
+                                    }
+                                }
+                                if batch.described_here {
+                                    continue;
+                                }
+                            }
+                            self.client_out.push(frame.raw);
+                        }
+                        b'D' => {
+                            p.header_done = true;
+                            if error.is_some() || window.full() {
+                                continue;
+                            }
+                            if merge.order.is_empty() {
+                                if window.take() {
+                                    self.client_out.push(frame.raw);
+                                }
+                            } else if columns.is_some() {
+                                p.head = Some(frame);
+                            } else {
+                                error.get_or_insert_with(|| {
+                                    lost(i, "rows before their description")
+                                });
+                            }
+                        }
+                        b'C' => {
+                            p.header_done = true;
+                            p.rows_done = true;
+                        }
+                        b'E' => {
+                            p.header_done = true;
+                            p.rows_done = true;
+                            error.get_or_insert(frame.raw);
+                        }
+                        b'Z' => {
+                            p.header_done = true;
+                            p.rows_done = true;
+                            p.ready = true;
+                            if frame.body() != b"I" {
+                                p.discard = true;
+                            }
+                        }
+                        b'N' | b'A' => self.client_out.push(frame.raw),
+                        b'S' => {}
+                        other => {
+                            error.get_or_insert_with(|| {
+                                lost(
+                                    i,
+                                    &format!("unexpected message {:?} in a read", other as char),
+                                )
+                            });
+                            p.discard = true;
+                            p.rows_done = true;
+                        }
+                    }
+                }
+            }
+            if error.is_some() {
+                self.cancel_running(parts);
+                for p in parts.iter_mut() {
+                    p.head = None;
+                }
+            }
+            if let Some(columns) = &columns {
+                match self.emit_ordered(parts, columns, &mut window, error.is_some()) {
+                    // A shard's head was taken: its next rows may already be buffered.
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => {
+                        error.get_or_insert_with(|| not_mergeable(&e));
+                        continue;
+                    }
+                }
+            }
+            if parts.iter().all(|p| p.ready) {
+                break;
+            }
+            self.flush_client().await?;
+            self.read_some(parts, &mut error).await;
+        }
+        match error {
+            Some(e) => self.client_out.push(e),
+            None => {
+                let mut out = BytesMut::new();
+                messages::command_complete(&mut out, format!("SELECT {}", window.sent).as_bytes());
+                self.client_out.push(out.freeze());
+            }
+        }
+        let mut out = BytesMut::new();
+        messages::ready_for_query(&mut out, b'I');
+        self.client_out.push(out.freeze());
+        self.txn_status = b'I';
+        self.flush_client().await
+    }
+
+    /// Waits until a shard that must send more has sent something.
+    async fn read_some(&mut self, parts: &mut [Part], error: &mut Option<Bytes>) {
+        let leader_done = parts.first().is_none_or(|l| l.header_done || l.ready);
+        let mut reads = Vec::new();
+        let mut which = Vec::new();
+        for (i, p) in parts.iter_mut().enumerate() {
+            if p.ready || p.head.is_some() || (i > 0 && !leader_done) {
+                continue;
+            }
+            which.push(i);
+            reads.push(Box::pin(p.lease.conn().fill()));
+        }
+        if reads.is_empty() {
+            return;
+        }
+        // Cancel-safe: a fill that loses the race has read nothing.
+        let (result, k, _) = futures_util::future::select_all(reads).await;
+        if let (Err(e), Some(i)) = (result, which.get(k).copied()) {
+            error.get_or_insert_with(|| lost(i, &e.to_string()));
+            if let Some(p) = parts.get_mut(i) {
+                p.discard = true;
+                p.ready = true;
+                p.rows_done = true;
+            }
+        }
+    }
+
+    /// Cancels the shards still producing rows; their connections are closed afterwards.
+    fn cancel_running(&self, parts: &mut [Part]) {
+        for p in parts.iter_mut().filter(|p| !p.rows_done && !p.discard) {
+            p.discard = true;
+            let conn = p.lease.conn();
+            let target = CancelTarget {
+                addr: conn.addr.clone(),
+                key: conn.backend_key,
+            };
+            tokio::spawn(async move { send_cancel(&target).await });
+        }
+    }
+
+    /// Answers the client's fan-out with an error and ReadyForQuery.
+    fn answer_fanout_error(&mut self, code: &str, message: &str) {
+        self.stats.errors.inc();
+        self.client_out
+            .push(messages::error_response("ERROR", code, message, None));
+        let mut out = BytesMut::new();
+        messages::ready_for_query(&mut out, b'I');
+        self.client_out.push(out.freeze());
+    }
+}
+
+/// The client's error when shard `i` could not be used mid-answer.
+fn lost(i: usize, reason: &str) -> Bytes {
+    messages::error_response(
+        "ERROR",
+        "08006",
+        &format!("usher: shard {i} failed during a query across shards: {reason}"),
+        None,
+    )
+}
+
+/// The client's error when the rows turn out not to merge exactly (found from the result).
+fn not_mergeable(construct: &str) -> Bytes {
+    messages::error_response(
+        "ERROR",
+        "0A000",
+        &format!("usher: a query across shards is run only when its rows merge exactly, and this one has {construct}"),
+        None,
+    )
+}

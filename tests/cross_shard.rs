@@ -1,0 +1,309 @@
+//! Reads across shards, judged against one plain database holding every row: the same
+//! learning-platform data is loaded through usher into four shards and directly into one
+//! database, and a corpus of queries is run on both, in the simple protocol (text results)
+//! and the extended one (tokio-postgres: binary results, prepared statements). Rows (in
+//! order where the query orders them), column names and types, row counts and SQLSTATEs
+//! must match; what usher cannot merge exactly must be refused with 0A000.
+
+mod common;
+
+use common::sharded::*;
+use common::*;
+use tokio_postgres::types::{FromSql, Type};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+const MAP: &str = r#"hasher = "xxh3"
+key_type = "uuid"
+default_shard = 0
+tables = [
+  { name = "families", column = "id" },
+  { name = "children", column = "family_id" },
+  { name = "user_progress", column = "family_id" },
+]
+global_tables = ["lessons"]
+"#;
+
+/// A value's bytes as the server sent them, whatever its type.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
+struct Raw(Vec<u8>);
+
+impl<'a> FromSql<'a> for Raw {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(raw.to_vec()))
+    }
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+fn family(i: u32) -> String {
+    let h = xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8000-{:012x}",
+        h >> 32,
+        (h >> 16) & 0xffff,
+        h & 0xfff,
+        i
+    )
+}
+
+fn child(i: u32, j: u32) -> String {
+    format!("00000000-0000-4000-a000-{:06x}{:06x}", i, j)
+}
+
+/// The data: families, their children and progress, by family (the lessons, a global
+/// table, come with the migrations).
+fn data() -> Vec<String> {
+    let mut keyed = Vec::new();
+    for i in 0..120u32 {
+        let f = family(i);
+        let mut sql = format!(
+            "INSERT INTO families (id, name, created_at) VALUES ('{f}', 'family {i}', timestamptz '2026-01-01 00:00:00+00' + interval '{i} hours');"
+        );
+        let kids: Vec<String> = (0..(i % 3 + 1))
+            .map(|j| {
+                let birth = if (i + j) % 11 == 0 {
+                    "NULL".to_string()
+                } else {
+                    format!("date '2012-01-01' + {}", (i * 37 + j * 101) % 2000)
+                };
+                format!(
+                    "('{}', '{f}', 'child {i}.{j}', {}, {birth}, timestamptz '2026-02-01 00:00:00+00' + interval '{} seconds')",
+                    child(i, j),
+                    (i * 7 + j) % 13,
+                    i * 10 + j
+                )
+            })
+            .collect();
+        sql += &format!(
+            "INSERT INTO children (id, family_id, name, grade, birth_date, created_at) VALUES {};",
+            kids.join(", ")
+        );
+        let mut progress = Vec::new();
+        for j in 0..(i % 3 + 1) {
+            for k in 0..(i + j) % 4 {
+                let n = i * 10 + j * 3 + k;
+                let (status, score, done) = match n % 3 {
+                    0 => (
+                        "completed",
+                        format!("{}.{:02}", n % 100, (n * 7) % 100),
+                        format!(
+                            "timestamptz '2026-03-01 12:00:00+00' + interval '{} minutes'",
+                            n * 13
+                        ),
+                    ),
+                    1 => ("in_progress", format!("{}.5", n % 90), "NULL".into()),
+                    _ => ("not_started", "NULL".into(), "NULL".into()),
+                };
+                progress.push(format!(
+                    "('{}', '{f}', '{}', {}, '{status}', {score}, {done}, timestamptz '2026-02-02 00:00:00+00')",
+                    child(n, 99),
+                    child(i, j),
+                    (i + j + k) % 10 + 1
+                ));
+            }
+        }
+        if !progress.is_empty() {
+            sql += &format!(
+                "INSERT INTO user_progress (id, family_id, child_id, lesson_id, status, score, completed_at, created_at) VALUES {};",
+                progress.join(", ")
+            );
+        }
+        keyed.push(sql);
+    }
+    keyed
+}
+
+struct Both {
+    usher: Client,
+    plain: Client,
+    _s: Sharded,
+}
+
+async fn load() -> Both {
+    let s = setup("xshard", MAP).await;
+    let t = topology();
+    let plain_db = t.create_db("xplain");
+    for m in ["0001_learning_platform.sql", "0002_lesson_catalogue.sql"] {
+        let sql = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(m),
+        )
+        .unwrap();
+        t.primary.psql(&plain_db, &sql);
+    }
+    t.primary
+        .psql(&plain_db, "GRANT ALL ON ALL TABLES IN SCHEMA public TO app");
+    let usher = connect(s.usher.port, "app", s.db).await.unwrap();
+    let plain = connect(t.primary.port, "app", &plain_db).await.unwrap();
+    for sql in &data() {
+        usher.batch_execute(sql).await.unwrap();
+        plain.batch_execute(sql).await.unwrap();
+    }
+    Both {
+        usher,
+        plain,
+        _s: s,
+    }
+}
+
+/// A query's answer in the simple protocol: column names, rows as text, row count; or the
+/// SQLSTATE.
+type Simple = Result<(Vec<String>, Vec<Vec<Option<String>>>, u64), String>;
+
+async fn simple(c: &Client, sql: &str) -> Simple {
+    let messages = c.simple_query(sql).await.map_err(|e| code(&e))?;
+    let mut names = Vec::new();
+    let mut rows = Vec::new();
+    let mut count = None;
+    for m in messages {
+        match m {
+            SimpleQueryMessage::RowDescription(cols) => {
+                names = cols.iter().map(|c| c.name().to_string()).collect();
+            }
+            SimpleQueryMessage::Row(r) => {
+                rows.push((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            SimpleQueryMessage::CommandComplete(n) => count = Some(n),
+            _ => {}
+        }
+    }
+    Ok((names, rows, count.expect("a CommandComplete")))
+}
+
+/// The same in the extended protocol: column names and types, rows as binary values.
+type Extended = Result<(Vec<(String, Type)>, Vec<Vec<Option<Raw>>>), String>;
+
+async fn extended(
+    c: &Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Extended {
+    let stmt = c.prepare(sql).await.map_err(|e| code(&e))?;
+    let rows = c.query(&stmt, params).await.map_err(|e| code(&e))?;
+    let cols = stmt
+        .columns()
+        .iter()
+        .map(|c| (c.name().to_string(), c.type_().clone()))
+        .collect();
+    let rows = rows
+        .iter()
+        .map(|r| (0..r.len()).map(|i| r.get::<_, Option<Raw>>(i)).collect())
+        .collect();
+    Ok((cols, rows))
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map_or_else(|| e.to_string(), |c| c.code().to_string())
+}
+
+/// Compares usher's answer with the plain database's, rows in order only when `ordered`.
+async fn same(b: &Both, sql: &str, ordered: bool) {
+    let (mut u, mut p) = (simple(&b.usher, sql).await, simple(&b.plain, sql).await);
+    if !ordered {
+        for r in [&mut u, &mut p].into_iter().flatten() {
+            r.1.sort();
+        }
+    }
+    assert_eq!(u, p, "simple protocol: {sql}");
+    let (mut u, mut p) = (
+        extended(&b.usher, sql, &[]).await,
+        extended(&b.plain, sql, &[]).await,
+    );
+    if !ordered {
+        for r in [&mut u, &mut p].into_iter().flatten() {
+            r.1.sort();
+        }
+    }
+    assert_eq!(u, p, "extended protocol: {sql}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_across_shards_answer_as_one_database() {
+    let b = load().await;
+    let (f1, f2, f3) = (family(1), family(2), family(7));
+    let unordered = [
+        "SELECT id, name FROM families".to_string(),
+        "SELECT * FROM children WHERE grade > 5".into(),
+        "SELECT c.name, p.status, p.score FROM children c JOIN user_progress p ON p.family_id = c.family_id AND p.child_id = c.id WHERE p.status = 'completed'".into(),
+        "SELECT c.id, l.title FROM user_progress p JOIN lessons l ON l.id = p.lesson_id JOIN children c ON c.family_id = p.family_id AND c.id = p.child_id WHERE l.grade < 6".into(),
+        format!("SELECT id, name FROM families WHERE id IN ('{f1}', '{f2}', '{f3}')"),
+        format!("SELECT * FROM children WHERE family_id = '{f1}' OR grade = 3"),
+        "SELECT id FROM children WHERE false".into(),
+        "SELECT id, score, completed_at FROM user_progress LIMIT 0".into(),
+    ];
+    for sql in &unordered {
+        same(&b, sql, false).await;
+    }
+    let ordered = [
+        "SELECT id, grade, birth_date FROM children ORDER BY grade DESC, id",
+        "SELECT id, score FROM user_progress ORDER BY score NULLS FIRST, id LIMIT 17",
+        "SELECT id, score, completed_at FROM user_progress ORDER BY completed_at DESC NULLS LAST, id LIMIT 10 OFFSET 5",
+        "SELECT * FROM children ORDER BY birth_date, id OFFSET 20",
+        "SELECT id, birth_date FROM children ORDER BY 2 DESC, 1 LIMIT 5",
+        "SELECT p.id, p.lesson_id, p.score * 2 AS doubled FROM user_progress p ORDER BY doubled DESC NULLS LAST, p.id LIMIT 8",
+        "SELECT id, grade FROM children ORDER BY grade, id LIMIT 0",
+        "SELECT id, created_at FROM families ORDER BY created_at DESC LIMIT 3 OFFSET 200",
+        "SELECT family_id, id, grade::float8 / 3 AS third FROM children ORDER BY third, id LIMIT 12",
+    ];
+    for sql in ordered {
+        same(&b, sql, true).await;
+    }
+    // Errors the shards raise reach the client with their own SQLSTATE.
+    for sql in [
+        "SELECT id, 1 / (grade - grade) FROM children",
+        "SELECT id FROM children ORDER BY id LIMIT -1",
+        "SELECT nope FROM children",
+    ] {
+        same(&b, sql, false).await;
+    }
+    // LIMIT and OFFSET as bind parameters, merged under the same window.
+    let sql = "SELECT id, score FROM user_progress WHERE score IS NOT NULL ORDER BY score DESC, id LIMIT $1 OFFSET $2";
+    for (limit, offset) in [(5i64, 0i64), (7, 3), (1000, 40)] {
+        let u = extended(&b.usher, sql, &[&limit, &offset]).await;
+        let p = extended(&b.plain, sql, &[&limit, &offset]).await;
+        assert_eq!(u, p, "{sql} with {limit}, {offset}");
+    }
+    let u = extended(&b.usher, sql, &[&3i64, &-1i64]).await;
+    assert_eq!(u.unwrap_err(), "2201X");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_merge_exactly_is_refused() {
+    let b = load().await;
+    for (sql, named) in [
+        (
+            "SELECT count(*) FROM children",
+            "aggregate function count()",
+        ),
+        (
+            "SELECT id, name FROM children ORDER BY name, id",
+            "type text",
+        ),
+        ("SELECT DISTINCT grade FROM children", "DISTINCT"),
+        (
+            "SELECT c.id FROM children c JOIN user_progress p ON p.child_id = c.id",
+            "not on their sharding keys",
+        ),
+        (
+            "SELECT id FROM children WHERE grade > (SELECT avg(grade) FROM children)",
+            "subqueries",
+        ),
+    ] {
+        assert!(simple(&b.plain, sql).await.is_ok(), "{sql}");
+        let err = b.usher.simple_query(sql).await.unwrap_err();
+        assert_eq!(code(&err), "0A000", "{sql}");
+        let text = err.as_db_error().unwrap().message().to_string();
+        assert!(text.contains(named), "{sql}: {text}");
+    }
+    // The connection goes on, and a keyed read still runs on its shard.
+    let f = family(5);
+    same(
+        &b,
+        &format!("SELECT id, name FROM families WHERE id = '{f}'"),
+        false,
+    )
+    .await;
+}
