@@ -19,6 +19,7 @@ tables = [
   { name = "families", column = "id" },
   { name = "children", column = "family_id" },
   { name = "user_progress", column = "family_id" },
+  { name = "readings", column = "family_no", key_type = "bigint" },
 ]
 global_tables = ["lessons"]
 "#;
@@ -306,4 +307,48 @@ async fn what_cannot_merge_exactly_is_refused() {
         false,
     )
     .await;
+}
+
+/// An error on one shard, raised while the others are still sending rows: the client gets
+/// that error (its SQLSTATE, as one database would raise it), the other shards' queries are
+/// cancelled rather than run to their end, and the session and pools go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_on_one_shard_is_the_answer_and_the_others_are_cancelled() {
+    let b = load().await;
+    let t = topology();
+    for (k, db) in b._s.shards.iter().enumerate() {
+        // Shard 1 fails at once; the others take long to finish.
+        let bad = if k == 1 { 0 } else { 1 };
+        t.primary.psql(
+            db,
+            &format!(
+                "CREATE TABLE readings (family_no bigint, v int); \
+                 INSERT INTO readings SELECT g, CASE WHEN g = 1 THEN {bad} ELSE 1 END FROM generate_series(1, 3) g; \
+                 GRANT ALL ON readings TO app"
+            ),
+        );
+    }
+    let sql = "SELECT family_no, 1 / v, pg_sleep(CASE WHEN v = 0 THEN 0 ELSE 2 END) IS NULL FROM readings";
+    let started = std::time::Instant::now();
+    let err = b.usher.simple_query(sql).await.unwrap_err();
+    assert_eq!(code(&err), "22012", "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "the other shards were cancelled, not waited for ({:?})",
+        started.elapsed()
+    );
+    // Nothing of it is left running on the shards, and the next read across shards works.
+    let mut running = String::new();
+    for _ in 0..50 {
+        running = t.primary.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%FROM readings%' AND state = 'active' AND pid <> pg_backend_pid()",
+        );
+        if running.trim() == "0" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(running.trim(), "0", "queries left running on the shards");
+    same(&b, "SELECT id, name FROM families", false).await;
 }

@@ -17,6 +17,9 @@ pub struct ShardBatch {
     pub bytes: Bytes,
     /// For each Parse sent, in order: usher added it (its ParseComplete is not the client's).
     pub injected: Vec<bool>,
+    /// How many frames answer the messages before the rows (ParseComplete, BindComplete,
+    /// descriptions): every shard sends the same ones, and the client gets each once.
+    pub header_frames: usize,
     /// usher added a Describe of the portal (the merge needs the column types): its
     /// RowDescription is not the client's.
     pub described_here: bool,
@@ -43,19 +46,25 @@ pub fn build(
     let mut portal: Option<Bytes> = None;
     let mut described = false;
     let mut described_here = false;
+    let mut header_frames = 0;
     let shard_sql = merge.shard_sql.as_deref();
     for f in frames {
         match f.tag {
-            b'Q' => match shard_sql {
-                Some(sql) => messages::query(&mut out, sql),
-                None => out.extend_from_slice(&f.raw),
-            },
+            b'Q' => {
+                // Its RowDescription.
+                header_frames += 1;
+                match shard_sql {
+                    Some(sql) => messages::query(&mut out, sql),
+                    None => out.extend_from_slice(&f.raw),
+                }
+            }
             b'P' => {
                 let parse = client::Parse::new(f).map_err(protocol)?;
                 let query = shard_sql.map_or(parse.query_bytes(), str::as_bytes);
                 out.extend_from_slice(&extended::parse_message(b"", query, &parse.param_types()));
                 injected.push(false);
                 parsed_here = true;
+                header_frames += 1;
             }
             b'B' => {
                 let bind = client::Bind::new(f).map_err(protocol)?;
@@ -73,14 +82,18 @@ pub fn build(
                     let query = shard_sql.map_or(&stmt.query[..], str::as_bytes);
                     out.extend_from_slice(&extended::parse_message(b"", query, &stmt.param_types));
                     injected.push(true);
+                    header_frames += 1;
                 }
                 extended::put_renamed(&mut out, f, bind.statement_span(), b"");
+                header_frames += 1;
                 bind_body = Some(f.body_bytes());
                 portal = Some(Bytes::copy_from_slice(bind.portal()));
             }
             b'D' => {
                 let d = client::Targeted::new(f).map_err(protocol)?;
+                header_frames += 1;
                 if d.target == client::Target::Statement {
+                    header_frames += 1;
                     extended::put_renamed(&mut out, f, d.name_span(), b"");
                 } else {
                     described = true;
@@ -96,6 +109,7 @@ pub fn build(
                     // The merge compares by column type and format: ask for them.
                     extended::describe_portal(&mut out, portal.as_deref().unwrap_or_default());
                     described_here = true;
+                    header_frames += 1;
                 }
                 out.extend_from_slice(&f.raw);
             }
@@ -108,6 +122,7 @@ pub fn build(
     Ok(ShardBatch {
         bytes: out.freeze(),
         injected,
+        header_frames,
         described_here,
         offset: offset.unwrap_or(0),
         limit,
@@ -204,6 +219,7 @@ mod tests {
         ];
         let b = build(&frames, &m, &stmts).unwrap();
         assert_eq!((b.limit, b.offset), (Some(10), 5));
+        assert_eq!(b.header_frames, 2, "ParseComplete, BindComplete");
         assert_eq!(b.injected, vec![false]);
         let raw: &[u8] = &b.bytes;
         assert!(

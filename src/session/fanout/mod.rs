@@ -30,8 +30,8 @@ const MAX_FRAME: usize = (1 << 30) + 64;
 /// One shard's part of the answer.
 struct Part {
     lease: Lease,
-    /// Its frames before the rows (ParseComplete, ..., RowDescription) are all in.
-    header_done: bool,
+    /// How many of its frames before the rows (ParseComplete, ..., RowDescription) arrived.
+    header_seen: usize,
     /// Its next row under ORDER BY, waiting for the merge.
     head: Option<Frame>,
     /// It sent CommandComplete or an error: no more rows.
@@ -66,7 +66,7 @@ impl Session {
             match self.checkout_shard(shard, &plan).await? {
                 Ok(lease) => parts.push(Part {
                     lease,
-                    header_done: false,
+                    header_seen: 0,
                     head: None,
                     rows_done: false,
                     ready: false,
@@ -144,13 +144,9 @@ impl Session {
         let mut columns: Option<Vec<Column>> = None;
         let mut parses = 0usize;
         let mut after_t = false;
+        let mut header_sent = 0usize;
         loop {
-            for i in 0..parts.len() {
-                let leader_done = parts.first().is_none_or(|l| l.header_done || l.ready);
-                if i > 0 && !leader_done {
-                    break;
-                }
-                let Some(p) = parts.get_mut(i) else { break };
+            for (i, p) in parts.iter_mut().enumerate() {
                 while !p.ready && p.head.is_none() {
                     let frame = match split_frame(&mut p.lease.conn().rbuf, MAX_FRAME) {
                         Ok(Some(f)) => f,
@@ -164,19 +160,24 @@ impl Session {
                         }
                     };
                     match frame.tag {
-                        b'1' | b'2' | b't' | b'T' | b'n' if !p.header_done => {
-                            if i != 0 {
+                        b'1' | b'2' | b't' | b'T' | b'n' if p.header_seen < batch.header_frames => {
+                            // Every shard sends the same frames before its rows: the client
+                            // gets each from whichever shard sends it first.
+                            let index = p.header_seen;
+                            p.header_seen += 1;
+                            if index < header_sent {
                                 continue;
                             }
+                            header_sent += 1;
+                            // A RowDescription right after a ParameterDescription describes
+                            // a statement (formats unknown), not the portal that runs.
+                            let of_statement = std::mem::replace(&mut after_t, frame.tag == b't');
                             if frame.tag == b'1' {
                                 parses += 1;
                                 if batch.injected.get(parses - 1).copied().unwrap_or(false) {
                                     continue;
                                 }
                             }
-                            // A RowDescription right after a ParameterDescription describes
-                            // a statement (formats unknown), not the portal that runs.
-                            let of_statement = std::mem::replace(&mut after_t, frame.tag == b't');
                             if frame.tag == b'T' && !of_statement && !merge.order.is_empty() {
                                 match sort_columns(frame.body(), merge) {
                                     Ok(c) => columns = Some(c),
@@ -191,7 +192,6 @@ impl Session {
                             self.client_out.push(frame.raw);
                         }
                         b'D' => {
-                            p.header_done = true;
                             if error.is_some() || window.full() {
                                 continue;
                             }
@@ -208,16 +208,13 @@ impl Session {
                             }
                         }
                         b'C' => {
-                            p.header_done = true;
                             p.rows_done = true;
                         }
                         b'E' => {
-                            p.header_done = true;
                             p.rows_done = true;
                             error.get_or_insert(frame.raw);
                         }
                         b'Z' => {
-                            p.header_done = true;
                             p.rows_done = true;
                             p.ready = true;
                             if frame.body() != b"I" {
@@ -279,11 +276,10 @@ impl Session {
 
     /// Waits until a shard that must send more has sent something.
     async fn read_some(&mut self, parts: &mut [Part], error: &mut Option<Bytes>) {
-        let leader_done = parts.first().is_none_or(|l| l.header_done || l.ready);
         let mut reads = Vec::new();
         let mut which = Vec::new();
         for (i, p) in parts.iter_mut().enumerate() {
-            if p.ready || p.head.is_some() || (i > 0 && !leader_done) {
+            if p.ready || p.head.is_some() {
                 continue;
             }
             which.push(i);
