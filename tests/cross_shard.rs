@@ -272,11 +272,54 @@ async fn reads_across_shards_answer_as_one_database() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregates_across_shards_combine_as_one_database() {
+    let b = load().await;
+    let (f1, f2, f3) = (family(1), family(2), family(7));
+    for sql in [
+        "SELECT count(*) FROM children".to_string(),
+        "SELECT count(*), count(birth_date), min(birth_date), max(birth_date) FROM children".into(),
+        "SELECT sum(grade), min(grade), max(grade) FROM children WHERE grade > 2".into(),
+        // sum(bigint) is numeric; sum(numeric) keeps the widest scale.
+        "SELECT sum(lesson_id), sum(score), max(score), min(completed_at) FROM user_progress".into(),
+        "SELECT count(*) AS n, sum(score) AS total FROM user_progress WHERE status = 'completed'".into(),
+        "SELECT bool_and(score > 1), bool_or(score > 80), every(grade < 13) FROM user_progress p JOIN children c ON c.family_id = p.family_id AND c.id = p.child_id".into(),
+        // No rows anywhere: count 0, the rest NULL.
+        "SELECT count(*), sum(score), max(score), bool_or(true) FROM user_progress WHERE false".into(),
+        format!("SELECT count(*), max(name::bytea) FROM families WHERE id IN ('{f1}', '{f2}', '{f3}')"),
+        // LIMIT and OFFSET apply to the one combined row.
+        "SELECT count(*) FROM children LIMIT 0".into(),
+        "SELECT count(*) FROM children OFFSET 1".into(),
+        "SELECT count(*) FROM children ORDER BY 1 LIMIT 5 OFFSET 0".into(),
+        "SELECT pg_catalog.count(*) FROM children".into(),
+    ] {
+        same(&b, &sql, true).await;
+    }
+    // What would not come out exactly the same is refused, naming it.
+    for (sql, named) in [
+        (
+            "SELECT sum(score::float8) FROM user_progress",
+            "sum() of double precision",
+        ),
+        ("SELECT min(name) FROM children", "min() or max() of text"),
+    ] {
+        assert!(simple(&b.plain, sql).await.is_ok(), "{sql}");
+        let err = b.usher.simple_query(sql).await.unwrap_err();
+        assert_eq!(code(&err), "0A000", "{sql}");
+        let text = err.as_db_error().unwrap().message().to_string();
+        assert!(text.contains(named), "{sql}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_cannot_merge_exactly_is_refused() {
     let b = load().await;
     for (sql, named) in [
         (
-            "SELECT count(*) FROM children",
+            "SELECT avg(grade) FROM children",
+            "aggregate function avg()",
+        ),
+        (
+            "SELECT count(*) * 2 FROM children",
             "aggregate function count()",
         ),
         (

@@ -85,6 +85,25 @@ pub fn backend_key_data(out: &mut BytesMut, pid: i32, key: i32) {
     });
 }
 
+/// DataRow of `values` (None is NULL), in the formats they are already in: the one row
+/// usher makes itself, the combined aggregates of a query across shards.
+pub fn data_row(values: &[Option<Bytes>]) -> Bytes {
+    let mut out = BytesMut::new();
+    message(&mut out, b'D', |b| {
+        b.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.extend_from_slice(v);
+                }
+                None => b.put_i32(-1),
+            }
+        }
+    });
+    out.freeze()
+}
+
 /// ReadyForQuery with transaction status `I`, `T` or `E`.
 pub fn ready_for_query(out: &mut BytesMut, status: u8) {
     message(out, b'Z', |b| b.put_u8(status));

@@ -33,6 +33,34 @@ pub struct Merge {
     /// The text each shard runs when it differs from the client's: an OFFSET is removed and
     /// added to the LIMIT, since the rows it skips may come from any shard.
     pub shard_sql: Option<String>,
+    /// The select list is only aggregates (no GROUP BY): each shard returns one row of
+    /// partial results, combined into the one row the client gets, column by column.
+    pub aggregates: Option<Vec<Aggregate>>,
+}
+
+impl Merge {
+    /// The merge reads the result's column types (to compare sort keys or combine
+    /// aggregates), so the shards are asked to describe the portal.
+    pub fn needs_types(&self) -> bool {
+        !self.order.is_empty() || self.aggregates.is_some()
+    }
+}
+
+/// An aggregate whose per-shard results combine exactly into the whole's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    /// count(*), count(x): the counts add up.
+    Count,
+    /// sum(x): the sums add up (exactly: integer and numeric sums only).
+    Sum,
+    /// min(x).
+    Min,
+    /// max(x).
+    Max,
+    /// bool_and(x), every(x).
+    And,
+    /// bool_or(x).
+    Or,
 }
 
 /// One ORDER BY key.
@@ -203,8 +231,27 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
     if LimitOption::try_from(s.limit_option) == Ok(LimitOption::WithTies) {
         return Err("FETCH ... WITH TIES".into());
     }
+    let aggregates = aggregate_list(&s.target_list);
+    // The top-level aggregate calls of such a list, by position in the text.
+    let combined: Vec<i32> = match &aggregates {
+        Some(_) => s
+            .target_list
+            .iter()
+            .filter_map(|t| match t.node.as_ref() {
+                Some(NodeEnum::ResTarget(r)) => {
+                    match r.val.as_deref().and_then(|v| v.node.as_ref()) {
+                        Some(NodeEnum::FuncCall(f)) => Some(f.location),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     for (node, ..) in parsed.nodes() {
         match node {
+            NodeRef::FuncCall(f) if combined.contains(&f.location) => {}
             NodeRef::SubLink(_) | NodeRef::RangeSubselect(_) => {
                 return Err("subqueries".into());
             }
@@ -231,11 +278,15 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
             _ => {}
         }
     }
-    let order = s
-        .sort_clause
-        .iter()
-        .map(|n| sort_key(n, &s.target_list))
-        .collect::<Result<Vec<_>, _>>()?;
+    // One combined row: its order does not matter.
+    let order = match aggregates {
+        Some(_) => Vec::new(),
+        None => s
+            .sort_clause
+            .iter()
+            .map(|n| sort_key(n, &s.target_list))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
     let limit = count(s.limit_count.as_deref(), "LIMIT")?;
     let offset = count(s.limit_offset.as_deref(), "OFFSET")?;
     let negative = |c: Option<Count>| matches!(c, Some(Count::Value(v)) if v < 0);
@@ -250,7 +301,54 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
         limit,
         offset,
         shard_sql,
+        aggregates,
     })
+}
+
+/// The aggregates of a select list made only of plain calls of combinable aggregates.
+fn aggregate_list(targets: &[protobuf::Node]) -> Option<Vec<Aggregate>> {
+    targets
+        .iter()
+        .map(|t| {
+            let Some(NodeEnum::ResTarget(r)) = t.node.as_ref() else {
+                return None;
+            };
+            let Some(NodeEnum::FuncCall(f)) = r.val.as_deref().and_then(|v| v.node.as_ref()) else {
+                return None;
+            };
+            if f.agg_distinct
+                || f.agg_within_group
+                || !f.agg_order.is_empty()
+                || f.agg_filter.is_some()
+                || f.over.is_some()
+                || f.func_variadic
+            {
+                return None;
+            }
+            let names: Vec<&str> = f
+                .funcname
+                .iter()
+                .filter_map(|n| match &n.node {
+                    Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let name = match names.as_slice() {
+                [name] | ["pg_catalog", name] => name.to_ascii_lowercase(),
+                _ => return None,
+            };
+            let one_arg = f.args.len() == 1 && !f.agg_star;
+            Some(match name.as_str() {
+                "count" if f.agg_star || one_arg => Aggregate::Count,
+                "sum" if one_arg => Aggregate::Sum,
+                "min" if one_arg => Aggregate::Min,
+                "max" if one_arg => Aggregate::Max,
+                "bool_and" | "every" if one_arg => Aggregate::And,
+                "bool_or" if one_arg => Aggregate::Or,
+                _ => return None,
+            })
+        })
+        .collect()
 }
 
 /// A LIMIT or OFFSET: a constant or a parameter (`LIMIT ALL` / `LIMIT NULL` is none).

@@ -101,11 +101,19 @@ fn limit_and_offset_push_down() {
 fn what_cannot_merge_exactly_is_named() {
     for (sql, named) in [
         (
-            "SELECT count(*) FROM children",
+            "SELECT avg(grade) FROM children",
+            "aggregate function avg()",
+        ),
+        (
+            "SELECT count(*) * 2 FROM children",
             "aggregate function count()",
         ),
         (
-            "SELECT max(grade) FROM children",
+            "SELECT count(DISTINCT grade) FROM children",
+            "aggregate function count()",
+        ),
+        (
+            "SELECT id, max(grade) FROM children",
             "aggregate function max()",
         ),
         ("SELECT grade FROM children GROUP BY grade", "GROUP BY"),
@@ -149,4 +157,19 @@ fn what_cannot_merge_exactly_is_named() {
     ] {
         assert_eq!(shape_of(sql), Shape::Refused(named.into()), "{sql}");
     }
+}
+
+#[test]
+fn a_select_list_of_aggregates_combines() {
+    use Aggregate::*;
+    let m = merge("SELECT count(*), count(birth_date) AS n, sum(grade), min(birth_date), max(grade), bool_and(grade > 0), every(true), bool_or(false) FROM children ORDER BY 1");
+    assert_eq!(
+        m.aggregates,
+        Some(vec![Count, Count, Sum, Min, Max, And, And, Or])
+    );
+    assert!(m.order.is_empty(), "one row: its order is moot");
+    assert_eq!(merge("SELECT id FROM children").aggregates, None);
+    let m = merge("SELECT pg_catalog.count(*) FROM children LIMIT 1 OFFSET 1");
+    assert_eq!(m.aggregates, Some(vec![Count]));
+    assert!(m.shard_sql.is_some());
 }

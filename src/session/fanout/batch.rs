@@ -105,7 +105,7 @@ pub fn build(
                 if e.max_rows != 0 {
                     return Err(("0A000", "usher: a row limit on Execute (fetching a portal in parts) is not supported for a query across shards".into()));
                 }
-                if !described && !merge.order.is_empty() {
+                if !described && merge.needs_types() {
                     // The merge compares by column type and format: ask for them.
                     extended::describe_portal(&mut out, portal.as_deref().unwrap_or_default());
                     described_here = true;

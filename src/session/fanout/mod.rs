@@ -8,9 +8,11 @@
 //! and their connections closed rather than reused, so a late cancel can hit no one else.
 //! DataRows are forwarded as the bytes the shards sent: no re-encoding.
 
+pub mod aggregate;
 pub mod batch;
 pub mod compare;
 mod merge;
+pub mod numeric;
 
 use bytes::{Bytes, BytesMut};
 
@@ -142,6 +144,9 @@ impl Session {
             sent: 0,
         };
         let mut columns: Option<Vec<Column>> = None;
+        // Under aggregates: the result's column types, and each shard's row of partials.
+        let mut fields: Option<Vec<aggregate::Field>> = None;
+        let mut partials: Vec<Frame> = Vec::new();
         let mut parses = 0usize;
         let mut after_t = false;
         let mut header_sent = 0usize;
@@ -178,11 +183,20 @@ impl Session {
                                     continue;
                                 }
                             }
-                            if frame.tag == b'T' && !of_statement && !merge.order.is_empty() {
-                                match sort_columns(frame.body(), merge) {
-                                    Ok(c) => columns = Some(c),
-                                    Err(construct) => {
-                                        error.get_or_insert_with(|| not_mergeable(&construct));
+                            if frame.tag == b'T' && !of_statement && merge.needs_types() {
+                                if merge.aggregates.is_some() {
+                                    match aggregate_fields(frame.body()) {
+                                        Ok(f) => fields = Some(f),
+                                        Err(e) => {
+                                            error.get_or_insert_with(|| lost(i, &e));
+                                        }
+                                    }
+                                } else {
+                                    match sort_columns(frame.body(), merge) {
+                                        Ok(c) => columns = Some(c),
+                                        Err(construct) => {
+                                            error.get_or_insert_with(|| not_mergeable(&construct));
+                                        }
                                     }
                                 }
                                 if batch.described_here {
@@ -195,7 +209,9 @@ impl Session {
                             if error.is_some() || window.full() {
                                 continue;
                             }
-                            if merge.order.is_empty() {
+                            if merge.aggregates.is_some() {
+                                partials.push(frame);
+                            } else if merge.order.is_empty() {
                                 if window.take() {
                                     self.client_out.push(frame.raw);
                                 }
@@ -258,6 +274,20 @@ impl Session {
             }
             self.flush_client().await?;
             self.read_some(parts, &mut error).await;
+        }
+        if let (None, Some(kinds)) = (&error, &merge.aggregates) {
+            let fields = fields.unwrap_or_default();
+            match aggregate::combine(kinds, &fields, &partials) {
+                Ok(Some(row)) => {
+                    if window.take() {
+                        self.client_out.push(row);
+                    }
+                }
+                Ok(None) => {}
+                Err((code, message)) => {
+                    error = Some(messages::error_response("ERROR", code, &message, None));
+                }
+            }
         }
         match error {
             Some(e) => self.client_out.push(e),
@@ -322,6 +352,19 @@ impl Session {
         messages::ready_for_query(&mut out, b'I');
         self.client_out.push(out.freeze());
     }
+}
+
+/// The type and format of each column of an aggregate row, from its RowDescription.
+fn aggregate_fields(description: &[u8]) -> Result<Vec<aggregate::Field>, String> {
+    let fields =
+        crate::protocol::server::row_description(description).map_err(|e| e.to_string())?;
+    Ok(fields
+        .iter()
+        .map(|f| aggregate::Field {
+            type_oid: f.type_oid,
+            format: f.format,
+        })
+        .collect())
 }
 
 /// The client's error when shard `i` could not be used mid-answer.
