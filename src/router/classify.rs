@@ -280,10 +280,12 @@ pub fn classify(sql: &str) -> Classification {
         }
     }
     if let [raw] = parsed.protobuf.stmts.as_slice() {
-        if let Some(NodeEnum::SelectStmt(s)) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) {
-            if !s.from_clause.is_empty() {
+        match raw.stmt.as_ref().and_then(|s| s.node.as_ref()) {
+            Some(NodeEnum::SelectStmt(s)) if !s.from_clause.is_empty() => {
                 c.fanout = Some(fanout::shape(&parsed.protobuf, s));
             }
+            Some(stmt) => c.fanout = super::fanout_write::shape(&parsed.protobuf, stmt),
+            None => {}
         }
     }
     c.only_usher_settings = statements > 0 && usher_settings == statements;

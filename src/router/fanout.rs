@@ -19,6 +19,9 @@ pub enum Shape {
     Merge(Merge),
     /// The construct that keeps the rows from merging exactly (named in the refusal).
     Refused(String),
+    /// An UPDATE or DELETE that runs exactly on each shard concerned (see
+    /// `router::fanout_write`): command tags add up, RETURNING rows stream through.
+    Write,
 }
 
 /// An exact merge of the shards' rows.

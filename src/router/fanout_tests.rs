@@ -18,6 +18,7 @@ fn merge(sql: &str) -> Merge {
     match shape_of(sql) {
         Shape::Merge(m) => m,
         Shape::Refused(r) => panic!("{sql}: refused ({r})"),
+        Shape::Write => panic!("{sql}: a write"),
     }
 }
 

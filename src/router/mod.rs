@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod classify;
 pub mod fanout;
+pub mod fanout_write;
 pub(crate) mod lex;
 pub mod monitor;
 pub mod normalize;

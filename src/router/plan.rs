@@ -99,6 +99,17 @@ pub enum Plan {
     Run(Run),
     /// Run one read on every shard and merge the rows (see `router::fanout`).
     Fanout(Fanout),
+    /// Run one UPDATE or DELETE on the shards concerned, committed with two-phase commit.
+    FanoutWrite(FanoutWrite),
+}
+
+/// A write that runs on several shards' primaries, as one distributed transaction.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub struct FanoutWrite {
+    /// The statement's classification (its `fanout` shape is a write).
+    pub class: Arc<Classification>,
+    /// The shards it runs on, in order: those its keys map to, or all of them.
+    pub shards: Vec<usize>,
 }
 
 /// A read that runs on every shard.
@@ -176,6 +187,7 @@ pub fn plan(batch: &Batch, facts: &Facts) -> Plan {
     }
     let (shard, prepare_only) = match shard_of(batch, facts) {
         Ok(Some(Choice::Fanout(class))) => return fan_out(class, facts),
+        Ok(Some(Choice::FanoutWrite(class, shards))) => return fan_out_write(class, shards, facts),
         Ok(Some(Choice::Shard(s))) => (s, false),
         Ok(Some(Choice::Prepare(s))) => (s, facts.held.is_some()),
         Ok(Some(Choice::Broadcast)) if facts.held.is_none() => return Plan::Broadcast,
@@ -251,6 +263,28 @@ fn fan_out(class: Arc<Classification>, facts: &Facts) -> Plan {
         primary,
         split,
     })
+}
+
+/// The plan of a write across shards, once any user-defined function it calls is known not
+/// to be VOLATILE (its effects on each shard could differ from one database's).
+fn fan_out_write(class: Arc<Classification>, shards: Vec<usize>, facts: &Facts) -> Plan {
+    if !class.functions.is_empty() {
+        match facts.volatile {
+            None => return Plan::CheckFunctions(class.functions.clone()),
+            Some(true) => {
+                return Plan::Refuse(Refusal {
+                    sqlstate: "0A000",
+                    message: format!(
+                        "usher: a write across shards is run only when each shard computes what one database would, and this one calls a VOLATILE function ({})",
+                        class.functions.join(", ")
+                    ),
+                    rejected: true,
+                })
+            }
+            Some(false) => {}
+        }
+    }
+    Plan::FanoutWrite(FanoutWrite { class, shards })
 }
 
 /// The classification of a run of statements that execute together.
@@ -378,6 +412,7 @@ impl Statement {
 enum Choice {
     Shard(usize),
     Fanout(Arc<Classification>),
+    FanoutWrite(Arc<Classification>, Vec<usize>),
     Broadcast,
     Prepare(usize),
 }
@@ -405,7 +440,7 @@ fn shard_of(batch: &Batch, facts: &Facts) -> Result<Option<Choice>, ShardError> 
     }
     let placement = match placement {
         Err(e @ (ShardError::MissingKey { .. } | ShardError::CrossShard { .. })) => {
-            return fanout_of(batch, facts, map, e).map(|c| Some(Choice::Fanout(c)));
+            return fanout_of(batch, facts, map, e).map(Some);
         }
         p => p,
     };
@@ -419,15 +454,16 @@ fn shard_of(batch: &Batch, facts: &Facts) -> Result<Option<Choice>, ShardError> 
     }))
 }
 
-/// The read a batch runs on every shard: one SELECT whose rows merge exactly, outside a
-/// transaction block, sent as a simple Query or as one execution ended by a Sync. Anything
-/// else keeps the error `why` that made one shard impossible, with what stops the merge.
+/// The statement a batch runs on several shards, outside a transaction block, sent as a
+/// simple Query or as one execution ended by a Sync: a SELECT whose rows merge exactly, or
+/// an UPDATE or DELETE that runs exactly on each shard. Anything else keeps the error `why`
+/// that made one shard impossible, with what stops it.
 fn fanout_of(
     batch: &Batch,
     facts: &Facts,
     map: &crate::config::Sharding,
     why: ShardError,
-) -> Result<Arc<Classification>, ShardError> {
+) -> Result<Choice, ShardError> {
     let body = batch.body();
     let executes = body.iter().filter(|s| matches!(s.tag, b'Q' | b'E')).count();
     let class = body
@@ -448,17 +484,61 @@ fn fanout_of(
         construct,
     };
     if class.write {
-        return Err(why);
+        return write_of(class, facts.db.shards.len(), map, why);
     }
     match &class.fanout {
         Some(super::fanout::Shape::Merge(_)) => {}
         Some(super::fanout::Shape::Refused(construct)) => return Err(refuse(construct.clone())),
-        None => return Err(why),
+        _ => return Err(why),
     }
     if let Some(f) = class.shard.first() {
         super::fanout::colocated(f, map).map_err(refuse)?;
     }
-    Ok(class)
+    Ok(Choice::Fanout(class))
+}
+
+/// An UPDATE or DELETE that runs on the shards its keys map to (all of them without a key):
+/// one that leaves every row on its shard, reads only rows of its own shard, and runs only
+/// where the database commits across shards with two-phase commit.
+fn write_of(
+    class: Arc<Classification>,
+    shard_count: usize,
+    map: &crate::config::Sharding,
+    why: ShardError,
+) -> Result<Choice, ShardError> {
+    let refuse = |construct: String| ShardError::WriteAcross {
+        why: Box::new(why.clone()),
+        construct,
+    };
+    match &class.fanout {
+        Some(super::fanout::Shape::Write) => {}
+        Some(super::fanout::Shape::Refused(construct)) => return Err(refuse(construct.clone())),
+        _ => return Err(why),
+    }
+    if let Some(f) = class.shard.first() {
+        for (t, column, _) in &f.sets {
+            let Some(table) = f.tables.get(*t) else {
+                continue;
+            };
+            if map
+                .table(table.schema.as_deref(), &table.name)
+                .is_some_and(|st| st.column.eq_ignore_ascii_case(column))
+            {
+                return Err(refuse(format!(
+                    "an UPDATE of the sharding key {column} (rows would move between shards)"
+                )));
+            }
+        }
+        super::fanout::colocated(f, map).map_err(refuse)?;
+    }
+    if !map.two_phase_commit {
+        return Err(ShardError::NoTwoPhase { why: Box::new(why) });
+    }
+    let shards = match &why {
+        ShardError::CrossShard { shards, .. } => shards.clone(),
+        _ => (0..shard_count).collect(),
+    };
+    Ok(Choice::FanoutWrite(class, shards))
 }
 
 /// Placement of statements that run together, and the last statement hint among them (a

@@ -114,6 +114,20 @@ pub enum ShardError {
         /// The construct that stops the merge.
         construct: String,
     },
+    /// An UPDATE or DELETE without one shard that cannot run exactly on each shard.
+    #[error("{why}; a write across shards is run by usher only when each shard computes what one database would, and this one has {construct}")]
+    WriteAcross {
+        /// Why it needs more than one shard.
+        why: Box<ShardError>,
+        /// The construct that stops it.
+        construct: String,
+    },
+    /// An UPDATE or DELETE without one shard, in a database without two-phase commit.
+    #[error("{why}; a write across shards needs two_phase_commit = true in the database's [sharding] section (and max_prepared_transactions > 0 on the shards)")]
+    NoTwoPhase {
+        /// Why it needs more than one shard.
+        why: Box<ShardError>,
+    },
     /// Schema changes mixed with other statements in one query string.
     #[error("usher: DDL runs on every shard and cannot share a query string with other statements; send it on its own")]
     MixedBroadcast,

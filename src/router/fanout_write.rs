@@ -1,0 +1,175 @@
+//! The shape of a write that runs on several shards: one UPDATE or DELETE without a key (or
+//! with keys on several shards) runs on each shard concerned, inside one distributed
+//! transaction, and is exact when what it computes on a shard depends only on that shard's
+//! rows. Read off the parse tree when the statement is classified. What would compute a
+//! different value on each shard than one database computes once (the transaction's clock,
+//! sequences, the transaction id) or reads rows of other shards (subqueries, WITH) is named,
+//! so the statement is refused with that name instead of run.
+
+use pg_query::protobuf::{self, SqlValueFunctionOp};
+use pg_query::{NodeEnum, NodeRef};
+
+use super::fanout::Shape;
+
+/// Functions whose value one database computes once per transaction (or statement) and each
+/// shard computes for itself: the rows of one statement would get different values.
+const PER_TRANSACTION: &[(&str, &str)] = &[
+    (
+        "now",
+        "now() (each shard's transaction has its own start time)",
+    ),
+    (
+        "transaction_timestamp",
+        "transaction_timestamp() (each shard's transaction has its own start time)",
+    ),
+    (
+        "statement_timestamp",
+        "statement_timestamp() (each shard's statement has its own start time)",
+    ),
+    (
+        "txid_current",
+        "txid_current() (each shard has its own transaction ids)",
+    ),
+    (
+        "txid_current_if_assigned",
+        "txid_current_if_assigned() (each shard has its own transaction ids)",
+    ),
+    (
+        "pg_current_xact_id",
+        "pg_current_xact_id() (each shard has its own transaction ids)",
+    ),
+    (
+        "pg_current_xact_id_if_assigned",
+        "pg_current_xact_id_if_assigned() (each shard has its own transaction ids)",
+    ),
+    ("nextval", "nextval() (each shard has its own sequences)"),
+    ("currval", "currval() (each shard has its own sequences)"),
+    ("lastval", "lastval() (each shard has its own sequences)"),
+    ("setval", "setval() (each shard has its own sequences)"),
+];
+
+/// The shape of the single statement `stmt` (parsed as `parsed`) when it is an UPDATE or a
+/// DELETE; `None` for any other statement.
+pub fn shape(parsed: &protobuf::ParseResult, stmt: &NodeEnum) -> Option<Shape> {
+    let with = match stmt {
+        NodeEnum::UpdateStmt(u) => u.with_clause.is_some(),
+        NodeEnum::DeleteStmt(d) => d.with_clause.is_some(),
+        _ => return None,
+    };
+    Some(match refused(parsed, with) {
+        Some(construct) => Shape::Refused(construct),
+        None => Shape::Write,
+    })
+}
+
+/// What keeps the statement from running exactly on each shard, named.
+fn refused(parsed: &protobuf::ParseResult, with: bool) -> Option<String> {
+    if with {
+        return Some("WITH (common table expressions)".into());
+    }
+    for (node, ..) in parsed.nodes() {
+        match node {
+            NodeRef::SubLink(_) | NodeRef::RangeSubselect(_) => return Some("subqueries".into()),
+            NodeRef::CurrentOfExpr(_) => return Some("WHERE CURRENT OF".into()),
+            NodeRef::SqlvalueFunction(f) => {
+                use SqlValueFunctionOp as Op;
+                let clock = match SqlValueFunctionOp::try_from(f.op) {
+                    Ok(Op::SvfopCurrentDate) => "CURRENT_DATE",
+                    Ok(Op::SvfopCurrentTime | Op::SvfopCurrentTimeN) => "CURRENT_TIME",
+                    Ok(Op::SvfopCurrentTimestamp | Op::SvfopCurrentTimestampN) => {
+                        "CURRENT_TIMESTAMP"
+                    }
+                    Ok(Op::SvfopLocaltime | Op::SvfopLocaltimeN) => "LOCALTIME",
+                    Ok(Op::SvfopLocaltimestamp | Op::SvfopLocaltimestampN) => "LOCALTIMESTAMP",
+                    _ => continue,
+                };
+                return Some(format!(
+                    "{clock} (each shard's transaction has its own start time)"
+                ));
+            }
+            NodeRef::FuncCall(f) => {
+                let names: Vec<&str> = f
+                    .funcname
+                    .iter()
+                    .filter_map(|n| match &n.node {
+                        Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                let name = match names.as_slice() {
+                    [name] | ["pg_catalog", name] => name.to_ascii_lowercase(),
+                    _ => continue,
+                };
+                if let Some((_, construct)) = PER_TRANSACTION.iter().find(|(n, _)| *n == name) {
+                    return Some((*construct).to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of(sql: &str) -> Option<Shape> {
+        let parsed = pg_query::parse(sql, pg_query::ParserOptions::default()).unwrap();
+        let stmt = parsed.protobuf.stmts[0]
+            .stmt
+            .as_ref()
+            .and_then(|s| s.node.clone())
+            .unwrap();
+        shape(&parsed.protobuf, &stmt)
+    }
+
+    fn refusal(sql: &str) -> String {
+        match of(sql) {
+            Some(Shape::Refused(c)) => c,
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn updates_and_deletes_that_run_per_shard() {
+        for sql in [
+            "UPDATE children SET grade = grade + 1",
+            "UPDATE children SET name = upper(name) WHERE grade > 3 RETURNING id, name",
+            "DELETE FROM user_progress WHERE score < 10",
+            "DELETE FROM user_progress p USING lessons l WHERE l.id = p.lesson_id AND l.grade = 1",
+            "UPDATE user_progress p SET score = 0 FROM lessons l WHERE l.id = p.lesson_id",
+            "UPDATE children SET deleted_at = '2026-01-01' WHERE family_id IN ($1, $2)",
+            "UPDATE children SET id = gen_random_uuid()",
+            "UPDATE t SET u = current_user",
+        ] {
+            assert_eq!(of(sql), Some(Shape::Write), "{sql}");
+        }
+        assert_eq!(of("SELECT 1"), None);
+        assert_eq!(of("INSERT INTO t VALUES (1)"), None);
+    }
+
+    #[test]
+    fn what_one_database_computes_once_is_refused_named() {
+        for (sql, named) in [
+            ("UPDATE children SET deleted_at = now()", "now()"),
+            ("UPDATE children SET deleted_at = pg_catalog.NOW()", "now()"),
+            (
+                "UPDATE children SET deleted_at = CURRENT_TIMESTAMP(3)",
+                "CURRENT_TIMESTAMP",
+            ),
+            ("DELETE FROM t WHERE d < CURRENT_DATE", "CURRENT_DATE"),
+            ("UPDATE t SET n = nextval('s')", "nextval()"),
+            ("UPDATE t SET x = txid_current()", "transaction ids"),
+            (
+                "DELETE FROM children WHERE id IN (SELECT child_id FROM user_progress)",
+                "subqueries",
+            ),
+            ("WITH x AS (SELECT 1) UPDATE children SET grade = 1", "WITH"),
+            ("DELETE FROM t WHERE CURRENT OF c", "CURRENT OF"),
+        ] {
+            let got = refusal(sql);
+            assert!(got.contains(named), "{sql}: {got}");
+        }
+    }
+}
