@@ -58,6 +58,8 @@ pub struct App {
     stopping: std::sync::atomic::AtomicBool,
     /// Whether a user-defined function is VOLATILE, by (database, name).
     volatile: parking_lot::Mutex<HashMap<(String, String), bool>>,
+    /// Distributed transactions of writes across shards (ids, decision log, recovery).
+    pub twophase: Arc<crate::twophase::Coordinator>,
 }
 
 /// A consistent view of the config and topology in force, for a session to keep between
@@ -86,6 +88,7 @@ impl App {
             shutdown: tokio::sync::watch::Sender::new(false),
             stopping: std::sync::atomic::AtomicBool::new(false),
             volatile: parking_lot::Mutex::new(HashMap::new()),
+            twophase: Arc::new(crate::twophase::Coordinator::new(&config.general)),
             config: RwLock::new(Arc::new(config)),
             generation: AtomicU64::new(0),
             pools: Arc::new(Pools::default()),

@@ -42,6 +42,7 @@ pub mod server;
 pub mod session;
 pub mod stats;
 pub mod tools;
+pub mod twophase;
 
 pub use app::App;
 pub use config::Config;

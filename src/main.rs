@@ -35,6 +35,15 @@ enum Command {
         #[arg(long)]
         user: Option<String>,
     },
+    /// Finish the distributed transactions this usher (by `instance_name`) left prepared on
+    /// the shards: commit those its two_phase_log decided to commit, roll back the rest. A
+    /// running usher does this by itself at start and every 30 s.
+    Recover {
+        /// Leave parts prepared less than this many seconds ago (they may belong to a
+        /// running usher with the same instance_name).
+        #[arg(long, default_value_t = 60)]
+        older_than: u64,
+    },
     /// Print the shard that owns a sharding key, and why.
     ShardOf {
         /// The database (default: the only sharded one).
@@ -80,6 +89,7 @@ fn main() -> ExitCode {
                 user,
             },
         ),
+        Command::Recover { older_than } => recover(config, older_than),
         Command::ShardOf {
             database,
             table,
@@ -123,6 +133,49 @@ fn migrate(config: usher::Config, opts: usher::tools::migrate::Options) -> ExitC
             eprintln!("usher migrate: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn recover(config: usher::Config, older_than: u64) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("usher: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let coordinator = usher::twophase::Coordinator::new(&config.general);
+    let report = runtime.block_on(usher::twophase::recover::pass(
+        &config,
+        &coordinator,
+        std::time::Duration::from_secs(older_than),
+    ));
+    for gid in &report.committed {
+        println!("committed {gid}");
+    }
+    for gid in &report.rolled_back {
+        println!("rolled back {gid}");
+    }
+    for why in &report.left {
+        println!("left {why}");
+    }
+    for why in &report.unreachable {
+        eprintln!("usher recover: {why}");
+    }
+    println!(
+        "usher recover: instance {}: {} committed, {} rolled back, {} left",
+        coordinator.instance(),
+        report.committed.len(),
+        report.rolled_back.len(),
+        report.left.len()
+    );
+    if report.left.is_empty() && report.unreachable.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -192,7 +245,15 @@ fn run(config: usher::Config, path: PathBuf) -> ExitCode {
             },
             None => None,
         };
+        let log = config.general.two_phase_log.clone();
         let app = usher::App::new(config);
+        if let Some(log) = log {
+            // Opened now, so an unwritable path stops usher here rather than failing writes.
+            if let Err(e) = app.twophase.log(Some(&log)) {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
         app.set_config_path(path);
         tokio::spawn(reload_on_sighup(app.clone(), hup));
         let serving = tokio::spawn(usher::serve_with(app.clone(), listener, metrics));

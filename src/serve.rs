@@ -33,6 +33,7 @@ pub async fn serve_with(app: Arc<App>, listener: TcpListener, metrics: Option<Tc
         Duration::from_secs(1),
     )));
     let _monitor = AbortOnDrop(tokio::spawn(crate::router::monitor::run(app.clone())));
+    let _recovery = AbortOnDrop(tokio::spawn(crate::twophase::recover::run(app.clone())));
     let ticker = app.clone();
     let _averages = AbortOnDrop(tokio::spawn(async move {
         let mut every = tokio::time::interval(crate::stats::STATS_PERIOD);

@@ -7,10 +7,8 @@
 
 mod common;
 
-use common::sharded::*;
+use common::learning::*;
 use common::*;
-use tokio_postgres::types::{FromSql, Type};
-use tokio_postgres::{Client, SimpleQueryMessage};
 
 const MAP: &str = r#"hasher = "xxh3"
 key_type = "uuid"
@@ -23,182 +21,6 @@ tables = [
 ]
 global_tables = ["lessons"]
 "#;
-
-/// A value's bytes as the server sent them, whatever its type.
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
-struct Raw(Vec<u8>);
-
-impl<'a> FromSql<'a> for Raw {
-    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(Raw(raw.to_vec()))
-    }
-    fn accepts(_: &Type) -> bool {
-        true
-    }
-}
-
-fn family(i: u32) -> String {
-    let h = xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
-    format!(
-        "{:08x}-{:04x}-4{:03x}-8000-{:012x}",
-        h >> 32,
-        (h >> 16) & 0xffff,
-        h & 0xfff,
-        i
-    )
-}
-
-fn child(i: u32, j: u32) -> String {
-    format!("00000000-0000-4000-a000-{:06x}{:06x}", i, j)
-}
-
-/// The data: families, their children and progress, by family (the lessons, a global
-/// table, come with the migrations).
-fn data() -> Vec<String> {
-    let mut keyed = Vec::new();
-    for i in 0..120u32 {
-        let f = family(i);
-        let mut sql = format!(
-            "INSERT INTO families (id, name, created_at) VALUES ('{f}', 'family {i}', timestamptz '2026-01-01 00:00:00+00' + interval '{i} hours');"
-        );
-        let kids: Vec<String> = (0..(i % 3 + 1))
-            .map(|j| {
-                let birth = if (i + j) % 11 == 0 {
-                    "NULL".to_string()
-                } else {
-                    format!("date '2012-01-01' + {}", (i * 37 + j * 101) % 2000)
-                };
-                format!(
-                    "('{}', '{f}', 'child {i}.{j}', {}, {birth}, timestamptz '2026-02-01 00:00:00+00' + interval '{} seconds')",
-                    child(i, j),
-                    (i * 7 + j) % 13,
-                    i * 10 + j
-                )
-            })
-            .collect();
-        sql += &format!(
-            "INSERT INTO children (id, family_id, name, grade, birth_date, created_at) VALUES {};",
-            kids.join(", ")
-        );
-        let mut progress = Vec::new();
-        for j in 0..(i % 3 + 1) {
-            for k in 0..(i + j) % 4 {
-                let n = i * 10 + j * 3 + k;
-                let (status, score, done) = match n % 3 {
-                    0 => (
-                        "completed",
-                        format!("{}.{:02}", n % 100, (n * 7) % 100),
-                        format!(
-                            "timestamptz '2026-03-01 12:00:00+00' + interval '{} minutes'",
-                            n * 13
-                        ),
-                    ),
-                    1 => ("in_progress", format!("{}.5", n % 90), "NULL".into()),
-                    _ => ("not_started", "NULL".into(), "NULL".into()),
-                };
-                progress.push(format!(
-                    "('{}', '{f}', '{}', {}, '{status}', {score}, {done}, timestamptz '2026-02-02 00:00:00+00')",
-                    child(n, 99),
-                    child(i, j),
-                    (i + j + k) % 10 + 1
-                ));
-            }
-        }
-        if !progress.is_empty() {
-            sql += &format!(
-                "INSERT INTO user_progress (id, family_id, child_id, lesson_id, status, score, completed_at, created_at) VALUES {};",
-                progress.join(", ")
-            );
-        }
-        keyed.push(sql);
-    }
-    keyed
-}
-
-struct Both {
-    usher: Client,
-    plain: Client,
-    _s: Sharded,
-}
-
-async fn load() -> Both {
-    let s = setup("xshard", MAP).await;
-    let t = topology();
-    let plain_db = t.create_db("xplain");
-    for m in ["0001_learning_platform.sql", "0002_lesson_catalogue.sql"] {
-        let sql = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("migrations")
-                .join(m),
-        )
-        .unwrap();
-        t.primary.psql(&plain_db, &sql);
-    }
-    t.primary
-        .psql(&plain_db, "GRANT ALL ON ALL TABLES IN SCHEMA public TO app");
-    let usher = connect(s.usher.port, "app", s.db).await.unwrap();
-    let plain = connect(t.primary.port, "app", &plain_db).await.unwrap();
-    for sql in &data() {
-        usher.batch_execute(sql).await.unwrap();
-        plain.batch_execute(sql).await.unwrap();
-    }
-    Both {
-        usher,
-        plain,
-        _s: s,
-    }
-}
-
-/// A query's answer in the simple protocol: column names, rows as text, row count; or the
-/// SQLSTATE.
-type Simple = Result<(Vec<String>, Vec<Vec<Option<String>>>, u64), String>;
-
-async fn simple(c: &Client, sql: &str) -> Simple {
-    let messages = c.simple_query(sql).await.map_err(|e| code(&e))?;
-    let mut names = Vec::new();
-    let mut rows = Vec::new();
-    let mut count = None;
-    for m in messages {
-        match m {
-            SimpleQueryMessage::RowDescription(cols) => {
-                names = cols.iter().map(|c| c.name().to_string()).collect();
-            }
-            SimpleQueryMessage::Row(r) => {
-                rows.push((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            SimpleQueryMessage::CommandComplete(n) => count = Some(n),
-            _ => {}
-        }
-    }
-    Ok((names, rows, count.expect("a CommandComplete")))
-}
-
-/// The same in the extended protocol: column names and types, rows as binary values.
-type Extended = Result<(Vec<(String, Type)>, Vec<Vec<Option<Raw>>>), String>;
-
-async fn extended(
-    c: &Client,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> Extended {
-    let stmt = c.prepare(sql).await.map_err(|e| code(&e))?;
-    let rows = c.query(&stmt, params).await.map_err(|e| code(&e))?;
-    let cols = stmt
-        .columns()
-        .iter()
-        .map(|c| (c.name().to_string(), c.type_().clone()))
-        .collect();
-    let rows = rows
-        .iter()
-        .map(|r| (0..r.len()).map(|i| r.get::<_, Option<Raw>>(i)).collect())
-        .collect();
-    Ok((cols, rows))
-}
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map_or_else(|| e.to_string(), |c| c.code().to_string())
-}
 
 /// Compares usher's answer with the plain database's, rows in order only when `ordered`.
 async fn same(b: &Both, sql: &str, ordered: bool) {
@@ -223,7 +45,7 @@ async fn same(b: &Both, sql: &str, ordered: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_across_shards_answer_as_one_database() {
-    let b = load().await;
+    let b = load("xshard", "xplain", MAP, "").await;
     let (f1, f2, f3) = (family(1), family(2), family(7));
     let unordered = [
         "SELECT id, name FROM families".to_string(),
@@ -273,7 +95,7 @@ async fn reads_across_shards_answer_as_one_database() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregates_across_shards_combine_as_one_database() {
-    let b = load().await;
+    let b = load("xshard", "xplain", MAP, "").await;
     let (f1, f2, f3) = (family(1), family(2), family(7));
     for sql in [
         "SELECT count(*) FROM children".to_string(),
@@ -312,7 +134,7 @@ async fn aggregates_across_shards_combine_as_one_database() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_cannot_merge_exactly_is_refused() {
-    let b = load().await;
+    let b = load("xshard", "xplain", MAP, "").await;
     for (sql, named) in [
         (
             "SELECT avg(grade) FROM children",
@@ -357,9 +179,9 @@ async fn what_cannot_merge_exactly_is_refused() {
 /// cancelled rather than run to their end, and the session and pools go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_error_on_one_shard_is_the_answer_and_the_others_are_cancelled() {
-    let b = load().await;
+    let b = load("xshard", "xplain", MAP, "").await;
     let t = topology();
-    for (k, db) in b._s.shards.iter().enumerate() {
+    for (k, db) in b.s.shards.iter().enumerate() {
         // Shard 1 fails at once; the others take long to finish.
         let bad = if k == 1 { 0 } else { 1 };
         t.primary.psql(

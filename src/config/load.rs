@@ -250,6 +250,19 @@ fn validate(c: &Config) -> Vec<(Vec<Seg>, String)> {
             ));
         }
     }
+    if let Some(name) = &g.instance_name {
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            out.push((
+                vec![k("general"), k("instance_name")],
+                format!("instance_name {name:?} must be 1 to 64 letters, digits, '-', '_' or '.' (it names this usher in prepared transaction ids)"),
+            ));
+        }
+    }
     if g.listen.parse::<SocketAddr>().is_err() {
         out.push((
             vec![k("general"), k("listen")],
@@ -388,6 +401,9 @@ fn validate(c: &Config) -> Vec<(Vec<Seg>, String)> {
                     }
                 }
                 out.push((p, message));
+            }
+            if sharding.two_phase_commit && g.two_phase_log.is_none() {
+                out.push((at(&[k("sharding"), k("two_phase_commit")]), "two_phase_commit = true needs general.two_phase_log: the file where usher records commit decisions before it commits".into()));
             }
         } else if db.shards.len() > 1 {
             out.push((at(&[k("shards")]), format!("database {name:?} has {} shards but no [databases.{name}.sharding] section: usher would not know which shard holds a row", db.shards.len())));

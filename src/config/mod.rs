@@ -201,6 +201,15 @@ pub struct General {
     pub pause_timeout: ConfigDuration,
     /// Log lines as `"text"` (default) or `"json"` (one object per line, for log shippers).
     pub log_format: LogFormat,
+    /// File where usher records the commit decisions of writes across shards (two-phase
+    /// commit) before it commits them, fsynced, so that after a crash a restarted usher (or
+    /// `usher recover`) commits what was decided and rolls back the rest. Required when a
+    /// database sets `two_phase_commit`; keep it on durable storage, one file per usher.
+    pub two_phase_log: Option<std::path::PathBuf>,
+    /// This usher's name in the ids of its prepared transactions (`usher:NAME:...`), so its
+    /// recovery touches only its own. Default: the host name and listen port. Every usher
+    /// process sharing shards must have its own.
+    pub instance_name: Option<String>,
 }
 
 /// `log_format`.
@@ -249,6 +258,8 @@ impl Default for General {
             shutdown_timeout: ConfigDuration::secs(30),
             pause_timeout: ConfigDuration::secs(60),
             log_format: LogFormat::Text,
+            two_phase_log: None,
+            instance_name: None,
         }
     }
 }

@@ -75,6 +75,13 @@ pub struct Sharding {
     /// shard or to any shard; writes through usher are refused (load them with `usher migrate`).
     #[serde(default)]
     pub global_tables: Vec<String>,
+    /// Run an UPDATE or DELETE that spans shards (no key, or keys on several shards) on every
+    /// shard concerned and commit it atomically with two-phase commit (PREPARE TRANSACTION on
+    /// each, then COMMIT PREPARED, the decision logged to `general.two_phase_log` first).
+    /// Needs `max_prepared_transactions > 0` on every shard primary. Off (the default), such
+    /// writes are refused with 0A000.
+    #[serde(default)]
+    pub two_phase_commit: bool,
 }
 
 impl Sharding {
@@ -201,6 +208,7 @@ mod tests {
                 })
                 .collect(),
             global_tables: global.iter().map(|s| s.to_string()).collect(),
+            two_phase_commit: false,
         }
     }
 

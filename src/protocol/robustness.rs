@@ -68,6 +68,7 @@ fn shard_placement_never_panics() {
             key_type: None,
         }],
         global_tables: vec!["lessons".into()],
+        two_phase_commit: false,
     };
     let seeds = [
         "SELECT * FROM children c JOIN lessons l ON l.id = c.x WHERE c.family_id = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",

@@ -169,6 +169,14 @@ pub fn rows_in_tag(tag: &[u8]) -> Option<u64> {
     std::str::from_utf8(n).ok()?.parse().ok()
 }
 
+/// The command and row count of a CommandComplete tag that ends in a count (`UPDATE 3`,
+/// `DELETE 0`, `SELECT 5`, `INSERT 0 2`): (`UPDATE`, 3). None for tags without one.
+pub fn tag_count(tag: &[u8]) -> Option<(&[u8], u64)> {
+    let space = tag.iter().rposition(|b| *b == b' ')?;
+    let (verb, n) = (tag.get(..space)?, tag.get(space + 1..)?);
+    Some((verb, std::str::from_utf8(n).ok()?.parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +246,10 @@ mod tests {
         assert!(data_row_value(&liar, 0).is_err());
         assert_eq!(rows_in_tag(b"SELECT 42"), Some(42));
         assert_eq!(rows_in_tag(b"INSERT 0 1"), None);
+        assert_eq!(tag_count(b"UPDATE 12"), Some((&b"UPDATE"[..], 12)));
+        assert_eq!(tag_count(b"INSERT 0 2"), Some((&b"INSERT 0"[..], 2)));
+        assert_eq!(tag_count(b"BEGIN"), None);
+        assert_eq!(tag_count(b"DELETE x"), None);
     }
 
     #[test]

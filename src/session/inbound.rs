@@ -187,6 +187,10 @@ impl Session {
                     let frames = request.take_rest();
                     return Box::pin(self.fan_out(fanout, frames)).await;
                 }
+                Plan::FanoutWrite(write) => {
+                    let frames = request.take_rest();
+                    return Box::pin(self.fan_out_write(write, frames)).await;
+                }
                 Plan::CheckFunctions(_) => {
                     // Session::plan answers these itself; a plan asking twice is usher's bug.
                     let e = messages::error_response(

@@ -33,17 +33,20 @@ pub enum RouteOutcome {
     Rejected,
     /// One read run on every shard and merged (counted once, besides each shard's role).
     Fanout,
+    /// One write run on several shards and committed with two-phase commit.
+    FanoutWrite,
 }
 
 impl RouteOutcome {
     /// Every outcome, in declaration order (the index of each is `outcome as usize`).
-    pub const ALL: [RouteOutcome; 6] = [
+    pub const ALL: [RouteOutcome; 7] = [
         RouteOutcome::Primary,
         RouteOutcome::Replica,
         RouteOutcome::Fallback,
         RouteOutcome::Shard,
         RouteOutcome::Rejected,
         RouteOutcome::Fanout,
+        RouteOutcome::FanoutWrite,
     ];
 
     fn label(self) -> &'static str {
@@ -54,6 +57,7 @@ impl RouteOutcome {
             RouteOutcome::Shard => "shard",
             RouteOutcome::Rejected => "rejected",
             RouteOutcome::Fanout => "fanout",
+            RouteOutcome::FanoutWrite => "fanout_write",
         }
     }
 }

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod fake_server;
+pub mod learning;
 pub mod sharded;
 use std::net::TcpListener as StdListener;
 use std::os::unix::process::CommandExt;
@@ -124,7 +125,7 @@ impl Pg {
             let conf = format!(
                 "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
                  fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 400\n\
-                 shared_buffers = 64MB\nwal_level = replica\nmax_wal_senders = 8\nhot_standby = on\nwal_keep_size = '1GB'\n\
+                 shared_buffers = 64MB\nmax_prepared_transactions = 50\nwal_level = replica\nmax_wal_senders = 8\nhot_standby = on\nwal_keep_size = '1GB'\n\
                  log_min_messages = warning\nshared_preload_libraries = 'pg_stat_statements'\n{extra_conf}\n",
                 socket_dir.display()
             );

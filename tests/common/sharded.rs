@@ -17,8 +17,17 @@ pub struct Sharded {
 
 /// Four shard databases named after `prefix`, migrated, with the sharding body `map`.
 pub async fn setup(prefix: &str, map: &str) -> Sharded {
+    setup_with(prefix, map, "").await
+}
+
+/// [`setup`], with `general` lines added to the config's `[general]` section.
+pub async fn setup_with(prefix: &str, map: &str, general: &str) -> Sharded {
     let shards = shard_dbs(prefix, 4);
-    let config = sharded_config("app", &shards, map);
+    let config = sharded_config("app", &shards, map).replacen(
+        "listen = \"127.0.0.1:0\"\n",
+        &format!("listen = \"127.0.0.1:0\"\n{general}\n"),
+        1,
+    );
     migrate(&config, "migrations").await.unwrap();
     for s in &shards {
         topology()

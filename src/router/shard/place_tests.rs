@@ -21,6 +21,7 @@ fn map() -> Sharding {
             t("user_progress", "family_id"),
         ],
         global_tables: vec!["lessons".into()],
+        two_phase_commit: false,
     }
 }
 

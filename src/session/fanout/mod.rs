@@ -13,6 +13,7 @@ pub mod batch;
 pub mod compare;
 mod merge;
 pub mod numeric;
+mod write;
 
 use bytes::{Bytes, BytesMut};
 
@@ -44,6 +45,26 @@ struct Part {
     discard: bool,
 }
 
+impl Part {
+    fn new(lease: Lease) -> Part {
+        Part {
+            lease,
+            header_seen: 0,
+            head: None,
+            rows_done: false,
+            ready: false,
+            discard: false,
+        }
+    }
+
+    /// Its connection failed: no more frames, and it goes nowhere but closed.
+    fn broken(&mut self) {
+        self.discard = true;
+        self.ready = true;
+        self.rows_done = true;
+    }
+}
+
 impl Session {
     /// Runs the read in `frames` (a Query, or extended messages up to their Sync) on every
     /// shard and answers the client with the merged rows.
@@ -65,15 +86,8 @@ impl Session {
         };
         let mut parts = Vec::with_capacity(self.db.shards.len());
         for shard in 0..self.db.shards.len() {
-            match self.checkout_shard(shard, &plan).await? {
-                Ok(lease) => parts.push(Part {
-                    lease,
-                    header_seen: 0,
-                    head: None,
-                    rows_done: false,
-                    ready: false,
-                    discard: false,
-                }),
+            match self.checkout_shard(shard, plan.primary, plan.split).await? {
+                Ok(lease) => parts.push(Part::new(lease)),
                 Err(e) => {
                     for p in parts {
                         p.lease.release();
@@ -96,20 +110,22 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    /// A server of `shard` for the fan-out, with the client's settings applied.
+    /// A server of `shard` for the fan-out (its primary, or any server when `split` lets
+    /// a read use a replica), with the client's settings applied.
     async fn checkout_shard(
         &mut self,
         shard: usize,
-        plan: &Fanout,
+        primary: bool,
+        split: bool,
     ) -> Result<Result<Lease, super::route::AttachError>, SessionError> {
         let run = Run {
             shard,
-            primary: plan.primary,
+            primary,
             prepare_only: false,
             set_role: None,
             writes: false,
             track_writes: false,
-            split: plan.split,
+            split,
             sharded: true,
         };
         let snap = self.snap.take().ok_or(SessionError::Internal(
@@ -132,9 +148,7 @@ impl Session {
         for (i, p) in parts.iter_mut().enumerate() {
             if let Err(e) = p.lease.conn().write(&batch.bytes).await {
                 error.get_or_insert_with(|| lost(i, &e.to_string()));
-                p.discard = true;
-                p.ready = true;
-                p.rows_done = true;
+                p.broken();
             }
         }
         let mut window = Window {

@@ -1,0 +1,448 @@
+//! Running one UPDATE or DELETE on several shards as one transaction: each shard's primary
+//! runs it inside BEGIN (concurrently), RETURNING rows stream to the client as they arrive,
+//! and the command tag counts the rows of every shard. If every shard succeeded, each part is
+//! prepared (`PREPARE TRANSACTION`), the decision is logged and fsynced, and every part is
+//! committed (`COMMIT PREPARED`); a failure before the decision rolls every part back and
+//! the client gets the error with its SQLSTATE. After the decision the write stands: a part
+//! whose commit did not get through is committed by recovery (`twophase::recover`). One such
+//! write runs at a time per database, so two of them cannot deadlock across shards.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::error::Failure;
+
+use super::{lost, Part, MAX_FRAME};
+use crate::protocol::{frame::split_frame, messages, server};
+use crate::router::fanout::Merge;
+use crate::router::plan::FanoutWrite;
+use crate::session::{Flow, Session, SessionError};
+
+/// The rows the shards' statements touched, by command (`UPDATE`, `DELETE`).
+#[derive(Default)]
+struct Count {
+    verb: Option<Bytes>,
+    rows: u64,
+}
+
+impl Session {
+    /// Runs the write in `frames` (a Query, or extended messages up to their Sync) on the
+    /// shards of `plan` and answers the client once it committed or rolled back everywhere.
+    pub(in crate::session) async fn fan_out_write(
+        &mut self,
+        plan: FanoutWrite,
+        frames: Vec<crate::protocol::Frame>,
+    ) -> Result<Flow, SessionError> {
+        self.wait_if_paused().await;
+        let batch = match super::batch::build(&frames, &Merge::default(), &self.stmts) {
+            Ok(b) => b,
+            Err((code, message)) => {
+                self.answer_fanout_error(code, &message);
+                return Ok(Flow::Continue);
+            }
+        };
+        let coordinator = self.app.twophase.clone();
+        let log_path = self.snap().config.general.two_phase_log.clone();
+        let log = match coordinator.log(log_path.as_deref()) {
+            Ok(l) => l,
+            Err(e) => {
+                self.answer_fanout_error(e.sqlstate(), &e.to_string());
+                return Ok(Flow::Continue);
+            }
+        };
+        let gate = coordinator.gate(&self.db_name);
+        let _turn = gate.lock().await;
+        let mut parts = Vec::with_capacity(plan.shards.len());
+        for &shard in &plan.shards {
+            match self.checkout_shard(shard, true, false).await? {
+                Ok(lease) => parts.push(Part::new(lease)),
+                Err(e) => {
+                    for p in parts {
+                        p.lease.release();
+                    }
+                    self.answer_fanout_error(e.sqlstate(), &e.to_string());
+                    return Ok(Flow::Continue);
+                }
+            }
+        }
+        self.stats.route(crate::stats::RouteOutcome::FanoutWrite);
+        self.set_state(crate::stats::CLIENT_ACTIVE);
+        let mut begin = BytesMut::new();
+        messages::query(&mut begin, "BEGIN");
+        begin.extend_from_slice(&batch.bytes);
+        let begin = begin.freeze();
+        let (mut error, count, client_gone) = self.run_parts(&mut parts, &begin, &batch).await;
+        if error.is_none() && !client_gone {
+            error = self
+                .commit_parts(&mut parts, &plan.shards, &coordinator, &log)
+                .await;
+        } else {
+            rollback(&mut parts).await;
+        }
+        for p in parts {
+            if p.ready && !p.discard {
+                p.lease.release();
+            }
+        }
+        self.set_state(crate::stats::CLIENT_IDLE);
+        if client_gone {
+            return Err(SessionError::Internal(
+                "the client went away during a write across shards",
+            ));
+        }
+        match error {
+            Some(e) => {
+                self.stats.errors.inc();
+                self.client_out.push(e);
+            }
+            None => {
+                let verb = count.verb.unwrap_or_else(|| Bytes::from_static(b"UPDATE"));
+                let mut tag = verb.to_vec();
+                tag.extend_from_slice(format!(" {}", count.rows).as_bytes());
+                let mut out = BytesMut::new();
+                messages::command_complete(&mut out, &tag);
+                self.client_out.push(out.freeze());
+            }
+        }
+        let mut out = BytesMut::new();
+        messages::ready_for_query(&mut out, b'I');
+        self.client_out.push(out.freeze());
+        self.txn_status = b'I';
+        self.flush_client().await?;
+        Ok(Flow::Continue)
+    }
+
+    /// Sends BEGIN and the statement to every part and relays the answers: the frames before
+    /// the rows once, RETURNING rows as they come, and the first error. Returns the error,
+    /// the rows counted, and whether the client stopped taking bytes.
+    async fn run_parts(
+        &mut self,
+        parts: &mut [Part],
+        bytes: &Bytes,
+        batch: &super::batch::ShardBatch,
+    ) -> (Option<Bytes>, Count, bool) {
+        let mut error: Option<Bytes> = None;
+        let mut count = Count::default();
+        let mut client_gone = false;
+        let mut begun = vec![false; parts.len()];
+        for (i, p) in parts.iter_mut().enumerate() {
+            if let Err(e) = p.lease.conn().write(bytes).await {
+                error.get_or_insert_with(|| lost(i, &e.to_string()));
+                p.broken();
+            }
+        }
+        let mut parses = 0usize;
+        let mut header_sent = 0usize;
+        loop {
+            for (i, p) in parts.iter_mut().enumerate() {
+                while !p.ready {
+                    let frame = match split_frame(&mut p.lease.conn().rbuf, MAX_FRAME) {
+                        Ok(Some(f)) => f,
+                        Ok(None) => break,
+                        Err(e) => {
+                            error.get_or_insert_with(|| lost(i, &e.to_string()));
+                            p.broken();
+                            break;
+                        }
+                    };
+                    let started = begun.get(i).copied().unwrap_or(true);
+                    match frame.tag {
+                        // The answer to BEGIN.
+                        b'C' if !started => {}
+                        b'Z' if !started => {
+                            if let Some(b) = begun.get_mut(i) {
+                                *b = true;
+                            }
+                        }
+                        b'1' | b'2' | b't' | b'T' | b'n' if p.header_seen < batch.header_frames => {
+                            let index = p.header_seen;
+                            p.header_seen += 1;
+                            if index < header_sent {
+                                continue;
+                            }
+                            header_sent += 1;
+                            if frame.tag == b'1' {
+                                parses += 1;
+                                if batch.injected.get(parses - 1).copied().unwrap_or(false) {
+                                    continue;
+                                }
+                            }
+                            self.client_out.push(frame.raw);
+                        }
+                        b'D' => {
+                            if error.is_none() && !client_gone {
+                                self.client_out.push(frame.raw);
+                            }
+                        }
+                        b'C' => {
+                            p.rows_done = true;
+                            match server::command_tag(frame.body())
+                                .ok()
+                                .and_then(server::tag_count)
+                            {
+                                Some((verb, n)) => {
+                                    count.rows = count.rows.saturating_add(n);
+                                    count
+                                        .verb
+                                        .get_or_insert_with(|| Bytes::copy_from_slice(verb));
+                                }
+                                None => {
+                                    error.get_or_insert_with(|| {
+                                        lost(i, "a command tag without a row count")
+                                    });
+                                }
+                            }
+                        }
+                        b'E' => {
+                            p.rows_done = true;
+                            error.get_or_insert(frame.raw);
+                        }
+                        b'Z' => {
+                            p.rows_done = true;
+                            p.ready = true;
+                        }
+                        b'N' | b'A' => self.client_out.push(frame.raw),
+                        b'S' => {}
+                        other => {
+                            error.get_or_insert_with(|| {
+                                lost(
+                                    i,
+                                    &format!("unexpected message {:?} in a write", other as char),
+                                )
+                            });
+                            p.broken();
+                        }
+                    }
+                }
+            }
+            if error.is_some() {
+                self.cancel_running(parts);
+            }
+            if parts.iter().all(|p| p.ready) {
+                break;
+            }
+            if !client_gone && self.flush_client().await.is_err() {
+                // Nothing is decided yet: the write is rolled back everywhere.
+                client_gone = true;
+                self.client_out.clear();
+                self.cancel_running(parts);
+            }
+            self.read_some(parts, &mut error).await;
+        }
+        (error, count, client_gone)
+    }
+
+    /// Commits every part: with one part, COMMIT; with several, PREPARE TRANSACTION on each,
+    /// the decision logged, then COMMIT PREPARED on each. Returns the client's error when
+    /// the write was rolled back instead.
+    async fn commit_parts(
+        &mut self,
+        parts: &mut [Part],
+        shards: &[usize],
+        coordinator: &std::sync::Arc<crate::twophase::Coordinator>,
+        log: &std::sync::Arc<crate::twophase::log::Log>,
+    ) -> Option<Bytes> {
+        if parts.len() == 1 {
+            let answers = everywhere(parts, |_| "COMMIT".to_string()).await;
+            return answers.into_iter().enumerate().find_map(|(i, a)| match a {
+                Answer::Ok => None,
+                Answer::Error(e) => Some(e),
+                Answer::Lost(why) => Some(lost(shards.get(i).copied().unwrap_or(i), &why)),
+            });
+        }
+        let txn = coordinator.begin();
+        let gids: Vec<String> = shards
+            .iter()
+            .map(|s| coordinator.gid(&txn.id, *s))
+            .collect();
+        let prepare = everywhere(parts, |i| {
+            format!(
+                "PREPARE TRANSACTION {}",
+                crate::twophase::recover::quote(gids.get(i).map_or("", String::as_str))
+            )
+        })
+        .await;
+        let mut error = None;
+        for (i, a) in prepare.iter().enumerate() {
+            match a {
+                Answer::Ok => {}
+                Answer::Error(e) => {
+                    error.get_or_insert_with(|| e.clone());
+                }
+                Answer::Lost(why) => {
+                    error.get_or_insert_with(|| lost(shards.get(i).copied().unwrap_or(i), why));
+                }
+            }
+        }
+        let decided = match error {
+            Some(_) => Err(error),
+            None => {
+                let (log, id) = (log.clone(), txn.id.clone());
+                match tokio::task::spawn_blocking(move || log.commit(&id)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(Some(messages::error_response(
+                        "ERROR",
+                        "58030",
+                        &format!("{e}; the write across shards was rolled back"),
+                        None,
+                    ))),
+                    Err(_) => Err(Some(messages::error_response(
+                        "ERROR",
+                        "XX000",
+                        "usher: the two-phase commit log writer failed; the write across shards was rolled back",
+                        None,
+                    ))),
+                }
+            }
+        };
+        if let Err(error) = decided {
+            // Parts that prepared are rolled back; a part that cannot be reached now is
+            // rolled back by recovery (no commit was logged).
+            let prepared: Vec<bool> = prepare.iter().map(|a| matches!(a, Answer::Ok)).collect();
+            let answers = everywhere_some(parts, &prepared, |i| {
+                format!(
+                    "ROLLBACK PREPARED {}",
+                    crate::twophase::recover::quote(gids.get(i).map_or("", String::as_str))
+                )
+            })
+            .await;
+            for (i, a) in answers.iter().enumerate() {
+                if let Some(Answer::Error(_) | Answer::Lost(_)) = a {
+                    tracing::warn!(
+                        gid = gids.get(i).map_or("", String::as_str),
+                        "ROLLBACK PREPARED failed; recovery will roll it back"
+                    );
+                }
+            }
+            return error;
+        }
+        let answers = everywhere(parts, |i| {
+            format!(
+                "COMMIT PREPARED {}",
+                crate::twophase::recover::quote(gids.get(i).map_or("", String::as_str))
+            )
+        })
+        .await;
+        let mut all = true;
+        for (i, a) in answers.iter().enumerate() {
+            if !matches!(a, Answer::Ok) {
+                all = false;
+                tracing::warn!(
+                    gid = gids.get(i).map_or("", String::as_str),
+                    "COMMIT PREPARED failed; recovery will commit it"
+                );
+            }
+        }
+        if all {
+            if let Err(e) = log.done(&txn.id) {
+                tracing::warn!(error = %e, "could not mark a distributed transaction done");
+            }
+        }
+        self.note_commit_lsns(parts, shards).await;
+        None
+    }
+
+    /// Read-your-writes: the client's next reads on each shard wait for a replica that
+    /// replayed this write.
+    async fn note_commit_lsns(&mut self, parts: &mut [Part], shards: &[usize]) {
+        if !(self.db.read_your_writes && self.db.read_write_split) {
+            return;
+        }
+        for (p, &shard) in parts.iter_mut().zip(shards) {
+            if !p.ready || p.discard {
+                continue;
+            }
+            let lsn = p
+                .lease
+                .conn()
+                .control_query("SELECT pg_catalog.pg_current_wal_insert_lsn()::text")
+                .await;
+            match lsn {
+                Ok(rows) => {
+                    if let Some(lsn) = rows
+                        .first()
+                        .and_then(|r| r.first())
+                        .and_then(|v| v.as_deref())
+                        .and_then(crate::router::topology::parse_lsn)
+                    {
+                        if self.route.min_lsn.len() <= shard {
+                            self.route.min_lsn.resize(shard + 1, 0);
+                        }
+                        if let Some(m) = self.route.min_lsn.get_mut(shard) {
+                            *m = (*m).max(lsn);
+                        }
+                    }
+                }
+                Err(_) => p.discard = true,
+            }
+        }
+    }
+}
+
+/// How one part answered a control statement.
+enum Answer {
+    /// CommandComplete and ReadyForQuery 'I'.
+    Ok,
+    /// The server's ErrorResponse.
+    Error(Bytes),
+    /// The connection failed (why).
+    Lost(String),
+}
+
+/// Runs `sql(i)` on every part that can still take it, concurrently.
+async fn everywhere(parts: &mut [Part], sql: impl Fn(usize) -> String) -> Vec<Answer> {
+    let all = vec![true; parts.len()];
+    everywhere_some(parts, &all, sql)
+        .await
+        .into_iter()
+        .map(|a| a.unwrap_or(Answer::Lost("the connection was closed".into())))
+        .collect()
+}
+
+/// Runs `sql(i)` on the parts where `which[i]` (and the connection is usable); `None` for
+/// the others.
+async fn everywhere_some(
+    parts: &mut [Part],
+    which: &[bool],
+    sql: impl Fn(usize) -> String,
+) -> Vec<Option<Answer>> {
+    let runs = parts.iter_mut().enumerate().map(|(i, p)| {
+        let wanted = which.get(i).copied().unwrap_or(false) && p.ready && !p.discard;
+        let mut query = BytesMut::new();
+        messages::query(&mut query, &sql(i));
+        async move {
+            if !wanted {
+                return None;
+            }
+            let answer = match p.lease.conn().exchange(&query).await {
+                Err(e) => Answer::Lost(e.to_string()),
+                Ok(frames) => {
+                    let error = frames.iter().find(|f| f.tag == b'E').map(|f| f.raw.clone());
+                    let idle = frames
+                        .last()
+                        .is_some_and(|f| f.tag == b'Z' && f.body() == b"I");
+                    match error {
+                        Some(e) => Answer::Error(e),
+                        None if idle => Answer::Ok,
+                        None => Answer::Lost("not idle after the statement".into()),
+                    }
+                }
+            };
+            if !matches!(answer, Answer::Ok) {
+                p.discard = true;
+            }
+            Some(answer)
+        }
+    });
+    futures_util::future::join_all(runs).await
+}
+
+/// Rolls every usable part back; a part that cannot be reached is closed (its server
+/// rolls it back when the connection ends).
+async fn rollback(parts: &mut [Part]) {
+    let answers = everywhere(parts, |_| "ROLLBACK".to_string()).await;
+    for (p, a) in parts.iter_mut().zip(answers) {
+        if !matches!(a, Answer::Ok) {
+            p.discard = true;
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! Writes across shards, judged against one plain database holding every row: an UPDATE or
+//! DELETE without a key (or with keys on several shards) runs on the shards concerned and
+//! commits with two-phase commit. Command tags, RETURNING rows, errors and the rows left
+//! afterwards must match the plain database's; a failure on one shard leaves every shard
+//! unchanged; no prepared transaction is left behind; and recovery finishes what a crash
+//! left prepared, by the decision log.
+
+mod common;
+
+use common::learning::*;
+use common::sharded::*;
+use common::*;
+
+const MAP: &str = r#"hasher = "xxh3"
+key_type = "uuid"
+default_shard = 0
+two_phase_commit = true
+tables = [
+  { name = "families", column = "id" },
+  { name = "children", column = "family_id" },
+  { name = "user_progress", column = "family_id" },
+]
+global_tables = ["lessons"]
+"#;
+
+/// `[general]` lines naming this test's instance and decision log.
+fn general(instance: &str, log: &std::path::Path) -> String {
+    format!(
+        "instance_name = \"{instance}\"\ntwo_phase_log = \"{}\"",
+        log.display()
+    )
+}
+
+/// Every row of the family tables, sorted, through `c`.
+async fn contents(c: &tokio_postgres::Client) -> Vec<Simple> {
+    let mut out = Vec::new();
+    for sql in [
+        "SELECT id, family_id, name, grade, birth_date, deleted_at FROM children",
+        "SELECT id, family_id, child_id, lesson_id, status, score, completed_at FROM user_progress",
+        "SELECT id, name FROM families",
+    ] {
+        let mut r = simple(c, sql).await;
+        if let Ok(r) = &mut r {
+            r.1.sort();
+        }
+        out.push(r);
+    }
+    out
+}
+
+/// Prepared transactions left in the shard databases (any name).
+fn prepared_left(s: &Sharded) -> Vec<String> {
+    per_shard(
+        s,
+        "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()",
+    )
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Runs `sql` through usher and on the plain database: the same answer, rows compared
+/// sorted (RETURNING rows come from the shards in any order).
+async fn same_write(b: &Both, sql: &str) -> Simple {
+    let (mut u, mut p) = (simple(&b.usher, sql).await, simple(&b.plain, sql).await);
+    for r in [&mut u, &mut p].into_iter().flatten() {
+        r.1.sort();
+    }
+    assert_eq!(u, p, "{sql}");
+    u
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_across_shards_answer_as_one_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("2pc.log");
+    let b = load("xwrite", "xwplain", MAP, &general("w1", &log)).await;
+    let families: Vec<(String, usize)> = (0..120)
+        .map(|i| {
+            let f = family(i);
+            let shard = shard_of(&b.s.config, None, &f);
+            (f, shard)
+        })
+        .collect();
+    let on = |shard: usize| {
+        families
+            .iter()
+            .filter(|(_, s)| *s == shard)
+            .map(|(f, _)| f.clone())
+            .collect::<Vec<_>>()
+    };
+    let (f0, f1, f2) = (on(0)[0].clone(), on(1)[0].clone(), on(2)[0].clone());
+    let writes = [
+        "UPDATE children SET grade = grade + 1 WHERE grade < 12 AND grade > 9".to_string(),
+        format!("UPDATE children SET name = name || ' (moved)' WHERE family_id IN ('{f0}', '{f1}', '{f2}') RETURNING id, name, grade"),
+        "DELETE FROM user_progress WHERE status = 'not_started' RETURNING id, family_id".into(),
+        "UPDATE user_progress p SET score = 0 FROM lessons l WHERE l.id = p.lesson_id AND l.grade = 1 AND p.score IS NOT NULL".into(),
+        "DELETE FROM children WHERE false".into(),
+        "UPDATE children SET deleted_at = timestamptz '2026-06-01 00:00:00+00' WHERE birth_date IS NULL".into(),
+        "DELETE FROM families WHERE name LIKE 'family 1_' RETURNING name".into(),
+    ];
+    for sql in &writes {
+        let got = same_write(&b, sql).await;
+        assert!(got.is_ok(), "{sql}: {got:?}");
+    }
+    assert_eq!(contents(&b.usher).await, contents(&b.plain).await);
+    // The extended protocol: parameters, a row count, RETURNING rows in binary.
+    let update = "UPDATE children SET grade = $1 WHERE grade = $2";
+    let (u, p) = (
+        b.usher.execute(update, &[&5i16, &6i16]).await.unwrap(),
+        b.plain.execute(update, &[&5i16, &6i16]).await.unwrap(),
+    );
+    assert_eq!(u, p);
+    assert!(u > 1, "rows on several shards: {u}");
+    let returning = "DELETE FROM user_progress WHERE score < $1 RETURNING id, score";
+    let (mut u, mut p) = (
+        extended(&b.usher, returning, &[&Numeric(3)]).await,
+        extended(&b.plain, returning, &[&Numeric(3)]).await,
+    );
+    for r in [&mut u, &mut p].into_iter().flatten() {
+        r.1.sort();
+    }
+    assert_eq!(u, p, "{returning}");
+    // An error on some shards: the same SQLSTATE, and no shard keeps its part.
+    let (full, other) = (on(0)[1].clone(), on(3)[0].clone());
+    let set = format!("UPDATE children SET grade = 12 WHERE family_id = '{full}'");
+    assert!(same_write(&b, &set).await.is_ok(), "{set}");
+    let failing = format!(
+        "UPDATE children SET grade = grade + 1, name = 'changed' WHERE family_id IN ('{full}', '{other}')"
+    );
+    assert_eq!(same_write(&b, &failing).await.unwrap_err(), "23514");
+    assert_eq!(
+        same_write(&b, "UPDATE children SET grade = 100 / (grade - grade)")
+            .await
+            .unwrap_err(),
+        "22012"
+    );
+    assert_eq!(contents(&b.usher).await, contents(&b.plain).await);
+    // Concurrent writes across shards neither deadlock nor lose updates.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let c = connect(b.s.usher.port, "app", b.s.db).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                c.batch_execute("UPDATE children SET grade = (grade + 1) % 13")
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    })
+    .await
+    .expect("concurrent writes across shards finish");
+    for _ in 0..20 {
+        b.plain
+            .batch_execute("UPDATE children SET grade = (grade + 1) % 13")
+            .await
+            .unwrap();
+    }
+    assert_eq!(contents(&b.usher).await, contents(&b.plain).await);
+    assert_eq!(prepared_left(&b.s), Vec::<String>::new());
+    // Every decision was logged and marked done.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let commits = text.lines().filter(|l| l.starts_with("commit ")).count();
+    let done = text.lines().filter(|l| l.starts_with("done ")).count();
+    assert!(commits >= writes.len(), "{text}");
+    assert_eq!(commits, done, "{text}");
+    // The metrics count them.
+    let (_, metrics) = http_get(b.s.usher.metrics_port, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains("outcome=\"fanout_write\"") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}
+
+/// A small integer sent as a numeric parameter in binary (tokio-postgres has no numeric
+/// type of its own; the wire format is ndigits, weight, sign, dscale, base-10000 digits).
+#[derive(Debug)]
+struct Numeric(i32);
+
+impl tokio_postgres::types::ToSql for Numeric {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use bytes::BufMut;
+        assert!((0..10000).contains(&self.0));
+        out.put_i16(1);
+        out.put_i16(0);
+        out.put_u16(0);
+        out.put_i16(0);
+        out.put_i16(self.0 as i16);
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        *ty == tokio_postgres::types::Type::NUMERIC
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_cannot_run_exactly_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("2pc.log");
+    let s = setup_with("xwref", MAP, &general("w2", &log)).await;
+    let c = connect(s.usher.port, "app", s.db).await.unwrap();
+    let (a, bb) = (family(1), family(2));
+    for (sql, named) in [
+        (
+            "UPDATE children SET deleted_at = now()".to_string(),
+            "now()",
+        ),
+        (
+            "DELETE FROM children WHERE created_at < CURRENT_DATE".into(),
+            "CURRENT_DATE",
+        ),
+        (
+            "DELETE FROM children WHERE id IN (SELECT child_id FROM user_progress)".into(),
+            "subqueries",
+        ),
+        (
+            format!("UPDATE children SET family_id = '{bb}' WHERE family_id IN ('{a}', '{bb}')"),
+            "sharding key family_id",
+        ),
+        (
+            "WITH gone AS (SELECT 1) DELETE FROM families".into(),
+            "WITH",
+        ),
+        ("UPDATE lessons SET title = 'x'".into(), "global table"),
+    ] {
+        let e = c.batch_execute(&sql).await.unwrap_err();
+        assert_eq!(code(&e), "0A000", "{sql}");
+        let text = e.as_db_error().unwrap().message().to_string();
+        assert!(text.contains(named), "{sql}: {text}");
+    }
+    // Inside a transaction block a write without a key still needs one shard.
+    c.batch_execute("BEGIN").await.unwrap();
+    let e = c
+        .batch_execute("UPDATE children SET grade = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "0A000");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    c.batch_execute("UPDATE children SET grade = 1")
+        .await
+        .unwrap();
+    // Without two_phase_commit the same write is refused, naming the setting.
+    let off = start_usher(&s.config.replace("two_phase_commit = true", "")).await;
+    let c = connect(off.port, "app", s.db).await.unwrap();
+    let e = c
+        .batch_execute("UPDATE children SET grade = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "0A000");
+    assert!(
+        e.as_db_error()
+            .unwrap()
+            .message()
+            .contains("two_phase_commit"),
+        "{e:?}"
+    );
+    assert_eq!(prepared_left(&s), Vec::<String>::new());
+}
+
+/// Prepares, directly on shard database `db` as the app user, a transaction that renames
+/// child `id`'s family rows, under global id `gid`.
+async fn leave_prepared(db: &str, gid: &str, family: &str, name: &str) {
+    let c = connect(topology().primary.port, "app", db).await.unwrap();
+    c.batch_execute(&format!(
+        "BEGIN; INSERT INTO families (id, name) VALUES ('{family}', '{name}'); PREPARE TRANSACTION '{gid}'"
+    ))
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_commits_what_the_log_decided_and_rolls_back_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("2pc.log");
+    let shards = shard_dbs("xwrec", 4);
+    let config = sharded_config("app", &shards, MAP).replacen(
+        "listen = \"127.0.0.1:0\"\n",
+        &format!("listen = \"127.0.0.1:0\"\n{}\n", general("w3", &log)),
+        1,
+    );
+    migrate(&config, "migrations").await.unwrap();
+    let f = |i: u32| family(1000 + i);
+    // A crash after the decision: two parts prepared, the commit logged.
+    leave_prepared(&shards[0], "usher:w3:aa-1:0", &f(1), "decided").await;
+    leave_prepared(&shards[2], "usher:w3:aa-1:2", &f(2), "decided").await;
+    // A crash before it: one part prepared, nothing logged.
+    leave_prepared(&shards[1], "usher:w3:aa-2:1", &f(3), "undecided").await;
+    // Another usher's part: not this one's to touch.
+    leave_prepared(&shards[3], "usher:other:aa-1:3", &f(4), "other").await;
+    std::fs::write(&log, "commit aa-0\ndone aa-0\ncommit aa-1\n").unwrap();
+    // `usher recover` leaves parts younger than --older-than alone.
+    let bin = env!("CARGO_BIN_EXE_usher");
+    let config_file = dir.path().join("usher.toml");
+    std::fs::write(&config_file, &config).unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["recover", "--older-than", "3600", "--config"])
+        .arg(&config_file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("0 committed, 0 rolled back, 3 left"),
+        "{stdout}"
+    );
+    // A starting usher finishes them.
+    let usher = start_usher(&config).await;
+    let s = Sharded {
+        usher,
+        db: "app",
+        shards: shards.clone(),
+        config: config.clone(),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while prepared_left(&s).len() > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            prepared_left(&s)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(prepared_left(&s), vec!["usher:other:aa-1:3".to_string()]);
+    let c = connect(s.usher.port, "app", s.db).await.unwrap();
+    let mut names = simple(&c, "SELECT name FROM families").await.unwrap().1;
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            vec![Some("decided".to_string())],
+            vec![Some("decided".to_string())]
+        ]
+    );
+    // The settled decisions left the log.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // `usher recover` with nothing of its own left: success, and the other usher's part
+    // stays.
+    let out = std::process::Command::new(bin)
+        .args(["recover", "--older-than", "0", "--config"])
+        .arg(&config_file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("0 committed, 0 rolled back, 0 left"),
+        "{stdout}"
+    );
+    topology()
+        .primary
+        .psql(&shards[3], "ROLLBACK PREPARED 'usher:other:aa-1:3'");
+}
