@@ -64,6 +64,12 @@ CONF
   as_pg "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -D "$ROOT/replica" -R -X stream -c fast
   echo "port = $REPLICA_PORT" | as_pg tee -a "$ROOT/replica/postgresql.auto.conf" >/dev/null
 fi
+# Writes across shards commit with two-phase commit (PREPARE TRANSACTION); a replica needs
+# at least the primary's setting. Added to topologies made before it was needed, too.
+for d in "$ROOT/primary" "$ROOT/replica"; do
+  grep -q '^max_prepared_transactions' "$d/postgresql.auto.conf" ||
+    echo "max_prepared_transactions = 50" | as_pg tee -a "$d/postgresql.auto.conf" >/dev/null
+done
 start_one "$ROOT/primary"
 start_one "$ROOT/replica"
 
@@ -75,6 +81,7 @@ pool_mode = "transaction"
 default_pool_size = 25
 min_pool_size = 2
 metrics_listen = "127.0.0.1:9930"
+two_phase_log = "$ROOT/two_phase.log"
 
 [admin]
 user = "admin"
@@ -104,6 +111,7 @@ shards = [
 hasher = "xxh3"
 key_type = "uuid"
 default_shard = 0
+two_phase_commit = true
 tables = [
   { name = "families", column = "id" },
   { name = "children", column = "family_id" },

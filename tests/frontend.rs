@@ -408,6 +408,12 @@ fn usher_check_reports_shard_map_errors() {
             "databases.app.sharding.key_type",
             "unknown variant `float`",
         ),
+        (
+            "two_phase_log = \"/var/lib/usher/two_phase.log\"",
+            "",
+            "databases.app.sharding.two_phase_commit",
+            "needs general.two_phase_log",
+        ),
     ] {
         assert!(text.contains(from), "example lacks {from}");
         let bad = dir.path().join("bad.toml");

@@ -525,4 +525,29 @@ shards = [
         assert!(p[0].key.starts_with("databases.app.shards"), "{p:?}");
         assert!(p[0].message.contains("host:port/dbname"), "{p:?}");
     }
+
+    #[test]
+    fn two_phase_commit_needs_its_log_and_a_fitting_instance_name() {
+        let sharded = GOOD.replace(
+            "replicas = [] },\n]",
+            "replicas = [] },\n]\n[databases.app.sharding]\ntwo_phase_commit = true\ntables = [ { name = \"t\", column = \"id\" } ]",
+        );
+        let p = problems(&sharded);
+        assert!(
+            p.iter().any(|p| p.key == "databases.app.sharding.two_phase_commit"
+                && p.message.contains("general.two_phase_log")),
+            "{p:?}"
+        );
+        let p = problems(&sharded.replace(
+            "default_pool_size = 25",
+            "default_pool_size = 25\ntwo_phase_log = \"/var/lib/usher/2pc.log\"\ninstance_name = \"a:b\"",
+        ));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "general.instance_name", "{p:?}");
+        let fine = sharded.replace(
+            "default_pool_size = 25",
+            "default_pool_size = 25\ntwo_phase_log = \"/var/lib/usher/2pc.log\"",
+        );
+        assert!(load_str(&fine, Path::new("u.toml")).is_ok());
+    }
 }

@@ -10,6 +10,7 @@ fn config() -> Config {
         r#"
 [general]
 listen = "127.0.0.1:0"
+two_phase_log = "/tmp/usher-plan-tests.log"
 [[users]]
 name = "u"
 auth_type = "trust"
@@ -27,6 +28,12 @@ shards = [ { primary = "127.0.0.1:1/d", replicas = ["127.0.0.1:2/d"] } ]
 shards = [ { primary = "127.0.0.1:1/s0" }, { primary = "127.0.0.1:1/s1" } ]
 [databases.sharded.sharding]
 key_type = "bigint"
+tables = [ { name = "families", column = "id" } ]
+[databases.twophase]
+shards = [ { primary = "127.0.0.1:1/t0" }, { primary = "127.0.0.1:1/t1" }, { primary = "127.0.0.1:1/t2" } ]
+[databases.twophase.sharding]
+key_type = "bigint"
+two_phase_commit = true
 tables = [ { name = "families", column = "id" } ]
 "#,
         std::path::Path::new("plan.toml"),
@@ -303,4 +310,76 @@ fn sharded_batches_go_to_their_key_s_shard_or_are_refused() {
     };
     let batch = [prepare[0].clone(), bound, tag(b'E'), tag(b'S')];
     assert_eq!(run(plan_of(&batch, &f)).shard, want);
+}
+
+#[test]
+fn writes_across_shards_run_where_their_keys_are_with_two_phase_commit() {
+    let c = config();
+    let db = &c.databases["twophase"];
+    let map = db.sharding.as_ref().unwrap();
+    let f = facts(db);
+    let shard = |k: i64| shard::hinted(&ShardHint::Key(k.to_string()), map, 3).unwrap();
+    let (a, b) = (1..100)
+        .flat_map(|a| (1..100).map(move |b| (a, b)))
+        .find(|(a, b)| shard(*a) < shard(*b))
+        .unwrap();
+    let Plan::FanoutWrite(w) = plan_of(
+        &[stmt(
+            b'Q',
+            &format!("UPDATE families SET name = 'x' WHERE id IN ({a}, {b})"),
+        )],
+        &f,
+    ) else {
+        panic!("a write on two shards");
+    };
+    assert_eq!(w.shards, vec![shard(a), shard(b)]);
+    let Plan::FanoutWrite(w) = plan_of(&[stmt(b'Q', "DELETE FROM families")], &f) else {
+        panic!("a write on every shard");
+    };
+    assert_eq!(w.shards, vec![0, 1, 2]);
+    // A user function is looked up first; a VOLATILE one is refused.
+    let q = [stmt(b'Q', "UPDATE families SET name = my_func(name)")];
+    assert_eq!(
+        plan_of(&q, &f),
+        Plan::CheckFunctions(vec!["my_func".into()])
+    );
+    let known = |v| Facts {
+        volatile: Some(v),
+        ..facts(db)
+    };
+    assert!(matches!(plan_of(&q, &known(false)), Plan::FanoutWrite(_)));
+    let Plan::Refuse(r) = plan_of(&q, &known(true)) else {
+        panic!("a volatile function is refused");
+    };
+    assert!(
+        r.message.contains("VOLATILE function (my_func)"),
+        "{}",
+        r.message
+    );
+    for (sql, named) in [
+        ("UPDATE families SET id = 5", "sharding key id"),
+        ("UPDATE families SET name = now()::text", "now()"),
+        (
+            "UPDATE families f SET name = 'x' FROM other o WHERE o.id = f.id",
+            "\"other\"",
+        ),
+    ] {
+        let Plan::Refuse(r) = plan_of(&[stmt(b'Q', sql)], &f) else {
+            panic!("{sql}");
+        };
+        assert_eq!(r.sqlstate, "0A000");
+        assert!(r.message.contains(named), "{sql}: {}", r.message);
+    }
+    // Without two_phase_commit the refusal names the setting.
+    let Plan::Refuse(r) = plan_of(
+        &[stmt(b'Q', "DELETE FROM families")],
+        &facts(&c.databases["sharded"]),
+    ) else {
+        panic!("refused without two-phase commit");
+    };
+    assert!(
+        r.message.contains("two_phase_commit = true"),
+        "{}",
+        r.message
+    );
 }
