@@ -534,8 +534,9 @@ shards = [
         );
         let p = problems(&sharded);
         assert!(
-            p.iter().any(|p| p.key == "databases.app.sharding.two_phase_commit"
-                && p.message.contains("general.two_phase_log")),
+            p.iter()
+                .any(|p| p.key == "databases.app.sharding.two_phase_commit"
+                    && p.message.contains("general.two_phase_log")),
             "{p:?}"
         );
         let p = problems(&sharded.replace(
