@@ -1,31 +1,20 @@
 //! The shape of a write that runs on several shards: one UPDATE or DELETE without a key (or
 //! with keys on several shards) runs on each shard concerned, inside one distributed
 //! transaction, and is exact when what it computes on a shard depends only on that shard's
-//! rows. Read off the parse tree when the statement is classified. What would compute a
-//! different value on each shard than one database computes once (the transaction's clock,
-//! sequences, the transaction id) or reads rows of other shards (subqueries, WITH) is named,
-//! so the statement is refused with that name instead of run.
+//! rows. Read off the parse tree when the statement is classified. The transaction's clock
+//! (`now()`, `CURRENT_DATE`, ...) is pinned to one constant before the statement is sent (see
+//! `router::clock`); what would still compute a different value on each shard than one
+//! database computes once (sequences, the transaction id) or reads rows of other shards
+//! (subqueries, WITH) is named, so the statement is refused with that name instead of run.
 
-use pg_query::protobuf::{self, SqlValueFunctionOp};
+use pg_query::protobuf;
 use pg_query::{NodeEnum, NodeRef};
 
 use super::fanout::Shape;
 
-/// Functions whose value one database computes once per transaction (or statement) and each
-/// shard computes for itself: the rows of one statement would get different values.
+/// Functions whose value one database computes once (per transaction, or from one sequence)
+/// and each shard computes for itself: the rows of one statement would get other values.
 const PER_TRANSACTION: &[(&str, &str)] = &[
-    (
-        "now",
-        "now() (each shard's transaction has its own start time)",
-    ),
-    (
-        "transaction_timestamp",
-        "transaction_timestamp() (each shard's transaction has its own start time)",
-    ),
-    (
-        "statement_timestamp",
-        "statement_timestamp() (each shard's statement has its own start time)",
-    ),
     (
         "txid_current",
         "txid_current() (each shard has its own transaction ids)",
@@ -63,7 +52,7 @@ pub fn shape(parsed: &protobuf::ParseResult, stmt: &NodeEnum) -> Option<Shape> {
 }
 
 /// What keeps the statement from running exactly on each shard, named.
-fn refused(parsed: &protobuf::ParseResult, with: bool) -> Option<String> {
+pub fn refused(parsed: &protobuf::ParseResult, with: bool) -> Option<String> {
     if with {
         return Some("WITH (common table expressions)".into());
     }
@@ -71,22 +60,6 @@ fn refused(parsed: &protobuf::ParseResult, with: bool) -> Option<String> {
         match node {
             NodeRef::SubLink(_) | NodeRef::RangeSubselect(_) => return Some("subqueries".into()),
             NodeRef::CurrentOfExpr(_) => return Some("WHERE CURRENT OF".into()),
-            NodeRef::SqlvalueFunction(f) => {
-                use SqlValueFunctionOp as Op;
-                let clock = match SqlValueFunctionOp::try_from(f.op) {
-                    Ok(Op::SvfopCurrentDate) => "CURRENT_DATE",
-                    Ok(Op::SvfopCurrentTime | Op::SvfopCurrentTimeN) => "CURRENT_TIME",
-                    Ok(Op::SvfopCurrentTimestamp | Op::SvfopCurrentTimestampN) => {
-                        "CURRENT_TIMESTAMP"
-                    }
-                    Ok(Op::SvfopLocaltime | Op::SvfopLocaltimeN) => "LOCALTIME",
-                    Ok(Op::SvfopLocaltimestamp | Op::SvfopLocaltimestampN) => "LOCALTIMESTAMP",
-                    _ => continue,
-                };
-                return Some(format!(
-                    "{clock} (each shard's transaction has its own start time)"
-                ));
-            }
             NodeRef::FuncCall(f) => {
                 let names: Vec<&str> = f
                     .funcname
@@ -142,6 +115,7 @@ mod tests {
             "UPDATE children SET deleted_at = '2026-01-01' WHERE family_id IN ($1, $2)",
             "UPDATE children SET id = gen_random_uuid()",
             "UPDATE t SET u = current_user",
+            "UPDATE children SET deleted_at = now() WHERE deleted_at < CURRENT_DATE",
         ] {
             assert_eq!(of(sql), Some(Shape::Write), "{sql}");
         }
@@ -152,13 +126,7 @@ mod tests {
     #[test]
     fn what_one_database_computes_once_is_refused_named() {
         for (sql, named) in [
-            ("UPDATE children SET deleted_at = now()", "now()"),
-            ("UPDATE children SET deleted_at = pg_catalog.NOW()", "now()"),
-            (
-                "UPDATE children SET deleted_at = CURRENT_TIMESTAMP(3)",
-                "CURRENT_TIMESTAMP",
-            ),
-            ("DELETE FROM t WHERE d < CURRENT_DATE", "CURRENT_DATE"),
+            ("UPDATE t SET n = pg_catalog.NEXTVAL('s')", "nextval()"),
             ("UPDATE t SET n = nextval('s')", "nextval()"),
             ("UPDATE t SET x = txid_current()", "transaction ids"),
             (

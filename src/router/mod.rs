@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod classify;
+pub mod clock;
 pub mod fanout;
 pub mod fanout_write;
 pub(crate) mod lex;

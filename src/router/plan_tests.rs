@@ -358,7 +358,7 @@ fn writes_across_shards_run_where_their_keys_are_with_two_phase_commit() {
     );
     for (sql, named) in [
         ("UPDATE families SET id = 5", "sharding key id"),
-        ("UPDATE families SET name = now()::text", "now()"),
+        ("UPDATE families SET name = nextval('s')::text", "nextval()"),
         (
             "UPDATE families f SET name = 'x' FROM other o WHERE o.id = f.id",
             "\"other\"",

@@ -129,6 +129,25 @@ pub fn build(
     })
 }
 
+/// The text of the statement `frames` run (a Query's, a Parse's, or that of the prepared
+/// statement a Bind names), as UTF-8; `None` when there is none or it is not UTF-8 (the
+/// shards then raise the error).
+pub fn statement_text(frames: &[Frame], stmts: &ClientStatements) -> Option<String> {
+    let text = |b: &[u8]| std::str::from_utf8(b).ok().map(str::to_string);
+    for f in frames {
+        match f.tag {
+            b'Q' => return text(client::Query::new(f).ok()?.sql_bytes()),
+            b'P' => return text(client::Parse::new(f).ok()?.query_bytes()),
+            b'B' => {
+                let bind = client::Bind::new(f).ok()?;
+                return text(&stmts.statement(bind.statement())?.query);
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// The value of a LIMIT or OFFSET: a constant or a bind parameter (NULL: none), refused
 /// when negative with Postgres's SQLSTATE and message.
 fn count(

@@ -1,5 +1,6 @@
 //! Running one UPDATE or DELETE on several shards as one transaction: each shard's primary
-//! runs it inside BEGIN (concurrently), RETURNING rows stream to the client as they arrive,
+//! runs it inside BEGIN (concurrently), with `now()` and its kin pinned to one constant
+//! (`router::clock`), RETURNING rows stream to the client as they arrive,
 //! and the command tag counts the rows of every shard. If every shard succeeded, each part is
 //! prepared (`PREPARE TRANSACTION`), the decision is logged and fsynced, and every part is
 //! committed (`COMMIT PREPARED`); a failure before the decision rolls every part back and
@@ -33,7 +34,26 @@ impl Session {
         frames: Vec<crate::protocol::Frame>,
     ) -> Result<Flow, SessionError> {
         self.wait_if_paused().await;
-        let batch = match super::batch::build(&frames, &Merge::default(), &self.stmts) {
+        // One clock for every shard: now() and its kin become the same constant.
+        let at = crate::router::clock::timestamp(std::time::SystemTime::now());
+        let shard_sql = match super::batch::statement_text(&frames, &self.stmts)
+            .map(|sql| crate::router::clock::pin(&sql, &at))
+        {
+            Some(Ok(pinned)) => pinned,
+            Some(Err(why)) => {
+                self.answer_fanout_error(
+                    "0A000",
+                    &format!("usher: a write across shards with {why}"),
+                );
+                return Ok(Flow::Continue);
+            }
+            None => None,
+        };
+        let merge = Merge {
+            shard_sql,
+            ..Merge::default()
+        };
+        let batch = match super::batch::build(&frames, &merge, &self.stmts) {
             Ok(b) => b,
             Err((code, message)) => {
                 self.answer_fanout_error(code, &message);
