@@ -269,10 +269,24 @@ pub fn classify(sql: &str) -> Classification {
             _ => {}
         }
     }
-    for (name, context) in &parsed.functions {
-        if *context != Context::Call {
-            continue;
+    // pg_query's list leaves out calls in places its iterator skips (VALUES rows, RETURNING,
+    // ON CONFLICT, subscripts): every FuncCall of the tree is added.
+    let tree = super::walk::tree(&parsed.protobuf);
+    let mut calls: Vec<String> = parsed
+        .functions
+        .iter()
+        .filter(|(_, context)| *context == Context::Call)
+        .map(|(name, _)| name.clone())
+        .collect();
+    super::walk::each(&tree, &mut |n| {
+        if n.kind == "FuncCall" {
+            let name = n.func_name().join(".");
+            if !name.is_empty() && !calls.contains(&name) {
+                calls.push(name);
+            }
         }
+    });
+    for name in &calls {
         if is_write_function(name) {
             c.write = true;
         } else if !name.starts_with("pg_catalog.") && !c.functions.contains(name) {
@@ -341,6 +355,7 @@ mod tests {
             "DROP TABLE x",
             "CREATE INDEX ON x (a)",
             "SELECT * FROM t FOR UPDATE",
+            "SELECT * FROM (VALUES (nextval('s'))) v",
             "SELECT * FROM t FOR SHARE",
             "SELECT * FROM t FOR NO KEY UPDATE",
             "SELECT * FROM t FOR KEY SHARE",

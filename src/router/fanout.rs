@@ -7,7 +7,7 @@
 //! statement is refused with that name instead of answered approximately.
 
 use pg_query::protobuf::{self, a_const::Val, LimitOption, SetOperation, SortByDir, SortByNulls};
-use pg_query::{NodeEnum, NodeRef};
+use pg_query::NodeEnum;
 
 use super::shard::facts::StatementFacts;
 use crate::config::Sharding;
@@ -22,6 +22,9 @@ pub enum Shape {
     /// An UPDATE or DELETE that runs exactly on each shard concerned (see
     /// `router::fanout_write`): command tags add up, RETURNING rows stream through.
     Write,
+    /// A multi-row INSERT ... VALUES split by row into one INSERT per shard (see
+    /// `router::fanout_insert`).
+    Insert,
 }
 
 /// An exact merge of the shards' rows.
@@ -252,32 +255,34 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
             .collect(),
         None => Vec::new(),
     };
-    for (node, ..) in parsed.nodes() {
-        match node {
-            NodeRef::FuncCall(f) if combined.contains(&f.location) => {}
-            NodeRef::SubLink(_) | NodeRef::RangeSubselect(_) => {
-                return Err("subqueries".into());
-            }
-            NodeRef::FuncCall(f) => {
-                let name = f.funcname.last().and_then(|n| match &n.node {
-                    Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
-                    _ => None,
-                });
-                let name = name.unwrap_or_default();
-                if f.over.is_some() {
+    let tree = super::walk::tree(parsed);
+    for n in super::walk::nodes(&tree) {
+        match n.kind {
+            "FuncCall"
+                if n.int("location")
+                    .is_some_and(|l| combined.iter().any(|c| i64::from(*c) == l)) => {}
+            "SubLink" | "RangeSubselect" => return Err("subqueries".into()),
+            "FuncCall" => {
+                let name = n
+                    .func_name()
+                    .last()
+                    .copied()
+                    .unwrap_or_default()
+                    .to_string();
+                if n.has("over") {
                     return Err(format!("window function {name}()"));
                 }
-                if f.agg_star
-                    || f.agg_distinct
-                    || f.agg_within_group
-                    || !f.agg_order.is_empty()
-                    || f.agg_filter.is_some()
+                if n.flag("agg_star")
+                    || n.flag("agg_distinct")
+                    || n.flag("agg_within_group")
+                    || n.has("agg_order")
+                    || n.has("agg_filter")
                     || AGGREGATES.contains(&name.to_ascii_lowercase().as_str())
                 {
                     return Err(format!("aggregate function {name}()"));
                 }
             }
-            NodeRef::GroupingFunc(_) => return Err("GROUPING".into()),
+            "GroupingFunc" => return Err("GROUPING".into()),
             _ => {}
         }
     }

@@ -18,7 +18,7 @@ fn merge(sql: &str) -> Merge {
     match shape_of(sql) {
         Shape::Merge(m) => m,
         Shape::Refused(r) => panic!("{sql}: refused ({r})"),
-        Shape::Write => panic!("{sql}: a write"),
+        Shape::Write | Shape::Insert => panic!("{sql}: a write"),
     }
 }
 
@@ -116,6 +116,14 @@ fn what_cannot_merge_exactly_is_named() {
         (
             "SELECT id, max(grade) FROM children",
             "aggregate function max()",
+        ),
+        (
+            "SELECT (array_agg(grade))[1] FROM children",
+            "aggregate function array_agg()",
+        ),
+        (
+            "SELECT ARRAY[count(*)] FROM children",
+            "aggregate function count()",
         ),
         ("SELECT grade FROM children GROUP BY grade", "GROUP BY"),
         ("SELECT DISTINCT grade FROM children", "DISTINCT"),
