@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+mod defaults;
 mod lifecycle;
 
 use parking_lot::RwLock;
@@ -58,9 +59,15 @@ pub struct App {
     stopping: std::sync::atomic::AtomicBool,
     /// Whether a user-defined function is VOLATILE, by (database, name).
     volatile: parking_lot::Mutex<HashMap<(String, String), bool>>,
+    /// Column defaults of sharded tables, by (database, table), for INSERTs split across
+    /// shards (see [`App::column_defaults`]); forgotten after DDL through usher.
+    defaults: parking_lot::Mutex<HashMap<(String, String), TableDefaults>>,
     /// Distributed transactions of writes across shards (ids, decision log, recovery).
     pub twophase: Arc<crate::twophase::Coordinator>,
 }
+
+/// The column defaults of one table (see [`App::column_defaults`]).
+pub type TableDefaults = Arc<Vec<crate::router::fanout_insert::ColumnDefault>>;
 
 /// A consistent view of the config and topology in force, for a session to keep between
 /// transactions (see [`App::refresh`]).
@@ -88,6 +95,7 @@ impl App {
             shutdown: tokio::sync::watch::Sender::new(false),
             stopping: std::sync::atomic::AtomicBool::new(false),
             volatile: parking_lot::Mutex::new(HashMap::new()),
+            defaults: parking_lot::Mutex::new(HashMap::new()),
             twophase: Arc::new(crate::twophase::Coordinator::new(&config.general)),
             config: RwLock::new(Arc::new(config)),
             generation: AtomicU64::new(0),

@@ -135,6 +135,105 @@ async fn writes_across_shards_answer_as_one_database() {
         .await
         .unwrap();
     assert_eq!(contents(&b.usher).await, contents(&b.plain).await);
+    // Multi-row INSERTs split by key: RETURNING rows in VALUES order, one created_at for all.
+    let new: Vec<String> = (200..208).map(family).collect();
+    assert!(
+        new.iter()
+            .map(|f| shard_of(&b.s.config, None, f))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            > 1
+    );
+    let rows: Vec<String> = new
+        .iter()
+        .enumerate()
+        .map(|(i, f)| format!("('{f}', 'new {i}')"))
+        .collect();
+    let insert = format!(
+        "INSERT INTO families (id, name) VALUES {} RETURNING name, id",
+        rows.join(", ")
+    );
+    let (u, p) = (
+        simple(&b.usher, &insert).await,
+        simple(&b.plain, &insert).await,
+    );
+    assert_eq!(u, p, "{insert}");
+    let stamps: std::collections::BTreeSet<String> = per_shard(
+        &b.s,
+        "SELECT DISTINCT created_at FROM families WHERE name LIKE 'new %'",
+    )
+    .into_iter()
+    .flatten()
+    .collect();
+    assert_eq!(stamps.len(), 1, "one transaction time: {stamps:?}");
+    let kids: Vec<String> = new
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            format!(
+                "('{}', '{f}', 'kid {i}', {})",
+                child(200 + i as u32, 0),
+                i % 12
+            )
+        })
+        .collect();
+    same_write(
+        &b,
+        &format!(
+            "INSERT INTO children (id, family_id, name, grade) VALUES {}",
+            kids.join(", ")
+        ),
+    )
+    .await
+    .unwrap();
+    // The same through the extended protocol, binary results, parameters of every shard.
+    let more: Vec<String> = (300..306).map(family).collect();
+    let params: Vec<String> = (0..more.len())
+        .map(|i| format!("(${}::text::uuid, ${})", 2 * i + 1, 2 * i + 2))
+        .collect();
+    let sql = format!(
+        "INSERT INTO families (id, name) VALUES {} RETURNING id, name",
+        params.join(", ")
+    );
+    let names: Vec<String> = (0..more.len()).map(|i| format!("more {i}")).collect();
+    let mut values: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+    for (f, n) in more.iter().zip(&names) {
+        values.push(f);
+        values.push(n);
+    }
+    let (u, p) = (
+        extended(&b.usher, &sql, &values).await,
+        extended(&b.plain, &sql, &values).await,
+    );
+    assert_eq!(u, p, "{sql}");
+    assert_eq!(u.unwrap().1.len(), more.len());
+    assert_eq!(contents(&b.usher).await, contents(&b.plain).await);
+    // Rows that ON CONFLICT DO NOTHING skips would leave RETURNING out of order: refused,
+    // and nothing of it stays.
+    let conflict = format!(
+        "INSERT INTO families (id, name) VALUES ('{}', 'again'), ('{}', 'fresh') ON CONFLICT (id) DO NOTHING RETURNING id",
+        new[0],
+        family(400)
+    );
+    let e = b.usher.simple_query(&conflict).await.unwrap_err();
+    assert_eq!(code(&e), "0A000", "{e:?}");
+    assert_eq!(contents(&b.usher).await, contents(&b.plain).await);
+    let e = b
+        .usher
+        .simple_query(&format!(
+            "INSERT INTO families (id, name) VALUES ('{}', 'a'), ('{}', DEFAULT)",
+            family(401),
+            family(402)
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_db_error()
+            .unwrap()
+            .message()
+            .contains("DEFAULT in a VALUES row"),
+        "{e:?}"
+    );
     // The extended protocol: parameters, a row count, RETURNING rows in binary.
     let update = "UPDATE children SET grade = $1 WHERE grade = $2";
     let (u, p) = (

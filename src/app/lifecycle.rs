@@ -52,6 +52,8 @@ impl App {
     pub fn apply(&self, new: Config) {
         let new = Arc::new(new);
         let old = self.config();
+        // Servers may have changed: column defaults are read again when next needed.
+        self.defaults.lock().clear();
         for (what, changed) in [
             ("listen", old.general.listen != new.general.listen),
             (

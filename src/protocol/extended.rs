@@ -57,6 +57,105 @@ pub fn parse_message(name: &[u8], query: &[u8], param_types: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// A Bind like `bind` (a whole `'B'` frame) for statement `statement`, with the parameters
+/// numbered in `nulls` (1-based) sent as NULL. Every length is checked; a malformed Bind is
+/// an error.
+pub fn bind_with_nulls(
+    bind: &Frame,
+    statement: &[u8],
+    nulls: &[usize],
+) -> Result<Bytes, super::ProtocolError> {
+    let bad = || super::ProtocolError::Malformed { what: "Bind" };
+    let body = bind.body();
+    let mut pos = 0usize;
+    let mut take = |n: usize| -> Result<&[u8], super::ProtocolError> {
+        let s = body
+            .get(pos..pos.checked_add(n).ok_or_else(bad)?)
+            .ok_or_else(bad)?;
+        pos += n;
+        Ok(s)
+    };
+    let cstr = |body: &[u8], from: usize| -> Result<usize, super::ProtocolError> {
+        body.get(from..)
+            .and_then(|b| b.iter().position(|c| *c == 0))
+            .ok_or_else(bad)
+    };
+    let portal_len = cstr(body, 0)?;
+    let portal = take(portal_len + 1)?.to_vec();
+    let stmt_len = cstr(body, portal_len + 1)?;
+    take(stmt_len + 1)?;
+    let i16_of = |s: &[u8]| -> Result<i16, super::ProtocolError> {
+        Ok(i16::from_be_bytes(s.try_into().map_err(|_| bad())?))
+    };
+    let nfmt = i16_of(take(2)?)?;
+    let formats = take(usize::try_from(nfmt).map_err(|_| bad())? * 2)?.to_vec();
+    let nparams = i16_of(take(2)?)?;
+    let mut out = BytesMut::with_capacity(body.len() + statement.len() + 8);
+    out.put_u8(b'B');
+    out.put_i32(0);
+    out.put_slice(&portal);
+    out.put_slice(statement);
+    out.put_u8(0);
+    out.put_i16(nfmt);
+    out.put_slice(&formats);
+    out.put_i16(nparams);
+    for n in 1..=usize::try_from(nparams).map_err(|_| bad())? {
+        let len = i32::from_be_bytes(take(4)?.try_into().map_err(|_| bad())?);
+        let value = match usize::try_from(len) {
+            Ok(l) => Some(take(l)?),
+            Err(_) => None,
+        };
+        match value {
+            Some(v) if !nulls.contains(&n) => {
+                out.put_i32(len);
+                out.put_slice(v);
+            }
+            _ => out.put_i32(-1),
+        }
+    }
+    out.put_slice(body.get(pos..).unwrap_or_default());
+    let len = i32::try_from(out.len() - 1).map_err(|_| bad())?;
+    if let Some(l) = out.get_mut(1..5) {
+        l.copy_from_slice(&len.to_be_bytes());
+    }
+    Ok(out.freeze())
+}
+
+/// Parameter-type bytes (count + OIDs, as in a Parse) covering at least parameters `nulls`
+/// (1-based), those left unspecified there given type text: a parameter the statement does
+/// not use needs a type Postgres cannot infer.
+pub fn types_with_text(param_types: &[u8], nulls: &[usize]) -> Result<Bytes, super::ProtocolError> {
+    let bad = || super::ProtocolError::Malformed { what: "Parse" };
+    let count = param_types
+        .get(..2)
+        .map(|c| i16::from_be_bytes([c[0], c[1]]))
+        .unwrap_or(0);
+    let mut oids: Vec<u32> = (0..usize::try_from(count).map_err(|_| bad())?)
+        .map(|i| {
+            param_types
+                .get(2 + i * 4..6 + i * 4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes)
+                .ok_or_else(bad)
+        })
+        .collect::<Result<_, _>>()?;
+    let needed = nulls.iter().copied().max().unwrap_or(0);
+    if oids.len() < needed {
+        oids.resize(needed, 0);
+    }
+    for n in nulls {
+        if let Some(o) = oids.get_mut(n - 1).filter(|o| **o == 0) {
+            *o = 25;
+        }
+    }
+    let mut out = BytesMut::with_capacity(2 + oids.len() * 4);
+    out.put_i16(i16::try_from(oids.len()).map_err(|_| bad())?);
+    for o in oids {
+        out.put_u32(o);
+    }
+    Ok(out.freeze())
+}
+
 /// A Describe of portal `name` (frontend).
 pub fn describe_portal(out: &mut BytesMut, name: &[u8]) {
     out.put_u8(b'D');
@@ -70,6 +169,44 @@ pub fn describe_portal(out: &mut BytesMut, name: &[u8]) {
 mod tests {
     use super::*;
     use crate::protocol::client;
+
+    #[test]
+    fn binds_with_nulls_keep_everything_else() {
+        let mut body = b"p\0s1\0".to_vec();
+        body.extend_from_slice(&1i16.to_be_bytes());
+        body.extend_from_slice(&1i16.to_be_bytes());
+        body.extend_from_slice(&3i16.to_be_bytes());
+        for v in [&b"aa"[..], b"b", b"ccc"] {
+            body.extend_from_slice(&(v.len() as i32).to_be_bytes());
+            body.extend_from_slice(v);
+        }
+        body.extend_from_slice(&[0, 1, 0, 1]);
+        let bind = Frame::new(b'B', &body);
+        let out = bind_with_nulls(&bind, b"", &[2]).unwrap();
+        let mut want = b"p\0\0".to_vec();
+        want.extend_from_slice(&[0, 1, 0, 1, 0, 3]);
+        want.extend_from_slice(&[
+            0, 0, 0, 2, b'a', b'a', 255, 255, 255, 255, 0, 0, 0, 3, b'c', b'c', b'c',
+        ]);
+        want.extend_from_slice(&[0, 1, 0, 1]);
+        assert_eq!(&out[5..], &want[..]);
+        assert_eq!(
+            i32::from_be_bytes(out[1..5].try_into().unwrap()) as usize,
+            out.len() - 1
+        );
+        // Lies about lengths are errors, never panics.
+        for cut in 0..body.len() {
+            let short = Frame::new(b'B', &body[..cut]);
+            let _ = bind_with_nulls(&short, b"", &[1]);
+        }
+        let mut liar = body.clone();
+        liar[11..15].copy_from_slice(&i32::MAX.to_be_bytes());
+        assert!(bind_with_nulls(&Frame::new(b'B', &liar), b"", &[]).is_err());
+        // Types: unspecified ones of unused parameters become text.
+        let types = types_with_text(&[0, 1, 0, 0, 0, 23], &[3]).unwrap();
+        assert_eq!(&types[..], &[0, 3, 0, 0, 0, 23, 0, 0, 0, 0, 0, 0, 0, 25]);
+        assert!(types_with_text(&[0, 2, 0, 0], &[1]).is_err());
+    }
 
     #[test]
     fn describe_portal_is_a_valid_describe() {

@@ -6,7 +6,6 @@
 //! the constant cast to date in the session's time zone, as Postgres computes it).
 
 use pg_query::protobuf::SqlValueFunctionOp as Op;
-use pg_query::{NodeEnum, NodeRef};
 
 /// Functions that return the transaction's (or, for an autocommit statement, the
 /// statement's) start time.
@@ -28,27 +27,25 @@ pub fn pin(sql: &str, at: &str) -> Result<Option<String>, String> {
         .map_err(|e| format!("a statement usher could not parse ({e})"))?;
     let mut edits: Vec<(usize, usize, String)> = Vec::new();
     let literal = format!("'{at}'::pg_catalog.timestamptz");
-    for (node, ..) in parsed.protobuf.nodes() {
-        match node {
-            NodeRef::FuncCall(f) => {
-                let names: Vec<&str> = f
-                    .funcname
-                    .iter()
-                    .filter_map(|n| match &n.node {
-                        Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
-                        _ => None,
-                    })
-                    .collect();
-                if !is_clock(&names) {
+    let tree = super::walk::tree(&parsed.protobuf);
+    for n in super::walk::nodes(&tree) {
+        let start = || {
+            n.int("location")
+                .and_then(|l| usize::try_from(l).ok())
+                .ok_or("a clock call without a position")
+        };
+        match n.kind {
+            "FuncCall" => {
+                if !is_clock(&n.func_name()) {
                     continue;
                 }
-                let start =
-                    usize::try_from(f.location).map_err(|_| "a clock call without a position")?;
+                let start = start()?;
                 let end = call_end(sql, start).ok_or("a clock call usher could not read")?;
                 edits.push((start, end, format!("({literal})")));
             }
-            NodeRef::SqlvalueFunction(f) => {
-                let (cast, precision) = match Op::try_from(f.op) {
+            "SqlvalueFunction" => {
+                let op = n.int("op").and_then(|o| i32::try_from(o).ok()).unwrap_or(0);
+                let (cast, precision) = match Op::try_from(op) {
                     Ok(Op::SvfopCurrentTimestamp) => ("", false),
                     Ok(Op::SvfopCurrentTimestampN) => ("pg_catalog.timestamptz", true),
                     Ok(Op::SvfopCurrentDate) => ("pg_catalog.date", false),
@@ -60,8 +57,7 @@ pub fn pin(sql: &str, at: &str) -> Result<Option<String>, String> {
                     Ok(Op::SvfopLocaltimeN) => ("pg_catalog.time", true),
                     _ => continue,
                 };
-                let start =
-                    usize::try_from(f.location).map_err(|_| "a clock without a position")?;
+                let start = start()?;
                 let word = keyword_end(sql, start).ok_or("a clock usher could not read")?;
                 let (end, typmod) = if precision {
                     let (end, n) =
@@ -227,6 +223,17 @@ mod tests {
             assert!(pg_query::parse(&want, pg_query::ParserOptions::default()).is_ok());
         }
         assert_eq!(pin("UPDATE t SET a = clock_timestamp()", AT).unwrap(), None);
+        // Where pg_query's own iterator does not look: RETURNING, VALUES.
+        let got = pin(
+            "INSERT INTO t (a) VALUES (now()) RETURNING CURRENT_DATE",
+            AT,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(
+            !got.contains("now()") && !got.contains("CURRENT_DATE"),
+            "{got}"
+        );
         assert_eq!(pin("UPDATE t SET a = my.now()", AT).unwrap(), None);
     }
 

@@ -8,7 +8,7 @@
 //! (subqueries, WITH) is named, so the statement is refused with that name instead of run.
 
 use pg_query::protobuf;
-use pg_query::{NodeEnum, NodeRef};
+use pg_query::NodeEnum;
 
 use super::fanout::Shape;
 
@@ -43,6 +43,7 @@ pub fn shape(parsed: &protobuf::ParseResult, stmt: &NodeEnum) -> Option<Shape> {
     let with = match stmt {
         NodeEnum::UpdateStmt(u) => u.with_clause.is_some(),
         NodeEnum::DeleteStmt(d) => d.with_clause.is_some(),
+        NodeEnum::InsertStmt(i) => return super::fanout_insert::shape(parsed, i),
         _ => return None,
     };
     Some(match refused(parsed, with) {
@@ -56,31 +57,29 @@ pub fn refused(parsed: &protobuf::ParseResult, with: bool) -> Option<String> {
     if with {
         return Some("WITH (common table expressions)".into());
     }
-    for (node, ..) in parsed.nodes() {
-        match node {
-            NodeRef::SubLink(_) | NodeRef::RangeSubselect(_) => return Some("subqueries".into()),
-            NodeRef::CurrentOfExpr(_) => return Some("WHERE CURRENT OF".into()),
-            NodeRef::FuncCall(f) => {
-                let names: Vec<&str> = f
-                    .funcname
-                    .iter()
-                    .filter_map(|n| match &n.node {
-                        Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
-                        _ => None,
-                    })
-                    .collect();
-                let name = match names.as_slice() {
-                    [name] | ["pg_catalog", name] => name.to_ascii_lowercase(),
-                    _ => continue,
-                };
-                if let Some((_, construct)) = PER_TRANSACTION.iter().find(|(n, _)| *n == name) {
-                    return Some((*construct).to_string());
-                }
-            }
-            _ => {}
+    let tree = super::walk::tree(parsed);
+    let mut found = None;
+    super::walk::each(&tree, &mut |n| {
+        if found.is_some() {
+            return;
         }
-    }
-    None
+        found = match n.kind {
+            "SubLink" | "RangeSubselect" => Some("subqueries".to_string()),
+            "CurrentOfExpr" => Some("WHERE CURRENT OF".into()),
+            "FuncCall" => {
+                let name = match n.func_name().as_slice() {
+                    [name] | ["pg_catalog", name] => name.to_ascii_lowercase(),
+                    _ => return,
+                };
+                PER_TRANSACTION
+                    .iter()
+                    .find(|(f, _)| *f == name)
+                    .map(|(_, construct)| (*construct).to_string())
+            }
+            _ => None,
+        };
+    });
+    found
 }
 
 #[cfg(test)]
@@ -120,7 +119,8 @@ mod tests {
             assert_eq!(of(sql), Some(Shape::Write), "{sql}");
         }
         assert_eq!(of("SELECT 1"), None);
-        assert_eq!(of("INSERT INTO t VALUES (1)"), None);
+        assert_eq!(of("INSERT INTO t SELECT 1"), None);
+        assert_eq!(of("INSERT INTO t VALUES (1), (2)"), Some(Shape::Insert));
     }
 
     #[test]
@@ -135,6 +135,8 @@ mod tests {
             ),
             ("WITH x AS (SELECT 1) UPDATE children SET grade = 1", "WITH"),
             ("DELETE FROM t WHERE CURRENT OF c", "CURRENT OF"),
+            ("UPDATE t SET a = 1 RETURNING nextval('s')", "nextval()"),
+            ("UPDATE t SET a = 1 RETURNING (SELECT 1)", "subqueries"),
         ] {
             let got = refusal(sql);
             assert!(got.contains(named), "{sql}: {got}");

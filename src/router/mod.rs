@@ -7,6 +7,7 @@ pub mod cache;
 pub mod classify;
 pub mod clock;
 pub mod fanout;
+pub mod fanout_insert;
 pub mod fanout_write;
 pub(crate) mod lex;
 pub mod monitor;
@@ -15,6 +16,7 @@ pub mod plan;
 pub mod probes;
 pub mod shard;
 pub mod topology;
+pub mod walk;
 
 use std::sync::atomic::Ordering;
 

@@ -110,6 +110,8 @@ pub struct FanoutWrite {
     pub class: Arc<Classification>,
     /// The shards it runs on, in order: those its keys map to, or all of them.
     pub shards: Vec<usize>,
+    /// For a multi-row INSERT split by row: the shard of each VALUES row, in order.
+    pub rows: Option<Vec<usize>>,
 }
 
 /// A read that runs on every shard.
@@ -187,7 +189,9 @@ pub fn plan(batch: &Batch, facts: &Facts) -> Plan {
     }
     let (shard, prepare_only) = match shard_of(batch, facts) {
         Ok(Some(Choice::Fanout(class))) => return fan_out(class, facts),
-        Ok(Some(Choice::FanoutWrite(class, shards))) => return fan_out_write(class, shards, facts),
+        Ok(Some(Choice::FanoutWrite(class, shards, rows))) => {
+            return fan_out_write(class, shards, rows, facts)
+        }
         Ok(Some(Choice::Shard(s))) => (s, false),
         Ok(Some(Choice::Prepare(s))) => (s, facts.held.is_some()),
         Ok(Some(Choice::Broadcast)) if facts.held.is_none() => return Plan::Broadcast,
@@ -267,7 +271,12 @@ fn fan_out(class: Arc<Classification>, facts: &Facts) -> Plan {
 
 /// The plan of a write across shards, once any user-defined function it calls is known not
 /// to be VOLATILE (its effects on each shard could differ from one database's).
-fn fan_out_write(class: Arc<Classification>, shards: Vec<usize>, facts: &Facts) -> Plan {
+fn fan_out_write(
+    class: Arc<Classification>,
+    shards: Vec<usize>,
+    rows: Option<Vec<usize>>,
+    facts: &Facts,
+) -> Plan {
     if !class.functions.is_empty() {
         match facts.volatile {
             None => return Plan::CheckFunctions(class.functions.clone()),
@@ -284,7 +293,11 @@ fn fan_out_write(class: Arc<Classification>, shards: Vec<usize>, facts: &Facts) 
             Some(false) => {}
         }
     }
-    Plan::FanoutWrite(FanoutWrite { class, shards })
+    Plan::FanoutWrite(FanoutWrite {
+        class,
+        shards,
+        rows,
+    })
 }
 
 /// The classification of a run of statements that execute together.
@@ -412,7 +425,7 @@ impl Statement {
 enum Choice {
     Shard(usize),
     Fanout(Arc<Classification>),
-    FanoutWrite(Arc<Classification>, Vec<usize>),
+    FanoutWrite(Arc<Classification>, Vec<usize>, Option<Vec<usize>>),
     Broadcast,
     Prepare(usize),
 }
@@ -484,7 +497,23 @@ fn fanout_of(
         construct,
     };
     if class.write {
-        return write_of(class, facts.db.shards.len(), map, why);
+        let rows = match class.fanout {
+            Some(super::fanout::Shape::Insert) => {
+                let statement = body.iter().find(|s| matches!(s.tag, b'Q' | b'B'));
+                match (statement, class.shard.first()) {
+                    (Some(s), Some(f)) => {
+                        let mut values = statement_values(s);
+                        match shard::insert_rows(f, map, facts.db.shards.len(), &mut values)? {
+                            Some(rows) => Some(rows),
+                            None => return Err(why),
+                        }
+                    }
+                    _ => return Err(why),
+                }
+            }
+            _ => None,
+        };
+        return write_of(class, facts.db.shards.len(), map, why, rows);
     }
     match &class.fanout {
         Some(super::fanout::Shape::Merge(_)) => {}
@@ -505,13 +534,14 @@ fn write_of(
     shard_count: usize,
     map: &crate::config::Sharding,
     why: ShardError,
+    rows: Option<Vec<usize>>,
 ) -> Result<Choice, ShardError> {
     let refuse = |construct: String| ShardError::WriteAcross {
         why: Box::new(why.clone()),
         construct,
     };
     match &class.fanout {
-        Some(super::fanout::Shape::Write) => {}
+        Some(super::fanout::Shape::Write | super::fanout::Shape::Insert) => {}
         Some(super::fanout::Shape::Refused(construct)) => return Err(refuse(construct.clone())),
         _ => return Err(why),
     }
@@ -534,11 +564,26 @@ fn write_of(
     if !map.two_phase_commit {
         return Err(ShardError::NoTwoPhase { why: Box::new(why) });
     }
-    let shards = match &why {
-        ShardError::CrossShard { shards, .. } => shards.clone(),
-        _ => (0..shard_count).collect(),
+    let shards = match (&rows, &why) {
+        (Some(rows), _) => {
+            let mut s = rows.clone();
+            s.sort_unstable();
+            s.dedup();
+            s
+        }
+        (None, ShardError::CrossShard { shards, .. }) => shards.clone(),
+        (None, _) => (0..shard_count).collect(),
     };
-    Ok(Choice::FanoutWrite(class, shards))
+    Ok(Choice::FanoutWrite(class, shards, rows))
+}
+
+/// The literal and parameter values of one statement, for its facts.
+fn statement_values(s: &Statement) -> QueryValues<'_> {
+    let sql = s.sql.as_deref().unwrap_or_default();
+    match &s.bind {
+        Some(b) => QueryValues::bound(sql, s.types.clone(), BindParams::parse(b)),
+        None => QueryValues::with_spans(sql, s.spans.clone()),
+    }
 }
 
 /// Placement of statements that run together, and the last statement hint among them (a

@@ -417,6 +417,48 @@ fn place_one(
     }
 }
 
+/// The shard of each row of the one multi-row INSERT in `f`, in order: the rows of a
+/// `VALUES` list whose keys are literals or bound parameters. `Ok(None)` when `f` is not
+/// such an INSERT into a sharded table (or a parameter is not bound yet).
+pub fn insert_rows(
+    f: &StatementFacts,
+    map: &Sharding,
+    shards: usize,
+    values: &mut dyn Values,
+) -> Result<Option<Vec<usize>>, ShardError> {
+    let [ins] = f.inserts.as_slice() else {
+        return Ok(None);
+    };
+    let Some(t) = f.tables.get(ins.table) else {
+        return Ok(None);
+    };
+    let Some(st) = map.table(t.schema.as_deref(), &t.name) else {
+        return Ok(None);
+    };
+    let (table, column) = (st.name.clone(), st.column.clone());
+    let Some(cols) = &ins.columns else {
+        return Err(ShardError::InsertColumns { table, column });
+    };
+    let Some(pos) = cols.iter().position(|c| *c == column) else {
+        return Err(ShardError::MissingKey { table, column });
+    };
+    let Some(rows) = &ins.rows else {
+        return Ok(None);
+    };
+    let key_type = map.key_type_of(st);
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let Some(RowValue::Value(src)) = row.get(pos) else {
+            return Err(ShardError::KeyNotValue { table, column });
+        };
+        match eval(*src, key_type, values).map_err(|e| fill(e, (table.clone(), column.clone())))? {
+            Some(k) => out.push(shard_for(map.hasher, &k, shards)),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(out))
+}
+
 /// Puts the table and column into a NULL-key error.
 fn fill(e: ShardError, (table, column): (String, String)) -> ShardError {
     match e {

@@ -38,6 +38,23 @@ pub fn build(
     merge: &Merge,
     stmts: &ClientStatements,
 ) -> Result<ShardBatch, Refusal> {
+    build_with(frames, merge, stmts, &[])
+}
+
+/// [`build`], with the bind parameters numbered in `nulls` (1-based) sent as NULL typed
+/// text: one shard's part of a split INSERT, which does not use the other shards' values.
+pub fn build_with(
+    frames: &[Frame],
+    merge: &Merge,
+    stmts: &ClientStatements,
+    nulls: &[usize],
+) -> Result<ShardBatch, Refusal> {
+    let types = |t: &[u8]| -> Result<Bytes, Refusal> {
+        if nulls.is_empty() {
+            return Ok(Bytes::copy_from_slice(t));
+        }
+        extended::types_with_text(t, nulls).map_err(|e| ("08P01", format!("usher: {e}")))
+    };
     let protocol = |e: crate::protocol::ProtocolError| ("08P01", format!("usher: {e}"));
     let mut out = BytesMut::new();
     let mut injected = Vec::new();
@@ -61,7 +78,11 @@ pub fn build(
             b'P' => {
                 let parse = client::Parse::new(f).map_err(protocol)?;
                 let query = shard_sql.map_or(parse.query_bytes(), str::as_bytes);
-                out.extend_from_slice(&extended::parse_message(b"", query, &parse.param_types()));
+                out.extend_from_slice(&extended::parse_message(
+                    b"",
+                    query,
+                    &types(&parse.param_types())?,
+                ));
                 injected.push(false);
                 parsed_here = true;
                 header_frames += 1;
@@ -80,11 +101,21 @@ pub fn build(
                         ));
                     };
                     let query = shard_sql.map_or(&stmt.query[..], str::as_bytes);
-                    out.extend_from_slice(&extended::parse_message(b"", query, &stmt.param_types));
+                    out.extend_from_slice(&extended::parse_message(
+                        b"",
+                        query,
+                        &types(&stmt.param_types)?,
+                    ));
                     injected.push(true);
                     header_frames += 1;
                 }
-                extended::put_renamed(&mut out, f, bind.statement_span(), b"");
+                if nulls.is_empty() {
+                    extended::put_renamed(&mut out, f, bind.statement_span(), b"");
+                } else {
+                    out.extend_from_slice(
+                        &extended::bind_with_nulls(f, b"", nulls).map_err(protocol)?,
+                    );
+                }
                 header_frames += 1;
                 bind_body = Some(f.body_bytes());
                 portal = Some(Bytes::copy_from_slice(bind.portal()));

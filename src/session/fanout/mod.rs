@@ -11,6 +11,7 @@
 pub mod aggregate;
 pub mod batch;
 pub mod compare;
+mod insert;
 mod merge;
 pub mod numeric;
 mod write;

@@ -36,8 +36,10 @@ impl Session {
         self.wait_if_paused().await;
         // One clock for every shard: now() and its kin become the same constant.
         let at = crate::router::clock::timestamp(std::time::SystemTime::now());
-        let shard_sql = match super::batch::statement_text(&frames, &self.stmts)
-            .map(|sql| crate::router::clock::pin(&sql, &at))
+        let text = super::batch::statement_text(&frames, &self.stmts);
+        let pinned = match text
+            .as_deref()
+            .map(|sql| crate::router::clock::pin(sql, &at))
         {
             Some(Ok(pinned)) => pinned,
             Some(Err(why)) => {
@@ -49,11 +51,20 @@ impl Session {
             }
             None => None,
         };
-        let merge = Merge {
-            shard_sql,
-            ..Merge::default()
+        let built = match &plan.rows {
+            Some(rows) => {
+                let sql = pinned.or(text).unwrap_or_default();
+                self.insert_batches(&plan, rows, &frames, &sql, &at).await
+            }
+            None => {
+                let merge = Merge {
+                    shard_sql: pinned,
+                    ..Merge::default()
+                };
+                super::batch::build(&frames, &merge, &self.stmts).map(|b| (vec![b], false))
+            }
         };
-        let batch = match super::batch::build(&frames, &merge, &self.stmts) {
+        let (batches, returning) = match built {
             Ok(b) => b,
             Err((code, message)) => {
                 self.answer_fanout_error(code, &message);
@@ -86,11 +97,29 @@ impl Session {
         }
         self.stats.route(crate::stats::RouteOutcome::FanoutWrite);
         self.set_state(crate::stats::CLIENT_ACTIVE);
-        let mut begin = BytesMut::new();
-        messages::query(&mut begin, "BEGIN");
-        begin.extend_from_slice(&batch.bytes);
-        let begin = begin.freeze();
-        let (mut error, count, client_gone) = self.run_parts(&mut parts, &begin, &batch).await;
+        let bytes: Vec<Bytes> = batches
+            .iter()
+            .map(|b| {
+                let mut begin = BytesMut::new();
+                messages::query(&mut begin, "BEGIN");
+                begin.extend_from_slice(&b.bytes);
+                begin.freeze()
+            })
+            .collect();
+        let order = match (&plan.rows, returning) {
+            (Some(rows), true) => Some(Order {
+                rows,
+                shards: &plan.shards,
+            }),
+            _ => None,
+        };
+        let Some(first) = batches.first() else {
+            return Err(SessionError::Internal(
+                "a write across shards without a batch",
+            ));
+        };
+        let (mut error, count, client_gone) =
+            self.run_parts(&mut parts, &bytes, first, order).await;
         if error.is_none() && !client_gone {
             error = self
                 .commit_parts(&mut parts, &plan.shards, &coordinator, &log)
@@ -137,14 +166,20 @@ impl Session {
     async fn run_parts(
         &mut self,
         parts: &mut [Part],
-        bytes: &Bytes,
+        bytes: &[Bytes],
         batch: &super::batch::ShardBatch,
+        order: Option<Order<'_>>,
     ) -> (Option<Bytes>, Count, bool) {
         let mut error: Option<Bytes> = None;
         let mut count = Count::default();
         let mut client_gone = false;
         let mut begun = vec![false; parts.len()];
+        // Under `order`: each part's RETURNING rows, put in the VALUES order at the end.
+        let mut held: Vec<Vec<Bytes>> = vec![Vec::new(); parts.len()];
         for (i, p) in parts.iter_mut().enumerate() {
+            let Some(bytes) = bytes.get(i).or(bytes.first()) else {
+                continue;
+            };
             if let Err(e) = p.lease.conn().write(bytes).await {
                 error.get_or_insert_with(|| lost(i, &e.to_string()));
                 p.broken();
@@ -189,7 +224,12 @@ impl Session {
                             self.client_out.push(frame.raw);
                         }
                         b'D' => {
-                            if error.is_none() && !client_gone {
+                            if error.is_some() || client_gone {
+                            } else if order.is_some() {
+                                if let Some(h) = held.get_mut(i) {
+                                    h.push(frame.raw);
+                                }
+                            } else {
                                 self.client_out.push(frame.raw);
                             }
                         }
@@ -247,6 +287,12 @@ impl Session {
                 self.cancel_running(parts);
             }
             self.read_some(parts, &mut error).await;
+        }
+        if let (None, false, Some(order)) = (&error, client_gone, order) {
+            match order.interleave(held) {
+                Ok(rows) => self.client_out.extend(rows),
+                Err(e) => error = Some(e),
+            }
         }
         (error, count, client_gone)
     }
@@ -395,6 +441,52 @@ impl Session {
                 Err(_) => p.discard = true,
             }
         }
+    }
+}
+
+/// Where the rows of a split INSERT went: RETURNING rows are given back in VALUES order.
+#[derive(Clone, Copy)]
+struct Order<'a> {
+    /// The shard of each VALUES row.
+    rows: &'a [usize],
+    /// The shard of each part.
+    shards: &'a [usize],
+}
+
+impl Order<'_> {
+    /// The parts' RETURNING rows in the order of the VALUES rows they came from; an error
+    /// when a shard returned another number of rows than it was sent (ON CONFLICT DO
+    /// NOTHING, a trigger that skipped a row): which rows are missing cannot be known.
+    fn interleave(&self, held: Vec<Vec<Bytes>>) -> Result<Vec<Bytes>, Bytes> {
+        let mut held: Vec<std::vec::IntoIter<Bytes>> =
+            held.into_iter().map(Vec::into_iter).collect();
+        let sent = |shard: usize| self.rows.iter().filter(|s| **s == shard).count();
+        let mismatch = self
+            .shards
+            .iter()
+            .zip(&held)
+            .any(|(s, h)| h.len() != sent(*s));
+        if mismatch {
+            return Err(messages::error_response(
+                "ERROR",
+                "0A000",
+                "usher: an INSERT ... RETURNING across shards must return every row it was given (ON CONFLICT DO NOTHING or a trigger skipped some), so that the rows come back in VALUES order; the insert was rolled back",
+                None,
+            ));
+        }
+        let mut out = Vec::with_capacity(self.rows.len());
+        for shard in self.rows {
+            let row = self
+                .shards
+                .iter()
+                .position(|s| s == shard)
+                .and_then(|p| held.get_mut(p))
+                .and_then(Iterator::next);
+            if let Some(row) = row {
+                out.push(row);
+            }
+        }
+        Ok(out)
     }
 }
 
