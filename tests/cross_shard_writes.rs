@@ -234,6 +234,42 @@ async fn writes_across_shards_answer_as_one_database() {
             .contains("DEFAULT in a VALUES row"),
         "{e:?}"
     );
+    // Global tables: every copy changes alike, with one clock, and the client sees one.
+    for sql in [
+        "INSERT INTO lessons (id, title, subject, grade) VALUES (900, 'Poetry 1', 'Reading', 3), (901, 'Poetry 2', 'Reading', 4) RETURNING id, title",
+        "UPDATE lessons SET active = false WHERE id >= 900 RETURNING id, active",
+        "DELETE FROM lessons WHERE id = 901 RETURNING title",
+        "UPDATE lessons SET title = title || '!' WHERE grade = 12",
+    ] {
+        assert!(same_write(&b, sql).await.is_ok(), "{sql}");
+    }
+    let copies = per_shard(&b.s, // The catalogue `usher migrate` loaded got each shard's own now(); rows written
+        // through usher get one.
+        "SELECT id, title, active, CASE WHEN id >= 900 THEN created_at END FROM lessons WHERE id >= 900 OR grade = 12 ORDER BY id");
+    assert!(
+        copies.iter().all(|c| *c == copies[0]) && copies[0].len() > 1,
+        "{copies:?}"
+    );
+    let all = "SELECT id, title, subject, grade, active FROM lessons ORDER BY id";
+    assert_eq!(simple(&b.usher, all).await, simple(&b.plain, all).await);
+    // Copies that differ are caught, and nothing changes.
+    topology().primary.psql(
+        &b.s.shards[2],
+        "INSERT INTO lessons (id, title, subject, grade) VALUES (950, 'stray', 'x', 1)",
+    );
+    let e = b
+        .usher
+        .simple_query("DELETE FROM lessons WHERE id = 950")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "XX000", "{e:?}");
+    assert_eq!(
+        per_shard(&b.s, "SELECT count(*) FROM lessons WHERE id = 950")[2],
+        vec!["1".to_string()]
+    );
+    topology()
+        .primary
+        .psql(&b.s.shards[2], "DELETE FROM lessons WHERE id = 950");
     // The extended protocol: parameters, a row count, RETURNING rows in binary.
     let update = "UPDATE children SET grade = $1 WHERE grade = $2";
     let (u, p) = (
@@ -361,7 +397,14 @@ async fn writes_that_cannot_run_exactly_are_refused() {
             "WITH gone AS (SELECT 1) DELETE FROM families".into(),
             "WITH",
         ),
-        ("UPDATE lessons SET title = 'x'".into(), "global table"),
+        (
+            "UPDATE lessons l SET active = true FROM children c WHERE c.grade = l.grade".into(),
+            "\"children\", which is not global",
+        ),
+        (
+            "INSERT INTO lessons (id, title, subject, grade) VALUES (902, md5(random()::text), 'x', 1)".into(),
+            "random()",
+        ),
     ] {
         let e = c.batch_execute(&sql).await.unwrap_err();
         assert_eq!(code(&e), "0A000", "{sql}");
@@ -393,6 +436,16 @@ async fn writes_that_cannot_run_exactly_are_refused() {
             .message()
             .contains("two_phase_commit"),
         "{e:?}"
+    );
+    let e = c
+        .batch_execute("UPDATE lessons SET title = 'x'")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "0A000");
+    let text = e.as_db_error().unwrap().message().to_string();
+    assert!(
+        text.contains("global table") && text.contains("two_phase_commit"),
+        "{text}"
     );
     assert_eq!(prepared_left(&s), Vec::<String>::new());
 }

@@ -58,6 +58,33 @@ pub struct ShardInsert {
     pub unused: Vec<usize>,
 }
 
+/// The INSERT `sql` with every row kept and the `pinned` defaults added: what each copy of
+/// a global table is given.
+pub fn with_defaults(sql: &str, pinned: &[(String, Node)]) -> Result<String, String> {
+    let rows = pg_query::parse(sql, pg_query::ParserOptions::default())
+        .ok()
+        .and_then(|p| {
+            let stmt = p
+                .protobuf
+                .stmts
+                .first()?
+                .stmt
+                .as_ref()?
+                .node
+                .as_ref()?
+                .clone();
+            let NodeEnum::InsertStmt(i) = stmt else {
+                return None;
+            };
+            match i.select_stmt.as_deref()?.node.as_ref()? {
+                NodeEnum::SelectStmt(s) => Some(s.values_lists.len()),
+                _ => None,
+            }
+        })
+        .ok_or("an INSERT without VALUES")?;
+    Ok(for_shard(sql, &vec![0; rows], 0, pinned)?.sql)
+}
+
 /// The columns an INSERT leaves to their defaults that each shard must be given as one
 /// value, and the functions those defaults call.
 #[derive(Debug, Clone, Default)]

@@ -112,6 +112,9 @@ pub struct FanoutWrite {
     pub shards: Vec<usize>,
     /// For a multi-row INSERT split by row: the shard of each VALUES row, in order.
     pub rows: Option<Vec<usize>>,
+    /// A write to global tables: every shard runs it on its copy; each must change as many
+    /// rows, and the client gets one shard's tag and RETURNING rows.
+    pub global: bool,
 }
 
 /// A read that runs on every shard.
@@ -189,8 +192,16 @@ pub fn plan(batch: &Batch, facts: &Facts) -> Plan {
     }
     let (shard, prepare_only) = match shard_of(batch, facts) {
         Ok(Some(Choice::Fanout(class))) => return fan_out(class, facts),
-        Ok(Some(Choice::FanoutWrite(class, shards, rows))) => {
-            return fan_out_write(class, shards, rows, facts)
+        Ok(Some(Choice::FanoutWrite(class, shards, rows, global))) => {
+            return fan_out_write(
+                FanoutWrite {
+                    class,
+                    shards,
+                    rows,
+                    global,
+                },
+                facts,
+            )
         }
         Ok(Some(Choice::Shard(s))) => (s, false),
         Ok(Some(Choice::Prepare(s))) => (s, facts.held.is_some()),
@@ -271,12 +282,8 @@ fn fan_out(class: Arc<Classification>, facts: &Facts) -> Plan {
 
 /// The plan of a write across shards, once any user-defined function it calls is known not
 /// to be VOLATILE (its effects on each shard could differ from one database's).
-fn fan_out_write(
-    class: Arc<Classification>,
-    shards: Vec<usize>,
-    rows: Option<Vec<usize>>,
-    facts: &Facts,
-) -> Plan {
+fn fan_out_write(write: FanoutWrite, facts: &Facts) -> Plan {
+    let class = &write.class;
     if !class.functions.is_empty() {
         match facts.volatile {
             None => return Plan::CheckFunctions(class.functions.clone()),
@@ -293,11 +300,7 @@ fn fan_out_write(
             Some(false) => {}
         }
     }
-    Plan::FanoutWrite(FanoutWrite {
-        class,
-        shards,
-        rows,
-    })
+    Plan::FanoutWrite(write)
 }
 
 /// The classification of a run of statements that execute together.
@@ -425,7 +428,7 @@ impl Statement {
 enum Choice {
     Shard(usize),
     Fanout(Arc<Classification>),
-    FanoutWrite(Arc<Classification>, Vec<usize>, Option<Vec<usize>>),
+    FanoutWrite(Arc<Classification>, Vec<usize>, Option<Vec<usize>>, bool),
     Broadcast,
     Prepare(usize),
 }
@@ -455,6 +458,9 @@ fn shard_of(batch: &Batch, facts: &Facts) -> Result<Option<Choice>, ShardError> 
         Err(e @ (ShardError::MissingKey { .. } | ShardError::CrossShard { .. })) => {
             return fanout_of(batch, facts, map, e).map(Some);
         }
+        Err(e @ ShardError::GlobalWrite { .. }) if map.two_phase_commit => {
+            return global_write_of(batch, facts, map, e).map(Some);
+        }
         p => p,
     };
     Ok(Some(match placement? {
@@ -478,18 +484,7 @@ fn fanout_of(
     why: ShardError,
 ) -> Result<Choice, ShardError> {
     let body = batch.body();
-    let executes = body.iter().filter(|s| matches!(s.tag, b'Q' | b'E')).count();
-    let class = body
-        .iter()
-        .find(|s| matches!(s.tag, b'Q' | b'B'))
-        .and_then(|s| s.class.clone());
-    let single = executes == 1
-        && (body.first().is_some_and(|s| s.tag == b'Q') && body.len() == 1
-            || batch.ends_in_sync()
-                && body
-                    .iter()
-                    .all(|s| matches!(s.tag, b'P' | b'B' | b'D' | b'E')));
-    let Some(class) = class.filter(|_| single && facts.held.is_none()) else {
+    let Some(class) = single_statement(batch, facts) else {
         return Err(why);
     };
     let refuse = |construct: String| ShardError::NotMergeable {
@@ -524,6 +519,93 @@ fn fanout_of(
         super::fanout::colocated(f, map).map_err(refuse)?;
     }
     Ok(Choice::Fanout(class))
+}
+
+/// The classification of the one statement a batch runs, outside a transaction block, sent
+/// as a simple Query or as one execution ended by a Sync.
+fn single_statement(batch: &Batch, facts: &Facts) -> Option<Arc<Classification>> {
+    let body = batch.body();
+    let executes = body.iter().filter(|s| matches!(s.tag, b'Q' | b'E')).count();
+    let class = body
+        .iter()
+        .find(|s| matches!(s.tag, b'Q' | b'B'))
+        .and_then(|s| s.class.clone());
+    let single = executes == 1
+        && (body.first().is_some_and(|s| s.tag == b'Q') && body.len() == 1
+            || batch.ends_in_sync()
+                && body
+                    .iter()
+                    .all(|s| matches!(s.tag, b'P' | b'B' | b'D' | b'E')));
+    class.filter(|_| single && facts.held.is_none())
+}
+
+/// Functions whose every call draws a new value: one database stores one draw, each copy of
+/// a global table would store its own.
+const PER_CALL: &[&str] = &[
+    "random",
+    "random_normal",
+    "gen_random_uuid",
+    "uuidv4",
+    "uuidv7",
+    "uuid_generate_v1",
+    "uuid_generate_v1mc",
+    "uuid_generate_v4",
+    "clock_timestamp",
+    "timeofday",
+    "setseed",
+];
+
+/// Whether `name` (as called, maybe `pg_catalog.` or another schema) draws a new value each
+/// call (see [`PER_CALL`]).
+pub fn draws_per_call(name: &str) -> bool {
+    let base = name.rsplit('.').next().unwrap_or(name);
+    PER_CALL.iter().any(|f| f.eq_ignore_ascii_case(base))
+}
+
+/// A write to global tables, run on every shard: the same statement, on the same rows, so
+/// that every copy changes alike. It must read nothing but global tables and draw no value
+/// per call; the database must commit across shards.
+fn global_write_of(
+    batch: &Batch,
+    facts: &Facts,
+    map: &crate::config::Sharding,
+    why: ShardError,
+) -> Result<Choice, ShardError> {
+    let Some(class) = single_statement(batch, facts) else {
+        return Err(why);
+    };
+    let refuse = |construct: String| ShardError::WriteAcross {
+        why: Box::new(why.clone()),
+        construct,
+    };
+    match &class.fanout {
+        Some(super::fanout::Shape::Write | super::fanout::Shape::Insert) => {}
+        Some(super::fanout::Shape::Refused(construct)) => return Err(refuse(construct.clone())),
+        _ => return Err(why),
+    }
+    if let Some(f) = class.shard.first() {
+        if let Some(t) = f
+            .tables
+            .iter()
+            .find(|t| !map.is_global(t.schema.as_deref(), &t.name))
+        {
+            return Err(refuse(format!(
+                "table {:?}, which is not global (each copy would be written from its own shard's rows)",
+                t.name
+            )));
+        }
+    }
+    if let Some(f) = class.functions.iter().find(|f| draws_per_call(f)) {
+        return Err(refuse(format!(
+            "{f}() (each copy would store its own draw)"
+        )));
+    }
+    Ok(Choice::FanoutWrite(
+        class,
+        (0..facts.db.shards.len()).collect(),
+        None,
+        true,
+    ))
 }
 
 /// An UPDATE or DELETE that runs on the shards its keys map to (all of them without a key):
@@ -574,7 +656,7 @@ fn write_of(
         (None, ShardError::CrossShard { shards, .. }) => shards.clone(),
         (None, _) => (0..shard_count).collect(),
     };
-    Ok(Choice::FanoutWrite(class, shards, rows))
+    Ok(Choice::FanoutWrite(class, shards, rows, false))
 }
 
 /// The literal and parameter values of one statement, for its facts.

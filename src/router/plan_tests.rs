@@ -35,6 +35,7 @@ shards = [ { primary = "127.0.0.1:1/t0" }, { primary = "127.0.0.1:1/t1" }, { pri
 key_type = "bigint"
 two_phase_commit = true
 tables = [ { name = "families", column = "id" } ]
+global_tables = [ "lessons" ]
 "#,
         std::path::Path::new("plan.toml"),
     )
@@ -368,6 +369,24 @@ fn writes_across_shards_run_where_their_keys_are_with_two_phase_commit() {
             panic!("{sql}");
         };
         assert_eq!(r.sqlstate, "0A000");
+        assert!(r.message.contains(named), "{sql}: {}", r.message);
+    }
+    // A write to a global table runs on every copy; nothing that differs per copy.
+    let Plan::FanoutWrite(w) = plan_of(&[stmt(b'Q', "UPDATE lessons SET title = 'x'")], &f) else {
+        panic!("a global write on every shard");
+    };
+    assert!(w.global && w.rows.is_none());
+    assert_eq!(w.shards, vec![0, 1, 2]);
+    for (sql, named) in [
+        ("UPDATE lessons SET title = random()::text", "random()"),
+        (
+            "UPDATE lessons l SET title = 'x' FROM families f WHERE f.id = 1",
+            "not global",
+        ),
+    ] {
+        let Plan::Refuse(r) = plan_of(&[stmt(b'Q', sql)], &f) else {
+            panic!("{sql}");
+        };
         assert!(r.message.contains(named), "{sql}: {}", r.message);
     }
     // Without two_phase_commit the refusal names the setting.

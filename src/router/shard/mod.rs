@@ -60,7 +60,7 @@ pub enum ShardError {
         shards: Vec<usize>,
     },
     /// A write to a global table.
-    #[error("usher: table {table:?} is a global table (the same rows on every shard); usher does not write it through the proxy: load it with `usher migrate` or a /* usher: shard=N */ hint per shard")]
+    #[error("usher: table {table:?} is a global table (the same rows on every shard): a write to it runs on every shard, which needs two_phase_commit = true in the database's [sharding] section (or load it with `usher migrate`, or a /* usher: shard=N */ hint per shard)")]
     GlobalWrite {
         /// The table.
         table: String,

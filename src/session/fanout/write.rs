@@ -56,6 +56,21 @@ impl Session {
                 let sql = pinned.or(text).unwrap_or_default();
                 self.insert_batches(&plan, rows, &frames, &sql, &at).await
             }
+            None if plan.global
+                && plan.class.fanout == Some(crate::router::fanout::Shape::Insert) =>
+            {
+                let sql = pinned.or(text).unwrap_or_default();
+                match self.global_insert_sql(&plan, &sql, &at).await {
+                    Ok(sql) => {
+                        let merge = Merge {
+                            shard_sql: Some(sql),
+                            ..Merge::default()
+                        };
+                        super::batch::build(&frames, &merge, &self.stmts).map(|b| (vec![b], false))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             None => {
                 let merge = Merge {
                     shard_sql: pinned,
@@ -118,8 +133,9 @@ impl Session {
                 "a write across shards without a batch",
             ));
         };
-        let (mut error, count, client_gone) =
-            self.run_parts(&mut parts, &bytes, first, order).await;
+        let (mut error, count, client_gone) = self
+            .run_parts(&mut parts, &bytes, first, order, plan.global)
+            .await;
         if error.is_none() && !client_gone {
             error = self
                 .commit_parts(&mut parts, &plan.shards, &coordinator, &log)
@@ -169,7 +185,10 @@ impl Session {
         bytes: &[Bytes],
         batch: &super::batch::ShardBatch,
         order: Option<Order<'_>>,
+        global: bool,
     ) -> (Option<Bytes>, Count, bool) {
+        // Under `global`: the rows each copy changed (they must agree).
+        let mut counts: Vec<Option<u64>> = vec![None; parts.len()];
         let mut error: Option<Bytes> = None;
         let mut count = Count::default();
         let mut client_gone = false;
@@ -224,7 +243,8 @@ impl Session {
                             self.client_out.push(frame.raw);
                         }
                         b'D' => {
-                            if error.is_some() || client_gone {
+                            if error.is_some() || client_gone || (global && i != 0) {
+                                // Only the first copy's RETURNING rows are the client's.
                             } else if order.is_some() {
                                 if let Some(h) = held.get_mut(i) {
                                     h.push(frame.raw);
@@ -240,6 +260,9 @@ impl Session {
                                 .and_then(server::tag_count)
                             {
                                 Some((verb, n)) => {
+                                    if let Some(c) = counts.get_mut(i) {
+                                        *c = Some(n);
+                                    }
                                     count.rows = count.rows.saturating_add(n);
                                     count
                                         .verb
@@ -287,6 +310,18 @@ impl Session {
                 self.cancel_running(parts);
             }
             self.read_some(parts, &mut error).await;
+        }
+        if let (None, true) = (&error, global) {
+            let first = counts.first().copied().flatten();
+            if counts.iter().any(|c| *c != first) {
+                error = Some(messages::error_response(
+                    "ERROR",
+                    "XX000",
+                    &format!("usher: the copies of the global table differ between shards (rows changed per shard: {counts:?}); the write was rolled back on every shard"),
+                    None,
+                ));
+            }
+            count.rows = first.unwrap_or(0);
         }
         if let (None, false, Some(order)) = (&error, client_gone, order) {
             match order.interleave(held) {
