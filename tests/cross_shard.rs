@@ -133,6 +133,41 @@ async fn aggregates_across_shards_combine_as_one_database() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_by_the_key_are_whole_on_one_shard() {
+    let b = load("xgroup", "xgplain", MAP, "").await;
+    for sql in [
+        "SELECT family_id, count(*), sum(grade), max(birth_date), avg(grade) FROM children GROUP BY family_id",
+        "SELECT c.family_id, count(p.id), bool_or(p.status = 'completed') FROM children c JOIN user_progress p ON p.family_id = c.family_id AND p.child_id = c.id GROUP BY c.family_id HAVING count(p.id) > 1",
+        "SELECT family_id, grade FROM children GROUP BY family_id, grade",
+        "SELECT DISTINCT family_id, grade FROM children",
+        "SELECT count(*) FROM user_progress GROUP BY family_id",
+    ] {
+        same(&b, sql, false).await;
+    }
+    for sql in [
+        "SELECT family_id, count(*) AS n FROM user_progress GROUP BY family_id ORDER BY n DESC, family_id LIMIT 7",
+        "SELECT DISTINCT ON (family_id) family_id, id, grade FROM children ORDER BY family_id, id",
+        "SELECT family_id, sum(score) FROM user_progress GROUP BY 1 ORDER BY 2 DESC NULLS LAST, 1 OFFSET 3 LIMIT 10",
+    ] {
+        same(&b, sql, true).await;
+    }
+    for (sql, named) in [
+        ("SELECT grade, count(*) FROM children GROUP BY grade", "without the sharding key"),
+        ("SELECT DISTINCT grade FROM children", "without the sharding key"),
+        (
+            "SELECT f.id, count(c.id) FROM families f LEFT JOIN children c ON c.family_id = f.id GROUP BY f.id",
+            "outer join",
+        ),
+    ] {
+        assert!(simple(&b.plain, sql).await.is_ok(), "{sql}");
+        let err = b.usher.simple_query(sql).await.unwrap_err();
+        assert_eq!(code(&err), "0A000", "{sql}");
+        let text = err.as_db_error().unwrap().message().to_string();
+        assert!(text.contains(named), "{sql}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_cannot_merge_exactly_is_refused() {
     let b = load("xshard", "xplain", MAP, "").await;
     for (sql, named) in [

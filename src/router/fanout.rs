@@ -42,6 +42,9 @@ pub struct Merge {
     /// The select list is only aggregates (no GROUP BY): each shard returns one row of
     /// partial results, combined into the one row the client gets, column by column.
     pub aggregates: Option<Vec<Aggregate>>,
+    /// GROUP BY / DISTINCT: the columns of each, one of which must be a sharding key so
+    /// that every group is whole on one shard (see `router::fanout_group`).
+    pub partition: Option<Vec<Vec<super::shard::facts::ColRef>>>,
 }
 
 impl Merge {
@@ -219,15 +222,8 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
     if SetOperation::try_from(s.op) != Ok(SetOperation::SetopNone) {
         return Err("UNION, INTERSECT or EXCEPT".into());
     }
-    if !s.distinct_clause.is_empty() {
-        return Err("DISTINCT".into());
-    }
-    if !s.group_clause.is_empty() {
-        return Err("GROUP BY".into());
-    }
-    if s.having_clause.is_some() {
-        return Err("HAVING".into());
-    }
+    let partition = super::fanout_group::partition(parsed, s)?;
+    let grouped = !s.group_clause.is_empty();
     if !s.window_clause.is_empty() {
         return Err("window functions".into());
     }
@@ -237,7 +233,12 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
     if LimitOption::try_from(s.limit_option) == Ok(LimitOption::WithTies) {
         return Err("FETCH ... WITH TIES".into());
     }
-    let aggregates = aggregate_list(&s.target_list);
+    // Grouped by the key (checked by the plan), each shard's groups are final.
+    let aggregates = if grouped {
+        None
+    } else {
+        aggregate_list(&s.target_list)
+    };
     // The top-level aggregate calls of such a list, by position in the text.
     let combined: Vec<i32> = match &aggregates {
         Some(_) => s
@@ -271,6 +272,9 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
                     .to_string();
                 if n.has("over") {
                     return Err(format!("window function {name}()"));
+                }
+                if grouped {
+                    continue;
                 }
                 if n.flag("agg_star")
                     || n.flag("agg_distinct")
@@ -310,6 +314,7 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
         offset,
         shard_sql,
         aggregates,
+        partition,
     })
 }
 

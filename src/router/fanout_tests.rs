@@ -125,8 +125,10 @@ fn what_cannot_merge_exactly_is_named() {
             "SELECT ARRAY[count(*)] FROM children",
             "aggregate function count()",
         ),
-        ("SELECT grade FROM children GROUP BY grade", "GROUP BY"),
-        ("SELECT DISTINCT grade FROM children", "DISTINCT"),
+        (
+            "SELECT grade, count(*) FROM children GROUP BY CUBE (grade)",
+            "GROUPING SETS, ROLLUP or CUBE",
+        ),
         (
             "SELECT id, row_number() OVER () FROM children",
             "window function row_number()",

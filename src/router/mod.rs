@@ -7,6 +7,7 @@ pub mod cache;
 pub mod classify;
 pub mod clock;
 pub mod fanout;
+pub mod fanout_group;
 pub mod fanout_insert;
 pub mod fanout_write;
 pub(crate) mod lex;

@@ -510,13 +510,16 @@ fn fanout_of(
         };
         return write_of(class, facts.db.shards.len(), map, why, rows);
     }
-    match &class.fanout {
-        Some(super::fanout::Shape::Merge(_)) => {}
+    let partition = match &class.fanout {
+        Some(super::fanout::Shape::Merge(m)) => m.partition.as_deref(),
         Some(super::fanout::Shape::Refused(construct)) => return Err(refuse(construct.clone())),
         _ => return Err(why),
-    }
+    };
     if let Some(f) = class.shard.first() {
         super::fanout::colocated(f, map).map_err(refuse)?;
+        if let Some(p) = partition {
+            super::fanout_group::keyed(p, f, map).map_err(refuse)?;
+        }
     }
     Ok(Choice::Fanout(class))
 }

@@ -246,7 +246,25 @@ fn sharded_batches_go_to_their_key_s_shard_or_are_refused() {
         tag(b'S'),
     ];
     assert!(matches!(plan_of(&fanned, &f), Plan::Fanout(_)));
+    // Grouped by the key, each shard's groups are final; by anything else, refused.
+    for sql in [
+        "SELECT id, count(*) FROM families GROUP BY id HAVING count(*) > 0 ORDER BY 2 DESC",
+        "SELECT DISTINCT f.id, f.name FROM families f",
+    ] {
+        assert!(
+            matches!(plan_of(&[stmt(b'Q', sql)], &f), Plan::Fanout(_)),
+            "{sql}"
+        );
+    }
     for (sql, named) in [
+        (
+            "SELECT name, count(*) FROM families GROUP BY name",
+            "without the sharding key",
+        ),
+        (
+            "SELECT DISTINCT name FROM families",
+            "without the sharding key",
+        ),
         ("SELECT avg(id) FROM families", "aggregate function avg()"),
         (
             "SELECT * FROM families f JOIN other o ON o.id = f.id",
