@@ -11,9 +11,11 @@
 pub mod aggregate;
 pub mod batch;
 pub mod compare;
+mod control;
 mod insert;
 mod merge;
 pub mod numeric;
+mod order;
 mod write;
 
 use bytes::{Bytes, BytesMut};
@@ -85,30 +87,53 @@ impl Session {
                 return Ok(Flow::Continue);
             }
         };
-        let mut parts = Vec::with_capacity(self.db.shards.len());
-        for shard in 0..self.db.shards.len() {
-            match self.checkout_shard(shard, plan.primary, plan.split).await? {
+        let shards: Vec<usize> = (0..self.db.shards.len()).collect();
+        let Some(mut parts) = self
+            .checkout_parts(&shards, plan.primary, plan.split)
+            .await?
+        else {
+            return Ok(Flow::Continue);
+        };
+        self.stats.route(crate::stats::RouteOutcome::Fanout);
+        self.set_state(crate::stats::CLIENT_ACTIVE);
+        let result = self.merge_parts(&mut parts, &batch, merge).await;
+        Self::release_parts(parts);
+        self.set_state(crate::stats::CLIENT_IDLE);
+        result?;
+        Ok(Flow::Continue)
+    }
+
+    /// A server of each of `shards`; `None` when one cannot be had (the client got the
+    /// error, and the servers already taken went back).
+    async fn checkout_parts(
+        &mut self,
+        shards: &[usize],
+        primary: bool,
+        split: bool,
+    ) -> Result<Option<Vec<Part>>, SessionError> {
+        let mut parts = Vec::with_capacity(shards.len());
+        for &shard in shards {
+            match self.checkout_shard(shard, primary, split).await? {
                 Ok(lease) => parts.push(Part::new(lease)),
                 Err(e) => {
                     for p in parts {
                         p.lease.release();
                     }
                     self.answer_fanout_error(e.sqlstate(), &e.to_string());
-                    return Ok(Flow::Continue);
+                    return Ok(None);
                 }
             }
         }
-        self.stats.route(crate::stats::RouteOutcome::Fanout);
-        self.set_state(crate::stats::CLIENT_ACTIVE);
-        let result = self.merge_parts(&mut parts, &batch, merge).await;
+        Ok(Some(parts))
+    }
+
+    /// Returns the parts that ended cleanly to their pools; the others are closed.
+    fn release_parts(parts: Vec<Part>) {
         for p in parts {
             if p.ready && !p.discard {
                 p.lease.release();
             }
         }
-        self.set_state(crate::stats::CLIENT_IDLE);
-        result?;
-        Ok(Flow::Continue)
     }
 
     /// A server of `shard` for the fan-out (its primary, or any server when `split` lets

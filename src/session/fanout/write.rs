@@ -12,6 +12,8 @@ use bytes::{Bytes, BytesMut};
 
 use crate::error::Failure;
 
+use super::control::{everywhere, everywhere_some, rollback, Answer};
+use super::order::Order;
 use super::{lost, Part, MAX_FRAME};
 use crate::protocol::{frame::split_frame, messages, server};
 use crate::router::fanout::Merge;
@@ -97,19 +99,9 @@ impl Session {
         };
         let gate = coordinator.gate(&self.db_name);
         let _turn = gate.lock().await;
-        let mut parts = Vec::with_capacity(plan.shards.len());
-        for &shard in &plan.shards {
-            match self.checkout_shard(shard, true, false).await? {
-                Ok(lease) => parts.push(Part::new(lease)),
-                Err(e) => {
-                    for p in parts {
-                        p.lease.release();
-                    }
-                    self.answer_fanout_error(e.sqlstate(), &e.to_string());
-                    return Ok(Flow::Continue);
-                }
-            }
-        }
+        let Some(mut parts) = self.checkout_parts(&plan.shards, true, false).await? else {
+            return Ok(Flow::Continue);
+        };
         self.stats.route(crate::stats::RouteOutcome::FanoutWrite);
         self.set_state(crate::stats::CLIENT_ACTIVE);
         let bytes: Vec<Bytes> = batches
@@ -143,11 +135,7 @@ impl Session {
         } else {
             rollback(&mut parts).await;
         }
-        for p in parts {
-            if p.ready && !p.discard {
-                p.lease.release();
-            }
-        }
+        Self::release_parts(parts);
         self.set_state(crate::stats::CLIENT_IDLE);
         if client_gone {
             return Err(SessionError::Internal(
@@ -475,121 +463,6 @@ impl Session {
                 }
                 Err(_) => p.discard = true,
             }
-        }
-    }
-}
-
-/// Where the rows of a split INSERT went: RETURNING rows are given back in VALUES order.
-#[derive(Clone, Copy)]
-struct Order<'a> {
-    /// The shard of each VALUES row.
-    rows: &'a [usize],
-    /// The shard of each part.
-    shards: &'a [usize],
-}
-
-impl Order<'_> {
-    /// The parts' RETURNING rows in the order of the VALUES rows they came from; an error
-    /// when a shard returned another number of rows than it was sent (ON CONFLICT DO
-    /// NOTHING, a trigger that skipped a row): which rows are missing cannot be known.
-    fn interleave(&self, held: Vec<Vec<Bytes>>) -> Result<Vec<Bytes>, Bytes> {
-        let mut held: Vec<std::vec::IntoIter<Bytes>> =
-            held.into_iter().map(Vec::into_iter).collect();
-        let sent = |shard: usize| self.rows.iter().filter(|s| **s == shard).count();
-        let mismatch = self
-            .shards
-            .iter()
-            .zip(&held)
-            .any(|(s, h)| h.len() != sent(*s));
-        if mismatch {
-            return Err(messages::error_response(
-                "ERROR",
-                "0A000",
-                "usher: an INSERT ... RETURNING across shards must return every row it was given (ON CONFLICT DO NOTHING or a trigger skipped some), so that the rows come back in VALUES order; the insert was rolled back",
-                None,
-            ));
-        }
-        let mut out = Vec::with_capacity(self.rows.len());
-        for shard in self.rows {
-            let row = self
-                .shards
-                .iter()
-                .position(|s| s == shard)
-                .and_then(|p| held.get_mut(p))
-                .and_then(Iterator::next);
-            if let Some(row) = row {
-                out.push(row);
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// How one part answered a control statement.
-enum Answer {
-    /// CommandComplete and ReadyForQuery 'I'.
-    Ok,
-    /// The server's ErrorResponse.
-    Error(Bytes),
-    /// The connection failed (why).
-    Lost(String),
-}
-
-/// Runs `sql(i)` on every part that can still take it, concurrently.
-async fn everywhere(parts: &mut [Part], sql: impl Fn(usize) -> String) -> Vec<Answer> {
-    let all = vec![true; parts.len()];
-    everywhere_some(parts, &all, sql)
-        .await
-        .into_iter()
-        .map(|a| a.unwrap_or(Answer::Lost("the connection was closed".into())))
-        .collect()
-}
-
-/// Runs `sql(i)` on the parts where `which[i]` (and the connection is usable); `None` for
-/// the others.
-async fn everywhere_some(
-    parts: &mut [Part],
-    which: &[bool],
-    sql: impl Fn(usize) -> String,
-) -> Vec<Option<Answer>> {
-    let runs = parts.iter_mut().enumerate().map(|(i, p)| {
-        let wanted = which.get(i).copied().unwrap_or(false) && p.ready && !p.discard;
-        let mut query = BytesMut::new();
-        messages::query(&mut query, &sql(i));
-        async move {
-            if !wanted {
-                return None;
-            }
-            let answer = match p.lease.conn().exchange(&query).await {
-                Err(e) => Answer::Lost(e.to_string()),
-                Ok(frames) => {
-                    let error = frames.iter().find(|f| f.tag == b'E').map(|f| f.raw.clone());
-                    let idle = frames
-                        .last()
-                        .is_some_and(|f| f.tag == b'Z' && f.body() == b"I");
-                    match error {
-                        Some(e) => Answer::Error(e),
-                        None if idle => Answer::Ok,
-                        None => Answer::Lost("not idle after the statement".into()),
-                    }
-                }
-            };
-            if !matches!(answer, Answer::Ok) {
-                p.discard = true;
-            }
-            Some(answer)
-        }
-    });
-    futures_util::future::join_all(runs).await
-}
-
-/// Rolls every usable part back; a part that cannot be reached is closed (its server
-/// rolls it back when the connection ends).
-async fn rollback(parts: &mut [Part]) {
-    let answers = everywhere(parts, |_| "ROLLBACK".to_string()).await;
-    for (p, a) in parts.iter_mut().zip(answers) {
-        if !matches!(a, Answer::Ok) {
-            p.discard = true;
         }
     }
 }
