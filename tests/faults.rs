@@ -162,3 +162,95 @@ async fn server_closes_between_parse_and_bind() {
     );
     still_serves(u.port).await;
 }
+
+/// A replica shutting down flushes the rows it had buffered and then its FATAL: the read was
+/// held back whole, so none of it reached the client and it is replayed on the primary, which
+/// answers it. Before, the rows were relayed as they came and the client got the FATAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_cut_by_a_replica_shutdown_is_replayed_elsewhere() {
+    let hit = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = hit.clone();
+    let replica = FakeServer::start(fake_server::answering_probes(
+        Arc::new(move |_, tag, body| {
+            if tag == b'Q' && body.starts_with(b"SELECT boom") {
+                seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                return vec![
+                    Action::Send(
+                        [
+                            fake_server::row_description(&["x"]),
+                            fake_server::data_row(&["replica"]),
+                            fake_server::error("FATAL", "57P01", "terminating connection"),
+                        ]
+                        .concat(),
+                    ),
+                    Action::Close,
+                ];
+            }
+            fake_server::generic(tag, body)
+        }),
+        true,
+    ))
+    .await;
+    let primary = FakeServer::start(fake_server::answering_probes(
+        Arc::new(|_, tag, body| {
+            if tag == b'Q' && body.starts_with(b"SELECT boom") {
+                return vec![Action::Send(
+                    [
+                        fake_server::row_description(&["x"]),
+                        fake_server::data_row(&["primary"]),
+                        fake_server::complete("SELECT 1"),
+                        fake_server::ready(b'I'),
+                    ]
+                    .concat(),
+                )];
+            }
+            fake_server::generic(tag, body)
+        }),
+        false,
+    ))
+    .await;
+    let config = fake_server::config(primary.port, "").replace(
+        &format!(
+            "shards = [ {{ primary = {{ addr = \"127.0.0.1:{}/fake\", role = \"primary\" }} }} ]",
+            primary.port
+        ),
+        &format!(
+            "read_write_split = true\nmax_replica_lag = \"0\"\nshards = [ {{ primary = {{ addr = \"127.0.0.1:{}/fake\", role = \"primary\" }}, replicas = [ \"127.0.0.1:{}/fake\" ] }} ]",
+            primary.port, replica.port
+        ),
+    );
+    assert!(config.contains("read_write_split"), "{config}");
+    let u = start_usher(&config.replace(
+        "server_check_delay",
+        "lag_check_interval = \"50ms\"\nserver_check_delay",
+    ))
+    .await;
+    // The replica takes reads once the monitor measured it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while u.app.topology().databases["fake"][0].servers[1]
+        .lag_ms
+        .load(std::sync::atomic::Ordering::Relaxed)
+        != 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica was never measured"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut s = client(u.port).await;
+    s.write_all(&query("SELECT boom")).await.unwrap();
+    let got = read_until_ready(&mut s, 1).await;
+    let frames = fake_server::frames(&got);
+    let tags: Vec<char> = frames.iter().map(|(t, _)| *t as char).collect();
+    assert_eq!(tags, ['T', 'D', 'C', 'Z'], "{got:?}");
+    assert!(
+        hit.load(std::sync::atomic::Ordering::SeqCst),
+        "the read went to the replica first"
+    );
+    assert!(
+        frames[1].1.ends_with(b"primary"),
+        "the primary's row, not the replica's: {got:?}"
+    );
+    still_serves(u.port).await;
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
+use super::retry::Held;
 use super::txn::Txn;
 use super::{relay, Session, SessionError};
 use crate::config::PoolMode;
@@ -16,14 +17,14 @@ use crate::router;
 impl Session {
     /// Reads what the server sent, forwards it and releases the server when the transaction is over.
     pub(super) async fn on_server_data(&mut self) -> Result<(), SessionError> {
-        if self.first_error_incomplete() {
-            // Read on: a FATAL cut across two reads must not reach the client half relayed.
-            return Ok(());
-        }
-        if self.server_says_fatal()
-            && Box::pin(self.retry_read("server sent FATAL before answering")).await?
-        {
-            return Ok(());
+        match self.held_answer() {
+            Held::Relay => {}
+            Held::Wait => return Ok(()),
+            Held::Fatal => {
+                if Box::pin(self.retry_read("server sent FATAL before answering")).await? {
+                    return Ok(());
+                }
+            }
         }
         let Session {
             txn,

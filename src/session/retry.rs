@@ -1,7 +1,8 @@
 //! Transparent retry of reads: while nothing of a read transaction's answer has reached the
-//! client, the client frames it sent are kept (as cheap `Bytes` handles); if its server fails
-//! (connection lost, or a FATAL such as an administrator shutdown as the first answer), the
-//! server is banned and the same frames are replayed on another replica or the primary.
+//! client, the client frames it sent are kept (as cheap `Bytes` handles) and the server's answer
+//! is held until it is whole; if its server fails (connection lost, or a FATAL such as an
+//! administrator shutdown), the server is banned and the same frames are replayed on another
+//! replica or the primary.
 
 use super::{Session, SessionError};
 use crate::protocol::server;
@@ -10,6 +11,20 @@ use crate::router::plan::Run;
 
 /// Frames kept for replay beyond this many bytes make the transaction non-retryable.
 const MAX_REPLAY_BYTES: usize = 1 << 20;
+
+/// A replayable read's answer is held back from the client up to this many bytes; a larger
+/// one streams and is no longer replayable.
+const MAX_HELD_BYTES: usize = 256 << 10;
+
+/// What [`Session::held_answer`] decided about the server's bytes.
+pub(super) enum Held {
+    /// Relay them to the client now.
+    Relay,
+    /// Read on: the answer is not whole yet.
+    Wait,
+    /// The server sent a FATAL before the answer reached the client: replay elsewhere.
+    Fatal,
+}
 
 impl Session {
     /// Starts recording a read transaction's frames (called right after attaching).
@@ -35,34 +50,37 @@ impl Session {
         }
     }
 
-    /// True when the server's first answer to a replayable read is an ErrorResponse not yet
-    /// whole: it is waited for rather than streamed, since it may be a FATAL (a server
-    /// shutting down) after which the read goes elsewhere.
-    pub(super) fn first_error_incomplete(&mut self) -> bool {
-        if self.replay.is_none() {
-            return false;
+    /// What to do with what the server sent for a read that can still be replayed. Its answer
+    /// is held until it is whole (up to [`MAX_HELD_BYTES`]): a server shutting down flushes
+    /// the rows it had buffered and then its FATAL, and rows relayed before the FATAL would
+    /// make the read impossible to replay.
+    pub(super) fn held_answer(&mut self) -> Held {
+        if self.replay.is_none() || self.tracker.unsynced {
+            // Not replayable, or the client asked for answers without a Sync (Flush): no
+            // ReadyForQuery is coming to end the hold.
+            return Held::Relay;
         }
         let max = self.io.max_message;
         let Some(lease) = self.txn.lease() else {
-            return false;
+            return Held::Relay;
         };
         let rbuf = &lease.conn().rbuf;
-        matches!(crate::protocol::peek_header(rbuf, max), Ok(Some((b'E', total))) if rbuf.len() < total)
-    }
-
-    /// True when the server's first answer is a FATAL error (the server is going away).
-    pub(super) fn server_says_fatal(&mut self) -> bool {
-        if self.replay.is_none() {
-            return false;
+        let mut at = 0;
+        while let Some(rest) = rbuf.get(at..) {
+            match server::frame_at(rest, max) {
+                Ok(Some(f)) => match f.tag {
+                    b'E' if server::is_fatal(&server::error_fields(f.body)) => return Held::Fatal,
+                    // The answer is whole, or the server waits for the client (COPY FROM).
+                    b'Z' | b'G' | b'W' => return Held::Relay,
+                    _ => at += f.total,
+                },
+                // A frame not all there yet: wait for it unless the answer is already large.
+                Ok(None) if rbuf.len() < MAX_HELD_BYTES => return Held::Wait,
+                // Large answers stream; a malformed frame is reported by the relay.
+                Ok(None) | Err(_) => return Held::Relay,
+            }
         }
-        let Some(lease) = self.txn.lease() else {
-            return false;
-        };
-        let max = self.io.max_message;
-        match server::frame_at(&lease.conn().rbuf, max) {
-            Ok(Some(f)) if f.tag == b'E' => server::is_fatal(&server::error_fields(f.body)),
-            _ => false,
-        }
+        Held::Relay
     }
 
     /// Replays the current read on another server after its server failed. Returns false when

@@ -291,3 +291,46 @@ shards = [ {{ primary = {{ addr = "127.0.0.1:{port}/fake", role = "primary" }} }
 "#
     )
 }
+
+/// Wraps `script` so that usher's monitor probe (`SELECT pg_is_in_recovery(), ...lsn::text`)
+/// gets a real answer: the server says it is a replica when `in_recovery`, at LSN 0/1000000.
+/// A connection is the monitor's once it parses that query; every other message goes to
+/// `script`.
+pub fn answering_probes(script: Script, in_recovery: bool) -> Script {
+    let probing = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    Arc::new(move |conn, tag, body| {
+        let is_probe = tag == b'P'
+            && String::from_utf8_lossy(body).contains("pg_is_in_recovery()")
+            && probing.lock().unwrap().insert(conn);
+        if !is_probe && !probing.lock().unwrap().contains(&conn) {
+            return script(conn, tag, body);
+        }
+        let send = |b: Vec<u8>| vec![Action::Send(b)];
+        match tag {
+            b'P' => send(frame(b'1', b"")),
+            b'D' => {
+                let mut rd = 2u16.to_be_bytes().to_vec();
+                for (name, oid) in [("in_recovery", 16u32), ("lsn", 25)] {
+                    cstr(&mut rd, name);
+                    rd.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+                    rd.extend_from_slice(&oid.to_be_bytes());
+                    rd.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]);
+                }
+                send([frame(b't', &0u16.to_be_bytes()), frame(b'T', &rd)].concat())
+            }
+            b'B' => send(frame(b'2', b"")),
+            b'E' => {
+                // Binary results, as tokio-postgres asks for them.
+                let mut row = 2u16.to_be_bytes().to_vec();
+                for v in [&[in_recovery as u8][..], b"0/1000000"] {
+                    row.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                    row.extend_from_slice(v);
+                }
+                send([frame(b'D', &row), complete("SELECT 1")].concat())
+            }
+            b'S' => send(ready(b'I')),
+            b'C' => send(frame(b'3', b"")),
+            _ => Vec::new(),
+        }
+    })
+}
