@@ -40,6 +40,7 @@ synchronous_commit = off
 wal_level = replica
 max_wal_senders = 8
 wal_keep_size = '1GB'
+max_prepared_transactions = 100
 CONF
   printf 'local all all trust\nhost replication all 127.0.0.1/32 trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n' | as_pg tee "$data/pg_hba.conf" >/dev/null
   as_pg "$BIN/pg_ctl" -D "$data" -l "$WORK/primary.log" -w start >/dev/null

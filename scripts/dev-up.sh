@@ -66,12 +66,22 @@ CONF
 fi
 # Writes across shards commit with two-phase commit (PREPARE TRANSACTION); a replica needs
 # at least the primary's setting. Added to topologies made before it was needed, too.
+RESTART=
 for d in "$ROOT/primary" "$ROOT/replica"; do
-  grep -q '^max_prepared_transactions' "$d/postgresql.auto.conf" ||
+  if ! grep -q '^max_prepared_transactions' "$d/postgresql.auto.conf"; then
     echo "max_prepared_transactions = 50" | as_pg tee -a "$d/postgresql.auto.conf" >/dev/null
+    RESTART=1
+  fi
 done
 start_one "$ROOT/primary"
 start_one "$ROOT/replica"
+# The setting needs a restart of servers that were already running (primary first: a
+# replica may not have less than its primary).
+if [ -n "$RESTART" ]; then
+  for d in "$ROOT/primary" "$ROOT/replica"; do
+    as_pg "$(pgbin)/pg_ctl" -D "$d" -l "$d.log" -w -m fast restart >/dev/null
+  done
+fi
 
 cat > "$ROOT/usher.toml" <<TOML
 # Written by scripts/dev-up.sh; see config/usher.toml and README.md for every key.

@@ -22,6 +22,16 @@ tables = [
 global_tables = ["lessons"]
 "#;
 
+/// Checks that `sql`, which runs on the plain database, is refused through usher with 0A000
+/// naming `named`.
+async fn refused(b: &Both, sql: &str, named: &str) {
+    assert!(simple(&b.plain, sql).await.is_ok(), "{sql}");
+    let err = b.usher.simple_query(sql).await.unwrap_err();
+    assert_eq!(code(&err), "0A000", "{sql}");
+    let text = err.as_db_error().unwrap().message().to_string();
+    assert!(text.contains(named), "{sql}: {text}");
+}
+
 /// Compares usher's answer with the plain database's, rows in order only when `ordered`.
 async fn same(b: &Both, sql: &str, ordered: bool) {
     let (mut u, mut p) = (simple(&b.usher, sql).await, simple(&b.plain, sql).await);
@@ -124,11 +134,7 @@ async fn aggregates_across_shards_combine_as_one_database() {
         ),
         ("SELECT min(name) FROM children", "min() or max() of text"),
     ] {
-        assert!(simple(&b.plain, sql).await.is_ok(), "{sql}");
-        let err = b.usher.simple_query(sql).await.unwrap_err();
-        assert_eq!(code(&err), "0A000", "{sql}");
-        let text = err.as_db_error().unwrap().message().to_string();
-        assert!(text.contains(named), "{sql}: {text}");
+        refused(&b, sql, named).await;
     }
 }
 
@@ -159,11 +165,7 @@ async fn groups_by_the_key_are_whole_on_one_shard() {
             "outer join",
         ),
     ] {
-        assert!(simple(&b.plain, sql).await.is_ok(), "{sql}");
-        let err = b.usher.simple_query(sql).await.unwrap_err();
-        assert_eq!(code(&err), "0A000", "{sql}");
-        let text = err.as_db_error().unwrap().message().to_string();
-        assert!(text.contains(named), "{sql}: {text}");
+        refused(&b, sql, named).await;
     }
 }
 
@@ -193,11 +195,7 @@ async fn what_cannot_merge_exactly_is_refused() {
             "subqueries",
         ),
     ] {
-        assert!(simple(&b.plain, sql).await.is_ok(), "{sql}");
-        let err = b.usher.simple_query(sql).await.unwrap_err();
-        assert_eq!(code(&err), "0A000", "{sql}");
-        let text = err.as_db_error().unwrap().message().to_string();
-        assert!(text.contains(named), "{sql}: {text}");
+        refused(&b, sql, named).await;
     }
     // The connection goes on, and a keyed read still runs on its shard.
     let f = family(5);
