@@ -250,3 +250,39 @@ async fn an_error_on_one_shard_is_the_answer_and_the_others_are_cancelled() {
     assert_eq!(running.trim(), "0", "queries left running on the shards");
     same(&b, "SELECT id, name FROM families", false).await;
 }
+
+/// A key condition narrows only the rows of its own query level, where it filters them. The
+/// ON of a LEFT JOIN keeps every family whatever it says, and a subquery beside `WHERE
+/// family_id = ...` reads all children: before, both went to the key's one shard and
+/// answered from its rows alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditions_pin_only_their_own_query_level() {
+    let b = load("xlevel", "xlevelplain", MAP, "").await;
+    let f = family(5);
+    // Every family, with children only for the one: on every shard, merged.
+    same(
+        &b,
+        &format!(
+            "SELECT f.id, c.id FROM families f LEFT JOIN children c ON c.family_id = f.id AND f.id = '{f}'"
+        ),
+        false,
+    )
+    .await;
+    refused(
+        &b,
+        &format!(
+            "SELECT id FROM children WHERE family_id = '{f}' AND grade IN (SELECT grade FROM children WHERE name LIKE 'child 1%')"
+        ),
+        "subqueries",
+    )
+    .await;
+    // Pinned at the outer level and carried into a correlated subquery: its one shard.
+    same(
+        &b,
+        &format!(
+            "SELECT f.id, (SELECT count(*) FROM children c WHERE c.family_id = f.id) FROM families f WHERE f.id = '{f}'"
+        ),
+        false,
+    )
+    .await;
+}

@@ -109,13 +109,18 @@ fn column_refs(nodes: &[protobuf::Node]) -> Vec<ColRef> {
                     })
                     .collect();
                 match names.as_slice() {
+                    // A fanned-out read has one level (subqueries are refused).
                     [column] => Some(ColRef {
                         qualifier: None,
                         column: column.to_string(),
+                        level: 0,
+                        filters: false,
                     }),
                     [.., table, column] => Some(ColRef {
                         qualifier: Some(table.to_string()),
                         column: column.to_string(),
+                        level: 0,
+                        filters: false,
                     }),
                     [] => None,
                 }
@@ -163,6 +168,8 @@ mod tests {
         ColRef {
             qualifier: q.map(str::to_string),
             column: c.to_string(),
+            level: 0,
+            filters: false,
         }
     }
 

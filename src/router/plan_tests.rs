@@ -285,6 +285,19 @@ fn sharded_batches_go_to_their_key_s_shard_or_are_refused() {
         vec![stmt(b'Q', "UPDATE families SET name = 'x'")],
         vec![stmt(b'Q', "SELECT * FROM families; SELECT 1")],
         fanned[..3].iter().cloned().chain([tag(b'H')]).collect(),
+        // A sharded table read where pg_query's iterator does not look still needs its key.
+        vec![stmt(
+            b'Q',
+            "SELECT (ARRAY[1, 2])[(SELECT count(*) FROM families)] FROM families WHERE id = 1",
+        )],
+        vec![stmt(
+            b'Q',
+            "INSERT INTO families (id, name) VALUES (1, (SELECT name FROM families LIMIT 1))",
+        )],
+        vec![stmt(
+            b'Q',
+            "DELETE FROM families WHERE id = 1 RETURNING (SELECT count(*) FROM families)",
+        )],
     ] {
         assert!(matches!(plan_of(&batch, &f), Plan::Refuse(_)), "{batch:?}");
     }

@@ -10,6 +10,8 @@ use std::ops::Range;
 use pg_query::protobuf::{AExprKind, BoolExprType};
 use pg_query::{NodeEnum, NodeRef};
 
+use super::levels::Levels;
+
 /// Where a key value comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ValueSrc {
@@ -39,6 +41,10 @@ pub struct ColRef {
     pub qualifier: Option<String>,
     /// Column name.
     pub column: String,
+    /// The query level it is written at (see [`levels`](super::levels)).
+    pub level: u32,
+    /// A condition on it there filters the level's rows (WHERE, or an inner join's ON).
+    pub filters: bool,
 }
 
 /// A table named by a statement.
@@ -52,6 +58,8 @@ pub struct TableRef {
     pub alias: Option<String>,
     /// The statement inserts, updates, deletes, merges or copies into it.
     pub written: bool,
+    /// The query level whose FROM (or DML target) names it.
+    pub level: u32,
 }
 
 impl TableRef {
@@ -108,6 +116,50 @@ pub struct StatementFacts {
     pub sets: Vec<(usize, String, Option<ValueSrc>)>,
     /// COPY ... FROM into a table (index in `tables`).
     pub copy_in: Option<usize>,
+    /// Parent of each query level (level 0 is the statement).
+    pub parents: Vec<u32>,
+    /// The names FROM items give at each level, for resolving qualified columns.
+    pub names: Vec<(u32, String)>,
+}
+
+impl StatementFacts {
+    /// True when level `outer` is `inner` or encloses it.
+    pub fn encloses(&self, outer: u32, inner: u32) -> bool {
+        let mut at = inner;
+        for _ in 0..=self.parents.len() {
+            if at == outer {
+                return true;
+            }
+            match self.parents.get(at as usize) {
+                Some(p) if *p != at => at = *p,
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// True when `col` refers to a column of table `i`: an unqualified column to a table of
+    /// its own level (never an outer one, to stay on the safe side), a qualified one to the
+    /// table of that name at the nearest level naming it, counting outward.
+    pub fn resolves(&self, col: &ColRef, i: usize) -> bool {
+        let Some(t) = self.tables.get(i) else {
+            return false;
+        };
+        let Some(q) = &col.qualifier else {
+            return t.level == col.level;
+        };
+        let mut at = col.level;
+        for _ in 0..=self.parents.len() {
+            if self.names.iter().any(|(l, n)| *l == at && n == q) {
+                return t.level == at;
+            }
+            match self.parents.get(at as usize) {
+                Some(p) if *p != at => at = *p,
+                _ => return false,
+            }
+        }
+        false
+    }
 }
 
 /// The facts of one statement of the text `sql`, whose literal ranges are `spans`.
@@ -119,6 +171,10 @@ pub fn statement_facts(stmt: &NodeEnum, sql: &[u8], spans: &[Range<usize>]) -> S
     if f.broadcast {
         return f;
     }
+    let tree = serde_json::to_value(stmt).unwrap_or_default();
+    let levels = Levels::of(&tree);
+    f.parents = levels.parents.clone();
+    f.names = levels.names.clone();
     let nodes = stmt.nodes();
     let ctes: Vec<&str> = nodes
         .iter()
@@ -157,20 +213,65 @@ pub fn statement_facts(stmt: &NodeEnum, sql: &[u8], spans: &[Range<usize>]) -> S
                 name: r.relname.clone(),
                 alias: r.alias.as_ref().map(|a| a.aliasname.clone()),
                 written: written.contains(&r.location),
+                level: levels.relation(r.location),
             });
         }
+    }
+    // pg_query's iterator skips subqueries in some places (VALUES rows, RETURNING lists,
+    // ON CONFLICT, array subscripts): tables only named there are added from the full walk,
+    // with no condition known, so placement treats their keys as missing rather than routing
+    // by the rest of the statement.
+    let walked = super::super::walk::nodes(&tree);
+    let all_ctes: Vec<&str> = walked
+        .iter()
+        .filter(|n| n.kind == "CommonTableExpr")
+        .filter_map(|n| n.body.get("ctename").and_then(|v| v.as_str()))
+        .collect();
+    for n in walked.iter().filter(|n| n.kind == "RangeVar") {
+        let (Some(name), Some(location)) = (
+            n.body.get("relname").and_then(|v| v.as_str()),
+            n.int("location"),
+        ) else {
+            continue;
+        };
+        let location = location as i32;
+        let schema = n
+            .body
+            .get("schemaname")
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty());
+        let catalog = match schema {
+            Some(s) => s == "pg_catalog" || s == "information_schema",
+            None => name.starts_with("pg_") || all_ctes.contains(&name),
+        };
+        if catalog || locations.contains(&location) {
+            continue;
+        }
+        locations.push(location);
+        f.tables.push(TableRef {
+            schema: schema.map(str::to_string),
+            name: name.to_string(),
+            alias: n
+                .body
+                .pointer("/alias/aliasname")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+            written: false,
+            level: levels.relation(location),
+        });
     }
     let table_at = |rel: &Option<pg_query::protobuf::RangeVar>| -> Option<usize> {
         let loc = rel.as_ref()?.location;
         locations.iter().position(|l| *l == loc)
     };
     let value = |n: &pg_query::protobuf::Node| value_src(n, sql, spans);
+    let column = |n: &pg_query::protobuf::Node| column_ref(n, &levels);
     for (n, ..) in &nodes {
         match n {
-            NodeRef::SelectStmt(s) => conjuncts(s.where_clause.as_deref(), &mut f, &value),
-            NodeRef::DeleteStmt(s) => conjuncts(s.where_clause.as_deref(), &mut f, &value),
+            NodeRef::SelectStmt(s) => conjuncts(s.where_clause.as_deref(), &mut f, &value, &column),
+            NodeRef::DeleteStmt(s) => conjuncts(s.where_clause.as_deref(), &mut f, &value, &column),
             NodeRef::UpdateStmt(s) => {
-                conjuncts(s.where_clause.as_deref(), &mut f, &value);
+                conjuncts(s.where_clause.as_deref(), &mut f, &value, &column);
                 if let Some(t) = table_at(&s.relation) {
                     for target in &s.target_list {
                         if let Some(NodeEnum::ResTarget(rt)) = &target.node {
@@ -180,14 +281,19 @@ pub fn statement_facts(stmt: &NodeEnum, sql: &[u8], spans: &[Range<usize>]) -> S
                     }
                 }
             }
-            NodeRef::MergeStmt(s) => conjuncts(s.join_condition.as_deref(), &mut f, &value),
+            NodeRef::MergeStmt(s) => {
+                conjuncts(s.join_condition.as_deref(), &mut f, &value, &column)
+            }
             NodeRef::JoinExpr(j) => {
-                conjuncts(j.quals.as_deref(), &mut f, &value);
+                conjuncts(j.quals.as_deref(), &mut f, &value, &column);
+                let level = join_level(j, &levels);
                 for u in &j.using_clause {
                     if let Some(NodeEnum::String(s)) = &u.node {
                         let c = ColRef {
                             qualifier: None,
                             column: s.sval.clone(),
+                            level,
+                            filters: false,
                         };
                         f.joins.push((c.clone(), c));
                     }
@@ -216,7 +322,7 @@ pub fn statement_facts(stmt: &NodeEnum, sql: &[u8], spans: &[Range<usize>]) -> S
                                 },
                                 _ => i,
                             };
-                            match (value(i), column_ref(i)) {
+                            match (value(i), column(i)) {
                                 (Some(v), _) => RowValue::Value(v),
                                 (None, Some(c)) => RowValue::Column(c),
                                 _ => RowValue::Other,
@@ -309,6 +415,7 @@ fn conjuncts(
     expr: Option<&pg_query::protobuf::Node>,
     f: &mut StatementFacts,
     value: &dyn Fn(&pg_query::protobuf::Node) -> Option<ValueSrc>,
+    column_ref: &dyn Fn(&pg_query::protobuf::Node) -> Option<ColRef>,
 ) {
     let Some(node) = expr.and_then(|e| e.node.as_ref()) else {
         return;
@@ -316,7 +423,7 @@ fn conjuncts(
     match node {
         NodeEnum::BoolExpr(b) if b.boolop == BoolExprType::AndExpr as i32 => {
             for a in &b.args {
-                conjuncts(Some(a), f, value);
+                conjuncts(Some(a), f, value, column_ref);
             }
         }
         NodeEnum::AExpr(e) if is_equals(&e.name) => {
@@ -349,8 +456,22 @@ fn is_equals(name: &[pg_query::protobuf::Node]) -> bool {
     matches!(name, [n] if matches!(&n.node, Some(NodeEnum::String(s)) if s.sval == "="))
 }
 
-/// `qualifier.column` or `column` (a `schema.table.column` keeps the table as qualifier).
-fn column_ref(n: &pg_query::protobuf::Node) -> Option<ColRef> {
+/// The level of a join: that of the first table under it (`USING` names no location).
+fn join_level(j: &pg_query::protobuf::JoinExpr, levels: &Levels) -> u32 {
+    let mut side = j.larg.as_deref();
+    while let Some(n) = side.and_then(|n| n.node.as_ref()) {
+        match n {
+            NodeEnum::RangeVar(r) => return levels.relation(r.location),
+            NodeEnum::JoinExpr(inner) => side = inner.larg.as_deref(),
+            _ => break,
+        }
+    }
+    super::levels::UNKNOWN
+}
+
+/// `qualifier.column` or `column` (a `schema.table.column` keeps the table as qualifier),
+/// with the level it is written at.
+fn column_ref(n: &pg_query::protobuf::Node, levels: &Levels) -> Option<ColRef> {
     let n = match &n.node {
         Some(NodeEnum::TypeCast(t)) => t.arg.as_deref()?,
         _ => n,
@@ -367,9 +488,12 @@ fn column_ref(n: &pg_query::protobuf::Node) -> Option<ColRef> {
         })
         .collect::<Option<_>>()?;
     let (column, rest) = names.split_last()?;
+    let (level, filters) = levels.column(c.location);
     Some(ColRef {
         qualifier: rest.last().map(|q| q.to_string()),
         column: column.to_string(),
+        level,
+        filters,
     })
 }
 
@@ -461,6 +585,8 @@ mod tests {
         ColRef {
             qualifier: q.map(str::to_string),
             column: c.to_string(),
+            level: 0,
+            filters: true,
         }
     }
 
@@ -532,9 +658,13 @@ mod tests {
             RowValue::Value(ValueSrc::Param { n: 2, cast: 0 })
         );
         let f = facts("INSERT INTO progress (family_id, n) SELECT c.family_id, now() FROM children c WHERE c.family_id = 5");
+        // The selected rows are a level below the INSERT.
         assert_eq!(
             f.inserts[0].rows.as_ref().unwrap()[0][0],
-            RowValue::Column(col(Some("c"), "family_id"))
+            RowValue::Column(ColRef {
+                level: 1,
+                ..col(Some("c"), "family_id")
+            })
         );
         assert_eq!(f.inserts[0].rows.as_ref().unwrap()[0][1], RowValue::Other);
         assert_eq!(f.conds.len(), 1);

@@ -7,6 +7,7 @@
 pub mod facts;
 pub mod hash;
 pub mod keys;
+pub mod levels;
 
 use crate::config::{KeyType, ShardedTable, Sharding};
 use facts::{ColRef, RowValue, StatementFacts, ValueSrc};
@@ -293,12 +294,17 @@ fn place_one(
     }
     let mut found: Vec<(usize, &str)> = Vec::new(); // (shard, table)
     let mut unbound = false;
-    let mut extra_joins: Vec<(ColRef, ColRef)> = Vec::new();
+    // INSERT ... SELECT: the target's key comes from this column of the selected rows.
+    let mut key_sources: Vec<(usize, &ColRef)> = Vec::new();
     let names = |r: &Ref| (r.table.name.clone(), r.table.column.clone());
-    // WHERE / ON conditions.
+    // WHERE / ON conditions pin the tables of their own level, where they filter its rows.
     for (col, srcs) in &f.conds {
+        if !col.filters {
+            continue;
+        }
         for r in refs.iter_mut() {
-            if f.tables[r.index].owns(col, &r.table.column) {
+            let t = &f.tables[r.index];
+            if t.level == col.level && t.owns(col, &r.table.column) && f.resolves(col, r.index) {
                 r.covered = true;
                 for src in srcs {
                     match eval(*src, r.key_type, values).map_err(|e| fill(e, names(r)))? {
@@ -345,6 +351,7 @@ fn place_one(
         let Some(rows) = &ins.rows else {
             return Err(ShardError::KeyNotValue { table, column });
         };
+        let mut from_columns = false;
         for row in rows {
             match row.get(pos) {
                 Some(RowValue::Value(src)) => {
@@ -355,38 +362,51 @@ fn place_one(
                         None => unbound = true,
                     }
                 }
-                Some(RowValue::Column(c)) => extra_joins.push((
-                    ColRef {
-                        qualifier: Some(
-                            f.tables[r.index]
-                                .alias
-                                .clone()
-                                .unwrap_or_else(|| f.tables[r.index].name.clone()),
-                        ),
-                        column: column.clone(),
-                    },
-                    c.clone(),
-                )),
+                Some(RowValue::Column(c)) => {
+                    key_sources.push((r.index, c));
+                    from_columns = true;
+                }
                 _ => return Err(ShardError::KeyNotValue { table, column }),
             }
         }
-        r.covered = true;
+        // Keys from selected columns are covered once the tables they come from are.
+        r.covered = !from_columns;
     }
-    // Joins on the key carry coverage from one sharded table to another.
+    // Joins on the key carry coverage from one sharded table to another: within a level
+    // both ways, and from an outer level inward (a correlated subquery), never outward.
     loop {
         let mut changed = false;
-        for (a, b) in f.joins.iter().chain(&extra_joins) {
+        for (a, b) in &f.joins {
             for (x, y) in [(a, b), (b, a)] {
-                let from = refs
-                    .iter()
-                    .any(|r| r.covered && f.tables[r.index].owns(x, &r.table.column));
+                let from = refs.iter().any(|r| {
+                    r.covered
+                        && f.tables[r.index].owns(x, &r.table.column)
+                        && f.resolves(x, r.index)
+                        && f.encloses(f.tables[r.index].level, y.level)
+                });
                 if from {
                     for r in refs.iter_mut() {
-                        if !r.covered && f.tables[r.index].owns(y, &r.table.column) {
+                        let t = &f.tables[r.index];
+                        if !r.covered
+                            && t.level == y.level
+                            && t.owns(y, &r.table.column)
+                            && f.resolves(y, r.index)
+                        {
                             r.covered = true;
                             changed = true;
                         }
                     }
+                }
+            }
+        }
+        for (target, c) in &key_sources {
+            let from = refs.iter().any(|r| {
+                r.covered && f.tables[r.index].owns(c, &r.table.column) && f.resolves(c, r.index)
+            });
+            if let Some(r) = refs.iter_mut().find(|r| r.index == *target && !r.covered) {
+                if from {
+                    r.covered = true;
+                    changed = true;
                 }
             }
         }

@@ -58,6 +58,16 @@ fn keyed_statements() {
         "SELECT * FROM families WHERE id = 42; SELECT * FROM children WHERE family_id = 42",
         "SELECT * FROM families WHERE id = 0x2A",
         "SELECT * FROM children a JOIN children b USING (family_id) WHERE a.family_id = 42",
+        // A pin carries inward into correlated subqueries and through outer joins' ON.
+        "SELECT f.*, (SELECT count(*) FROM children c WHERE c.family_id = f.id) FROM families f WHERE f.id = 42",
+        "SELECT * FROM families f LEFT JOIN children c ON c.family_id = f.id WHERE f.id = 42",
+        "SELECT * FROM children c RIGHT JOIN families f ON c.family_id = f.id WHERE c.family_id = 42",
+        "SELECT * FROM families f WHERE f.id = 42 AND EXISTS (SELECT 1 FROM children c WHERE c.family_id = f.id)",
+        "SELECT * FROM families f, LATERAL (SELECT * FROM children c WHERE c.family_id = f.id) x WHERE f.id = 42",
+        "SELECT * FROM (SELECT * FROM families WHERE id = 42) s",
+        "SELECT * FROM families WHERE id = 42 UNION ALL SELECT * FROM families WHERE id = 42",
+        "SELECT * FROM families f WHERE f.id = 42 AND EXISTS (SELECT 1 FROM children f WHERE f.family_id = 42)",
+        "WITH x AS (SELECT * FROM children WHERE family_id = 42) SELECT * FROM families f JOIN x ON true WHERE f.id = 42",
     ] {
         assert_eq!(place_sql(sql), Ok(s), "{sql}");
     }
@@ -106,6 +116,21 @@ fn errors_name_the_table() {
         ("CREATE TABLE t (a int); SELECT * FROM families WHERE id = 1".into(), "DDL runs on every shard"),
         ("SELECT * FROM families WHERE id = 'abc'".into(), "not a valid bigint"),
         (format!("SELECT * FROM families WHERE id = {a}; SELECT * FROM families WHERE id = {b}"), "different shards"),
+        // A condition pins only the rows of its own level, where it filters them.
+        ("SELECT * FROM families WHERE id = 1 AND name IN (SELECT name FROM families)".into(), "\"families\""),
+        ("WITH x AS (SELECT count(*) AS n FROM children) SELECT * FROM families, x WHERE id = 1".into(), "\"children\""),
+        ("SELECT * FROM families f LEFT JOIN children c ON c.family_id = f.id AND f.id = 1".into(), "\"families\""),
+        ("SELECT * FROM families f LEFT JOIN (children c JOIN user_progress p ON p.family_id = c.family_id AND c.family_id = 1) ON c.family_id = f.id".into(), "\"families\""),
+        ("SELECT f.id, (SELECT count(*) FROM children c WHERE c.family_id = 1) FROM families f".into(), "\"families\""),
+        ("SELECT * FROM families f WHERE EXISTS (SELECT 1 FROM children c WHERE c.family_id = f.id AND c.family_id = 1)".into(), "\"families\""),
+        ("SELECT * FROM families f WHERE EXISTS (SELECT 1 FROM children c WHERE f.id = 1)".into(), "\"families\""),
+        ("MERGE INTO families f USING children c ON c.family_id = f.id AND f.id = 1 WHEN MATCHED THEN DO NOTHING".into(), "no sharding key"),
+        ("INSERT INTO user_progress (family_id, child_id) SELECT c.family_id, c.id FROM children c".into(), "no sharding key"),
+        // Tables only named where pg_query's iterator does not look.
+        ("INSERT INTO families (id, name) VALUES (1, (SELECT name FROM children LIMIT 1))".into(), "no sharding key for table \"children\""),
+        ("INSERT INTO families (id) VALUES (1) RETURNING (SELECT count(*) FROM children)".into(), "no sharding key for table \"children\""),
+        ("UPDATE families SET name = 'x' WHERE id = 1 RETURNING (SELECT count(*) FROM user_progress)".into(), "\"user_progress\""),
+        ("SELECT (ARRAY[1, 2])[(SELECT count(*) FROM children)] FROM families WHERE id = 1".into(), "\"children\""),
     ];
     for (sql, want) in cases {
         let e = place_sql(&sql).expect_err(&sql);
