@@ -7,7 +7,7 @@
 //! sent to a replica.
 
 use pg_query::protobuf::TransactionStmtKind;
-use pg_query::{Context, NodeEnum, NodeRef};
+use pg_query::{Context, NodeEnum};
 
 use super::fanout::{self, Shape};
 use super::normalize::literal_spans;
@@ -256,22 +256,16 @@ pub fn classify(sql: &str) -> Classification {
             _ => c.write = true,
         }
     }
-    // Nested writes: writable CTEs, SELECT INTO, locking clauses, EXPLAIN ANALYZE of DML.
-    for (node, _, _, _) in parsed.protobuf.nodes() {
-        match node {
-            NodeRef::InsertStmt(_)
-            | NodeRef::UpdateStmt(_)
-            | NodeRef::DeleteStmt(_)
-            | NodeRef::MergeStmt(_) => c.write = true,
-            NodeRef::SelectStmt(s) if s.into_clause.is_some() || !s.locking_clause.is_empty() => {
-                c.write = true
-            }
-            _ => {}
-        }
-    }
-    // pg_query's list leaves out calls in places its iterator skips (VALUES rows, RETURNING,
-    // ON CONFLICT, subscripts): every FuncCall of the tree is added.
+    // Nested writes: writable CTEs, SELECT INTO, locking clauses (also in a VALUES row or
+    // RETURNING subquery, where pg_query's iterator does not look), EXPLAIN ANALYZE of DML.
+    // pg_query's list of calls leaves out those in the same places: every FuncCall of the
+    // tree is added below.
     let tree = super::walk::tree(&parsed.protobuf);
+    super::walk::each(&tree, &mut |n| match n.kind {
+        "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => c.write = true,
+        "SelectStmt" if n.has("into_clause") || n.has("locking_clause") => c.write = true,
+        _ => {}
+    });
     let mut calls: Vec<String> = parsed
         .functions
         .iter()
@@ -380,6 +374,8 @@ mod tests {
             "SELEC broken",
             "EXPLAIN ANALYZE INSERT INTO t VALUES (1)",
             "SELECT * FROM (SELECT * FROM t FOR UPDATE) s",
+            "SELECT * FROM (VALUES ((SELECT a FROM t FOR UPDATE))) v",
+            "SELECT (ARRAY[1])[(SELECT a FROM t LIMIT 1 FOR SHARE)]",
             "DO $$ BEGIN END $$",
             "CALL p()",
         ] {
