@@ -158,7 +158,7 @@ async fn groups_by_the_key_are_whole_on_one_shard() {
         same(&b, sql, true).await;
     }
     for (sql, named) in [
-        ("SELECT grade, count(*) FROM children GROUP BY grade", "without the sharding key"),
+        ("SELECT grade, avg(grade) FROM children GROUP BY grade", "without the sharding key"),
         ("SELECT DISTINCT grade FROM children", "without the sharding key"),
         (
             "SELECT f.id, count(c.id) FROM families f LEFT JOIN children c ON c.family_id = f.id GROUP BY f.id",
@@ -285,4 +285,48 @@ async fn conditions_pin_only_their_own_query_level() {
         false,
     )
     .await;
+}
+
+/// GROUP BY without the key: every shard's partial groups are gathered, equal groups
+/// combined (counts and sums added, min/max/bool_or of the partials), ordered and limited
+/// by usher, as one database would group all the rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_groups_combine_as_one_database() {
+    let b = load("xregroup", "xregplain", MAP, "").await;
+    for sql in [
+        "SELECT status, count(*), sum(score), min(score), max(completed_at) FROM user_progress GROUP BY status",
+        "SELECT grade, count(*), sum(grade), bool_and(grade > 3), max(birth_date) FROM children GROUP BY grade",
+        "SELECT c.grade, p.status, count(*), bool_or(p.score > 50) FROM children c JOIN user_progress p ON p.family_id = c.family_id AND p.child_id = c.id GROUP BY c.grade, p.status",
+        "SELECT count(*), lesson_id FROM user_progress WHERE status = 'completed' GROUP BY 2",
+        "SELECT grade, count(*) FROM children WHERE grade > 100 GROUP BY grade",
+    ] {
+        same(&b, sql, false).await;
+    }
+    for sql in [
+        "SELECT lesson_id, count(*) AS n FROM user_progress GROUP BY lesson_id ORDER BY n DESC, lesson_id LIMIT 3",
+        "SELECT grade, count(*) FROM children GROUP BY grade ORDER BY count(*) DESC, grade OFFSET 2 LIMIT 4",
+        "SELECT lesson_id, sum(score) FROM user_progress GROUP BY 1 ORDER BY 2 DESC NULLS LAST, 1",
+    ] {
+        same(&b, sql, true).await;
+    }
+    for (sql, named) in [
+        (
+            "SELECT status, avg(score) FROM user_progress GROUP BY status",
+            "avg()",
+        ),
+        (
+            "SELECT score, count(*) FROM user_progress GROUP BY score",
+            "type oid 1700",
+        ),
+        (
+            "SELECT status, count(*) FROM user_progress GROUP BY status HAVING count(*) > 1",
+            "HAVING",
+        ),
+        (
+            "SELECT status, count(*) + 1 FROM user_progress GROUP BY status",
+            "neither grouped",
+        ),
+    ] {
+        refused(&b, sql, named).await;
+    }
 }

@@ -9,6 +9,8 @@
 use pg_query::protobuf::{self, a_const::Val, LimitOption, SetOperation, SortByDir, SortByNulls};
 use pg_query::NodeEnum;
 
+pub use super::fanout_aggregate::aggregate_of;
+use super::fanout_aggregate::{aggregate_list, AGGREGATES};
 use super::shard::facts::StatementFacts;
 use crate::config::Sharding;
 
@@ -45,13 +47,33 @@ pub struct Merge {
     /// GROUP BY / DISTINCT: the columns of each, one of which must be a sharding key so
     /// that every group is whole on one shard (see `router::fanout_group`).
     pub partition: Option<Vec<Vec<super::shard::facts::ColRef>>>,
+    /// GROUP BY whose partial groups combine exactly, for when it does not include the key
+    /// (see `router::fanout_regroup`), or why it cannot.
+    pub regroup: Option<Result<super::fanout_regroup::Regroup, String>>,
+    /// Set on the merge the session carries out when the plan regroups: each output column
+    /// a grouping column (`None`) or the aggregate combining it.
+    pub grouped: Option<Vec<Option<Aggregate>>>,
 }
 
 impl Merge {
     /// The merge reads the result's column types (to compare sort keys or combine
     /// aggregates), so the shards are asked to describe the portal.
     pub fn needs_types(&self) -> bool {
-        !self.order.is_empty() || self.aggregates.is_some()
+        !self.order.is_empty() || self.aggregates.is_some() || self.grouped.is_some()
+    }
+
+    /// The merge that regroups partial groups, when the shape allows it.
+    pub fn regrouped(&self) -> Option<Merge> {
+        let Some(Ok(r)) = &self.regroup else {
+            return None;
+        };
+        Some(Merge {
+            shard_sql: r.shard_sql.clone(),
+            grouped: Some(r.columns.clone()),
+            partition: None,
+            regroup: None,
+            ..self.clone()
+        })
     }
 }
 
@@ -100,65 +122,6 @@ pub enum Count {
     /// Bind parameter `$n` (1-based).
     Param(u16),
 }
-
-/// Built-in aggregate and window functions: per-shard results of these are partial.
-const AGGREGATES: &[&str] = &[
-    "count",
-    "sum",
-    "avg",
-    "min",
-    "max",
-    "array_agg",
-    "string_agg",
-    "bool_and",
-    "bool_or",
-    "every",
-    "bit_and",
-    "bit_or",
-    "bit_xor",
-    "json_agg",
-    "jsonb_agg",
-    "json_object_agg",
-    "jsonb_object_agg",
-    "json_objectagg",
-    "json_arrayagg",
-    "xmlagg",
-    "stddev",
-    "stddev_pop",
-    "stddev_samp",
-    "variance",
-    "var_pop",
-    "var_samp",
-    "corr",
-    "covar_pop",
-    "covar_samp",
-    "regr_avgx",
-    "regr_avgy",
-    "regr_count",
-    "regr_intercept",
-    "regr_r2",
-    "regr_slope",
-    "regr_sxx",
-    "regr_sxy",
-    "regr_syy",
-    "percentile_cont",
-    "percentile_disc",
-    "mode",
-    "range_agg",
-    "range_intersect_agg",
-    "any_value",
-    "row_number",
-    "rank",
-    "dense_rank",
-    "percent_rank",
-    "cume_dist",
-    "ntile",
-    "lag",
-    "lead",
-    "first_value",
-    "last_value",
-    "nth_value",
-];
 
 /// Checks that each shard can answer for its own rows: every table is sharded or global (an
 /// unlisted table lives on the default shard only), and sharded tables are joined on their
@@ -240,7 +203,7 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
         aggregate_list(&s.target_list)
     };
     // The top-level aggregate calls of such a list, by position in the text.
-    let combined: Vec<i32> = match &aggregates {
+    let mut combined: Vec<i32> = match &aggregates {
         Some(_) => s
             .target_list
             .iter()
@@ -256,6 +219,24 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
             .collect(),
         None => Vec::new(),
     };
+    // Grouped without the key, the groups may still combine; any other aggregate stops that.
+    let mut regroup = grouped.then(|| super::fanout_regroup::regroup(parsed, s, &mut combined));
+    if let Some(Ok(r)) = &regroup {
+        // `ORDER BY count(*)` sorts by an output column the regrouping combines.
+        for n in &s.sort_clause {
+            if let Some(NodeEnum::SortBy(sort)) = n.node.as_ref() {
+                if let Some(e @ NodeEnum::FuncCall(f)) =
+                    sort.node.as_deref().and_then(|e| e.node.as_ref())
+                {
+                    if let Ok(SortColumn::Position(i)) = output_column(e, &s.target_list) {
+                        if matches!(r.columns.get(i), Some(Some(_))) {
+                            combined.push(f.location);
+                        }
+                    }
+                }
+            }
+        }
+    }
     let tree = super::walk::tree(parsed);
     for n in super::walk::nodes(&tree) {
         match n.kind {
@@ -274,6 +255,12 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
                     return Err(format!("window function {name}()"));
                 }
                 if grouped {
+                    if matches!(regroup, Some(Ok(_)))
+                        && AGGREGATES.contains(&name.to_ascii_lowercase().as_str())
+                    {
+                        regroup =
+                            Some(Err(format!("aggregate function {name}() in an expression")));
+                    }
                     continue;
                 }
                 if n.flag("agg_star")
@@ -301,6 +288,11 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
     };
     let limit = count(s.limit_count.as_deref(), "LIMIT")?;
     let offset = count(s.limit_offset.as_deref(), "OFFSET")?;
+    if let Some(Ok(_)) = &regroup {
+        if let Err(e) = super::fanout_regroup::check_window(limit, offset) {
+            regroup = Some(Err(e));
+        }
+    }
     let negative = |c: Option<Count>| matches!(c, Some(Count::Value(v)) if v < 0);
     let shard_sql = match offset {
         // A negative count is the shards' error to raise, as Postgres raises it.
@@ -315,53 +307,9 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
         shard_sql,
         aggregates,
         partition,
+        regroup,
+        grouped: None,
     })
-}
-
-/// The aggregates of a select list made only of plain calls of combinable aggregates.
-fn aggregate_list(targets: &[protobuf::Node]) -> Option<Vec<Aggregate>> {
-    targets
-        .iter()
-        .map(|t| {
-            let Some(NodeEnum::ResTarget(r)) = t.node.as_ref() else {
-                return None;
-            };
-            let Some(NodeEnum::FuncCall(f)) = r.val.as_deref().and_then(|v| v.node.as_ref()) else {
-                return None;
-            };
-            if f.agg_distinct
-                || f.agg_within_group
-                || !f.agg_order.is_empty()
-                || f.agg_filter.is_some()
-                || f.over.is_some()
-                || f.func_variadic
-            {
-                return None;
-            }
-            let names: Vec<&str> = f
-                .funcname
-                .iter()
-                .filter_map(|n| match &n.node {
-                    Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
-                    _ => None,
-                })
-                .collect();
-            let name = match names.as_slice() {
-                [name] | ["pg_catalog", name] => name.to_ascii_lowercase(),
-                _ => return None,
-            };
-            let one_arg = f.args.len() == 1 && !f.agg_star;
-            Some(match name.as_str() {
-                "count" if f.agg_star || one_arg => Aggregate::Count,
-                "sum" if one_arg => Aggregate::Sum,
-                "min" if one_arg => Aggregate::Min,
-                "max" if one_arg => Aggregate::Max,
-                "bool_and" | "every" if one_arg => Aggregate::And,
-                "bool_or" if one_arg => Aggregate::Or,
-                _ => return None,
-            })
-        })
-        .collect()
 }
 
 /// A LIMIT or OFFSET: a constant or a parameter (`LIMIT ALL` / `LIMIT NULL` is none).

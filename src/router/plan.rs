@@ -126,6 +126,9 @@ pub struct Fanout {
     pub primary: bool,
     /// Reads may go to replicas for this database and mode.
     pub split: bool,
+    /// GROUP BY without the sharding key: each shard's groups are partial and combined by
+    /// usher (`Merge::regrouped`).
+    pub regroup: bool,
 }
 
 /// A transaction-control batch usher answers itself.
@@ -191,7 +194,7 @@ pub fn plan(batch: &Batch, facts: &Facts) -> Plan {
         return Plan::Local(c);
     }
     let (shard, prepare_only) = match shard_of(batch, facts) {
-        Ok(Some(Choice::Fanout(class))) => return fan_out(class, facts),
+        Ok(Some(Choice::Fanout(class, regroup))) => return fan_out(class, regroup, facts),
         Ok(Some(Choice::FanoutWrite(class, shards, rows, global))) => {
             return fan_out_write(
                 FanoutWrite {
@@ -256,7 +259,7 @@ pub fn plan(batch: &Batch, facts: &Facts) -> Plan {
 
 /// The plan of a read that runs on every shard: on primaries or replicas, as a one-shard
 /// read of the same statement would.
-fn fan_out(class: Arc<Classification>, facts: &Facts) -> Plan {
+fn fan_out(class: Arc<Classification>, regroup: bool, facts: &Facts) -> Plan {
     let db = facts.db;
     let split = db.read_write_split && facts.transaction_mode;
     let primary = if split {
@@ -277,6 +280,7 @@ fn fan_out(class: Arc<Classification>, facts: &Facts) -> Plan {
         class,
         primary,
         split,
+        regroup,
     })
 }
 
@@ -427,7 +431,8 @@ impl Statement {
 /// Where a transaction goes.
 enum Choice {
     Shard(usize),
-    Fanout(Arc<Classification>),
+    /// A read on every shard; `true` when its partial groups are combined.
+    Fanout(Arc<Classification>, bool),
     FanoutWrite(Arc<Classification>, Vec<usize>, Option<Vec<usize>>, bool),
     Broadcast,
     Prepare(usize),

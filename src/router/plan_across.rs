@@ -48,18 +48,26 @@ pub(super) fn fanout_of(
         };
         return write_of(class, facts.db.shards.len(), map, why, rows);
     }
-    let partition = match &class.fanout {
-        Some(Shape::Merge(m)) => m.partition.as_deref(),
+    let merge = match &class.fanout {
+        Some(Shape::Merge(m)) => m,
         Some(Shape::Refused(construct)) => return Err(refuse(construct.clone())),
         _ => return Err(why),
     };
+    let mut regroup = false;
     if let Some(f) = class.shard.first() {
         super::super::fanout::colocated(f, map).map_err(refuse)?;
-        if let Some(p) = partition {
-            super::super::fanout_group::keyed(p, f, map).map_err(refuse)?;
+        if let Some(p) = merge.partition.as_deref() {
+            if let Err(e) = super::super::fanout_group::keyed(p, f, map) {
+                // Groups without the key may still combine across shards.
+                match &merge.regroup {
+                    Some(Ok(_)) => regroup = true,
+                    Some(Err(why)) => return Err(refuse(format!("{e}, with {why}"))),
+                    _ => return Err(refuse(e)),
+                }
+            }
         }
     }
-    Ok(Choice::Fanout(class))
+    Ok(Choice::Fanout(class, regroup))
 }
 
 /// The classification of the one statement a batch runs, outside a transaction block, sent

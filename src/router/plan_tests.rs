@@ -256,10 +256,28 @@ fn sharded_batches_go_to_their_key_s_shard_or_are_refused() {
             "{sql}"
         );
     }
+    // Grouped by something else, the partial groups combine when they can.
+    let Plan::Fanout(fan) = plan_of(
+        &[stmt(
+            b'Q',
+            "SELECT name, count(*) FROM families GROUP BY name",
+        )],
+        &f,
+    ) else {
+        panic!("partial groups combined");
+    };
+    assert!(fan.regroup);
+    let Plan::Fanout(fan) = plan_of(
+        &[stmt(b'Q', "SELECT id, count(*) FROM families GROUP BY id")],
+        &f,
+    ) else {
+        panic!("groups by the key");
+    };
+    assert!(!fan.regroup);
     for (sql, named) in [
         (
-            "SELECT name, count(*) FROM families GROUP BY name",
-            "without the sharding key",
+            "SELECT name, avg(id) FROM families GROUP BY name",
+            "(a group could span shards), with aggregate avg()",
         ),
         (
             "SELECT DISTINCT name FROM families",

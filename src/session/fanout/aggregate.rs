@@ -71,7 +71,7 @@ pub fn combine(
 }
 
 /// One column's combined value from its non-NULL partials (NULL when there are none).
-fn combine_column(
+pub fn combine_column(
     kind: Aggregate,
     field: Field,
     partials: &[&[u8]],

@@ -16,6 +16,7 @@ mod insert;
 mod merge;
 pub mod numeric;
 mod order;
+pub mod regroup;
 mod write;
 
 use bytes::{Bytes, BytesMut};
@@ -77,8 +78,17 @@ impl Session {
         frames: Vec<Frame>,
     ) -> Result<Flow, SessionError> {
         self.wait_if_paused().await;
-        let Some(Shape::Merge(merge)) = plan.class.fanout.as_ref() else {
+        let Some(Shape::Merge(planned)) = plan.class.fanout.as_ref() else {
             return Err(SessionError::Internal("a fan-out planned without a merge"));
+        };
+        let regrouped;
+        let merge = if plan.regroup {
+            regrouped = planned.regrouped().ok_or(SessionError::Internal(
+                "a regrouping planned without its shape",
+            ))?;
+            &regrouped
+        } else {
+            planned
         };
         let batch = match batch::build(&frames, merge, &self.stmts) {
             Ok(b) => b,
@@ -187,6 +197,8 @@ impl Session {
         // Under aggregates: the result's column types, and each shard's row of partials.
         let mut fields: Option<Vec<aggregate::Field>> = None;
         let mut partials: Vec<Frame> = Vec::new();
+        // Under regrouping: the ORDER BY of the combined groups.
+        let mut group_order: Vec<Column> = Vec::new();
         let mut parses = 0usize;
         let mut after_t = false;
         let mut header_sent = 0usize;
@@ -224,14 +236,32 @@ impl Session {
                                 }
                             }
                             if frame.tag == b'T' && !of_statement && merge.needs_types() {
-                                if merge.aggregates.is_some() {
+                                if merge.aggregates.is_some() || merge.grouped.is_some() {
                                     match aggregate_fields(frame.body()) {
                                         Ok(f) => fields = Some(f),
                                         Err(e) => {
                                             error.get_or_insert_with(|| lost(i, &e));
                                         }
                                     }
-                                } else {
+                                    if let (Some(g), Some(f)) = (&merge.grouped, &fields) {
+                                        // Refused before any row is gathered.
+                                        if let Err((code, message)) = regroup::check_fields(g, f) {
+                                            error.get_or_insert_with(|| {
+                                                messages::error_response(
+                                                    "ERROR", code, &message, None,
+                                                )
+                                            });
+                                        }
+                                    }
+                                }
+                                if merge.grouped.is_some() && !merge.order.is_empty() {
+                                    match sort_columns(frame.body(), merge) {
+                                        Ok(c) => group_order = c,
+                                        Err(construct) => {
+                                            error.get_or_insert_with(|| not_mergeable(&construct));
+                                        }
+                                    }
+                                } else if merge.aggregates.is_none() && merge.grouped.is_none() {
                                     match sort_columns(frame.body(), merge) {
                                         Ok(c) => columns = Some(c),
                                         Err(construct) => {
@@ -249,7 +279,18 @@ impl Session {
                             if error.is_some() || window.full() {
                                 continue;
                             }
-                            if merge.aggregates.is_some() {
+                            if merge.grouped.is_some()
+                                && partials.len() >= regroup::MAX_PARTIAL_ROWS
+                            {
+                                error.get_or_insert_with(|| {
+                                    messages::error_response(
+                                        "ERROR",
+                                        "54000",
+                                        &format!("usher: GROUP BY across shards gathered more than {} partial groups", regroup::MAX_PARTIAL_ROWS),
+                                        None,
+                                    )
+                                });
+                            } else if merge.aggregates.is_some() || merge.grouped.is_some() {
                                 partials.push(frame);
                             } else if merge.order.is_empty() {
                                 if window.take() {
@@ -315,8 +356,8 @@ impl Session {
             self.flush_client().await?;
             self.read_some(parts, &mut error).await;
         }
+        let fields = fields.unwrap_or_default();
         if let (None, Some(kinds)) = (&error, &merge.aggregates) {
-            let fields = fields.unwrap_or_default();
             match aggregate::combine(kinds, &fields, &partials) {
                 Ok(Some(row)) => {
                     if window.take() {
@@ -324,6 +365,20 @@ impl Session {
                     }
                 }
                 Ok(None) => {}
+                Err((code, message)) => {
+                    error = Some(messages::error_response("ERROR", code, &message, None));
+                }
+            }
+        }
+        if let (None, Some(columns)) = (&error, &merge.grouped) {
+            match regroup::regroup(columns, &fields, &partials, &group_order) {
+                Ok(rows) => {
+                    for row in rows {
+                        if window.take() {
+                            self.client_out.push(row);
+                        }
+                    }
+                }
                 Err((code, message)) => {
                     error = Some(messages::error_response("ERROR", code, &message, None));
                 }
