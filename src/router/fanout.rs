@@ -420,7 +420,7 @@ fn output_column(e: &NodeEnum, targets: &[protobuf::Node]) -> Result<SortColumn,
 }
 
 /// The dotted names of a plain column reference.
-fn column_names(e: &NodeEnum) -> Option<Vec<String>> {
+pub fn column_names(e: &NodeEnum) -> Option<Vec<String>> {
     let NodeEnum::ColumnRef(c) = e else {
         return None;
     };

@@ -10,7 +10,7 @@
 use pg_query::protobuf::{self, a_const::Val};
 use pg_query::NodeEnum;
 
-use super::fanout::{aggregate_of, Aggregate, Count};
+use super::fanout::{aggregate_of, column_names as names_of, Aggregate, Count};
 
 /// A grouped read whose partial groups combine exactly.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,19 +106,6 @@ pub fn check_window(limit: Option<Count>, offset: Option<Count>) -> Result<(), S
         }
         _ => Ok(()),
     }
-}
-
-fn names_of(e: &NodeEnum) -> Option<Vec<&str>> {
-    let NodeEnum::ColumnRef(c) = e else {
-        return None;
-    };
-    c.fields
-        .iter()
-        .map(|f| match &f.node {
-            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
-            _ => None,
-        })
-        .collect()
 }
 
 fn func_name(f: &protobuf::FuncCall) -> String {
