@@ -123,6 +123,13 @@ async fn aggregates_across_shards_combine_as_one_database() {
         "SELECT count(*) FROM children OFFSET 1".into(),
         "SELECT count(*) FROM children ORDER BY 1 LIMIT 5 OFFSET 0".into(),
         "SELECT pg_catalog.count(*) FROM children".into(),
+        // avg() from the whole's sum and count, with numeric's digits: of an integer, of a
+        // bigint (a numeric sum) and of a numeric, over no rows NULL.
+        "SELECT avg(grade) FROM children".into(),
+        "SELECT avg(score) AS mean, count(*), avg(lesson_id) FROM user_progress".into(),
+        "SELECT avg(score), avg(grade) FROM user_progress p JOIN children c ON c.family_id = p.family_id AND c.id = p.child_id WHERE p.status = 'completed'".into(),
+        "SELECT avg(score), sum(score) FROM user_progress WHERE false".into(),
+        "SELECT avg(grade * 1000003) FROM children OFFSET 0".into(),
     ] {
         same(&b, &sql, true).await;
     }
@@ -133,6 +140,10 @@ async fn aggregates_across_shards_combine_as_one_database() {
             "sum() of double precision",
         ),
         ("SELECT min(name) FROM children", "min() or max() of text"),
+        (
+            "SELECT avg(score::float8) FROM user_progress",
+            "avg() of double precision",
+        ),
     ] {
         refused(&b, sql, named).await;
     }
@@ -158,7 +169,7 @@ async fn groups_by_the_key_are_whole_on_one_shard() {
         same(&b, sql, true).await;
     }
     for (sql, named) in [
-        ("SELECT grade, avg(grade) FROM children GROUP BY grade", "without the sharding key"),
+        ("SELECT grade, stddev(grade) FROM children GROUP BY grade", "without the sharding key"),
         ("SELECT DISTINCT grade FROM children", "without the sharding key"),
         (
             "SELECT f.id, count(c.id) FROM families f LEFT JOIN children c ON c.family_id = f.id GROUP BY f.id",
@@ -174,7 +185,7 @@ async fn what_cannot_merge_exactly_is_refused() {
     let b = load("xshard", "xplain", MAP, "").await;
     for (sql, named) in [
         (
-            "SELECT avg(grade) FROM children",
+            "SELECT round(avg(grade), 2) FROM children",
             "aggregate function avg()",
         ),
         (
@@ -299,6 +310,8 @@ async fn partial_groups_combine_as_one_database() {
         "SELECT c.grade, p.status, count(*), bool_or(p.score > 50) FROM children c JOIN user_progress p ON p.family_id = c.family_id AND p.child_id = c.id GROUP BY c.grade, p.status",
         "SELECT count(*), lesson_id FROM user_progress WHERE status = 'completed' GROUP BY 2",
         "SELECT grade, count(*) FROM children WHERE grade > 100 GROUP BY grade",
+        "SELECT status, avg(score), count(*), avg(lesson_id) FROM user_progress GROUP BY status",
+        "SELECT c.grade, avg(p.score) FROM children c JOIN user_progress p ON p.family_id = c.family_id AND p.child_id = c.id GROUP BY c.grade",
     ] {
         same(&b, sql, false).await;
     }
@@ -306,13 +319,19 @@ async fn partial_groups_combine_as_one_database() {
         "SELECT lesson_id, count(*) AS n FROM user_progress GROUP BY lesson_id ORDER BY n DESC, lesson_id LIMIT 3",
         "SELECT grade, count(*) FROM children GROUP BY grade ORDER BY count(*) DESC, grade OFFSET 2 LIMIT 4",
         "SELECT lesson_id, sum(score) FROM user_progress GROUP BY 1 ORDER BY 2 DESC NULLS LAST, 1",
+        "SELECT grade, avg(grade) AS mean FROM children GROUP BY grade ORDER BY avg(grade) DESC LIMIT 3",
+        "SELECT lesson_id, avg(score) FROM user_progress GROUP BY 1 ORDER BY 2 DESC NULLS LAST, 1",
     ] {
         same(&b, sql, true).await;
     }
     for (sql, named) in [
         (
-            "SELECT status, avg(score) FROM user_progress GROUP BY status",
-            "avg()",
+            "SELECT status, stddev(score) FROM user_progress GROUP BY status",
+            "stddev()",
+        ),
+        (
+            "SELECT status, avg(score::float8) FROM user_progress GROUP BY status",
+            "avg() of double precision",
         ),
         (
             "SELECT score, count(*) FROM user_progress GROUP BY score",

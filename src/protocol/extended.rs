@@ -65,6 +65,18 @@ pub fn bind_with_nulls(
     statement: &[u8],
     nulls: &[usize],
 ) -> Result<Bytes, super::ProtocolError> {
+    bind_rewritten(bind, statement, nulls, 0)
+}
+
+/// [`bind_with_nulls`], and with `extra_results` more result columns than the client's:
+/// when the client gave each column its own result format, the extra ones get text (one
+/// format, or none, already covers every column).
+pub fn bind_rewritten(
+    bind: &Frame,
+    statement: &[u8],
+    nulls: &[usize],
+    extra_results: usize,
+) -> Result<Bytes, super::ProtocolError> {
     let bad = || super::ProtocolError::Malformed { what: "Bind" };
     let body = bind.body();
     let mut pos = 0usize;
@@ -113,7 +125,24 @@ pub fn bind_with_nulls(
             _ => out.put_i32(-1),
         }
     }
-    out.put_slice(body.get(pos..).unwrap_or_default());
+    let nres = i16_of(take(2)?)?;
+    let results = take(usize::try_from(nres).map_err(|_| bad())? * 2)?;
+    if nres > 1 && extra_results > 0 {
+        let total = usize::try_from(nres)
+            .ok()
+            .and_then(|n| n.checked_add(extra_results))
+            .and_then(|n| i16::try_from(n).ok())
+            .ok_or_else(bad)?;
+        out.put_i16(total);
+        out.put_slice(results);
+        out.put_bytes(0, 2 * extra_results);
+    } else {
+        out.put_i16(nres);
+        out.put_slice(results);
+    }
+    if pos != body.len() {
+        return Err(bad());
+    }
     let len = i32::try_from(out.len() - 1).map_err(|_| bad())?;
     if let Some(l) = out.get_mut(1..5) {
         l.copy_from_slice(&len.to_be_bytes());
@@ -206,6 +235,16 @@ mod tests {
         let types = types_with_text(&[0, 1, 0, 0, 0, 23], &[3]).unwrap();
         assert_eq!(&types[..], &[0, 3, 0, 0, 0, 23, 0, 0, 0, 0, 0, 0, 0, 25]);
         assert!(types_with_text(&[0, 2, 0, 0], &[1]).is_err());
+        // Extra result columns: per-column formats get text for them; one format covers all.
+        let out = bind_rewritten(&bind, b"", &[], 2).unwrap();
+        assert_eq!(&out[out.len() - 4..], &[0, 1, 0, 1]);
+        let mut each = body[..body.len() - 4].to_vec();
+        each.extend_from_slice(&[0, 2, 0, 1, 0, 0]);
+        let out = bind_rewritten(&Frame::new(b'B', &each), b"", &[], 2).unwrap();
+        assert_eq!(&out[out.len() - 10..], &[0, 4, 0, 1, 0, 0, 0, 0, 0, 0]);
+        let mut trailing = body.clone();
+        trailing.push(0);
+        assert!(bind_rewritten(&Frame::new(b'B', &trailing), b"", &[], 2).is_err());
     }
 
     #[test]

@@ -128,6 +128,34 @@ pub fn row_description(body: &[u8]) -> Result<Vec<Field<'_>>, ProtocolError> {
     Ok(fields)
 }
 
+/// A whole RowDescription frame with only the first `n` columns of `body` (a
+/// RowDescription's body): what the client gets when the shards return hidden columns after
+/// its own.
+pub fn row_description_prefix(body: &[u8], n: usize) -> Result<bytes::Bytes, ProtocolError> {
+    let what = "RowDescription";
+    let bad = || ProtocolError::Malformed { what };
+    if row_description_columns(body)? < n {
+        return Err(bad());
+    }
+    let mut at = 2;
+    for _ in 0..n {
+        let (_, next) = read_cstr(body, at, what)?;
+        at = next
+            .checked_add(18)
+            .filter(|e| *e <= body.len())
+            .ok_or_else(bad)?;
+    }
+    let fields = body.get(2..at).ok_or_else(bad)?;
+    let count = i16::try_from(n).map_err(|_| bad())?;
+    let len = i32::try_from(4 + 2 + fields.len()).map_err(|_| bad())?;
+    let mut out = bytes::BytesMut::with_capacity(fields.len() + 7);
+    out.extend_from_slice(b"T");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&count.to_be_bytes());
+    out.extend_from_slice(fields);
+    Ok(out.freeze())
+}
+
 /// DataRow: the value of column `index` (None = NULL), checking every length up to it.
 pub fn data_row_value(body: &[u8], index: usize) -> Result<Option<&[u8]>, ProtocolError> {
     let bad = || ProtocolError::Malformed { what: "DataRow" };
@@ -181,6 +209,31 @@ pub fn tag_count(tag: &[u8]) -> Option<(&[u8], u64)> {
 mod tests {
     use super::*;
     use crate::protocol::messages;
+
+    #[test]
+    fn a_row_description_keeps_its_first_columns() {
+        let mut body = 3i16.to_be_bytes().to_vec();
+        for name in [&b"a"[..], b"bb", b"ccc"] {
+            body.extend_from_slice(name);
+            body.push(0);
+            body.extend_from_slice(&[0; 18]);
+        }
+        let t = row_description_prefix(&body, 2).unwrap();
+        let names: Vec<&[u8]> = row_description(&t[5..])
+            .unwrap()
+            .iter()
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(names, vec![&b"a"[..], b"bb"]);
+        assert_eq!(
+            i32::from_be_bytes(t[1..5].try_into().unwrap()) as usize,
+            t.len() - 1
+        );
+        assert!(row_description_prefix(&body, 4).is_err());
+        for cut in 0..body.len() {
+            let _ = row_description_prefix(&body[..cut], 3);
+        }
+    }
 
     #[test]
     fn short_and_negative_lengths_are_errors() {

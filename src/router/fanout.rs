@@ -62,6 +62,16 @@ impl Merge {
         !self.order.is_empty() || self.aggregates.is_some() || self.grouped.is_some()
     }
 
+    /// How many columns the shards return after the client's (the partial sums and counts
+    /// of avg()), stripped from the RowDescription the client gets.
+    pub fn hidden(&self) -> usize {
+        match (&self.aggregates, &self.grouped) {
+            (Some(kinds), _) => hidden_columns(kinds),
+            (None, Some(columns)) => hidden_columns(columns.iter().flatten()),
+            (None, None) => 0,
+        }
+    }
+
     /// The merge that regroups partial groups, when the shape allows it.
     pub fn regrouped(&self) -> Option<Merge> {
         let Some(Ok(r)) = &self.regroup else {
@@ -92,6 +102,16 @@ pub enum Aggregate {
     And,
     /// bool_or(x).
     Or,
+    /// avg(x) of an integer or numeric: the shards also return the sum and count of x (as
+    /// hidden columns after the client's, see [`Merge::hidden`]) and the whole's average is
+    /// their combined sum divided by their combined count, as numeric divides.
+    Avg,
+}
+
+/// Hidden columns each shard returns after the client's for `kinds`: a sum and a count per
+/// avg(), in the order of the avg() calls.
+pub fn hidden_columns<'a>(kinds: impl IntoIterator<Item = &'a Aggregate>) -> usize {
+    2 * kinds.into_iter().filter(|k| **k == Aggregate::Avg).count()
 }
 
 /// One ORDER BY key.
@@ -220,7 +240,11 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
         None => Vec::new(),
     };
     // Grouped without the key, the groups may still combine; any other aggregate stops that.
-    let mut regroup = grouped.then(|| super::fanout_regroup::regroup(parsed, s, &mut combined));
+    // The shards' statement carries avg()'s partial sums and counts as hidden columns.
+    let augmented = super::fanout_aggregate::with_avg_partials(parsed);
+    let shard_tree = augmented.as_ref().unwrap_or(parsed);
+    let mut regroup = grouped
+        .then(|| super::fanout_regroup::regroup(shard_tree, augmented.is_some(), s, &mut combined));
     if let Some(Ok(r)) = &regroup {
         // `ORDER BY count(*)` sorts by an output column the regrouping combines.
         for n in &s.sort_clause {
@@ -297,8 +321,12 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
     let shard_sql = match offset {
         // A negative count is the shards' error to raise, as Postgres raises it.
         _ if negative(limit) || negative(offset) => None,
+        None if aggregates.is_some() && augmented.is_some() => Some(
+            pg_query::deparse(shard_tree, pg_query::DeparseOptions::default())
+                .map_err(|e| format!("avg() (the shards' query could not be written: {e})"))?,
+        ),
         None => None,
-        Some(o) => Some(without_offset(parsed, limit, o)?),
+        Some(o) => Some(without_offset(shard_tree, limit, o)?),
     };
     Ok(Merge {
         order,

@@ -1,6 +1,8 @@
 //! Which aggregate calls combine exactly across shards: the per-shard results of count,
-//! sum, min, max, bool_and/every and bool_or combine into the whole's; every other built-in
-//! aggregate or window function (listed here by name) gives partial results that do not.
+//! sum, min, max, bool_and/every and bool_or combine into the whole's, and avg() combines
+//! from a partial sum and count each shard returns beside it (the shards' statement gets
+//! them as hidden columns, written here); every other built-in aggregate or window function
+//! (listed here by name) gives partial results that do not.
 
 use pg_query::protobuf;
 use pg_query::NodeEnum;
@@ -113,6 +115,76 @@ pub fn aggregate_of(f: &protobuf::FuncCall) -> Option<Aggregate> {
         "max" if one_arg => Aggregate::Max,
         "bool_and" | "every" if one_arg => Aggregate::And,
         "bool_or" if one_arg => Aggregate::Or,
+        "avg" if one_arg => Aggregate::Avg,
         _ => return None,
     })
+}
+
+/// The statement with, for every avg(x) of its select list (a plain call that combines), a
+/// `pg_catalog.sum(x)` and a `pg_catalog.count(x)` appended to the select list, in order:
+/// the partials the whole's average is computed from. Named so that no ORDER BY or column
+/// reference of the client's can resolve to them. `None` when there is no such avg().
+pub fn with_avg_partials(parsed: &protobuf::ParseResult) -> Option<protobuf::ParseResult> {
+    let select = |t: &protobuf::ParseResult| match t
+        .stmts
+        .first()
+        .and_then(|r| r.stmt.as_ref())
+        .and_then(|n| n.node.as_ref())
+    {
+        Some(NodeEnum::SelectStmt(s)) => Some(s.target_list.clone()),
+        _ => None,
+    };
+    let mut extra = Vec::new();
+    for t in select(parsed)? {
+        let Some(NodeEnum::ResTarget(r)) = t.node.as_ref() else {
+            continue;
+        };
+        let Some(NodeEnum::FuncCall(f)) = r.val.as_deref().and_then(|v| v.node.as_ref()) else {
+            continue;
+        };
+        if aggregate_of(f) != Some(Aggregate::Avg) {
+            continue;
+        }
+        let n = extra.len() / 2 + 1;
+        for (func, what) in [("sum", "sum"), ("count", "count")] {
+            extra.push(hidden_call(func, &f.args, &format!("usher avg {n} {what}")));
+        }
+    }
+    if extra.is_empty() {
+        return None;
+    }
+    let mut tree = parsed.clone();
+    if let Some(NodeEnum::SelectStmt(s)) = tree
+        .stmts
+        .first_mut()
+        .and_then(|r| r.stmt.as_mut())
+        .and_then(|n| n.node.as_mut())
+    {
+        s.target_list.extend(extra);
+    }
+    Some(tree)
+}
+
+/// `pg_catalog.<func>(args) AS "<name>"`, as a select-list item.
+fn hidden_call(func: &str, args: &[protobuf::Node], name: &str) -> protobuf::Node {
+    let string = |s: &str| protobuf::Node {
+        node: Some(NodeEnum::String(protobuf::String { sval: s.into() })),
+    };
+    let call = protobuf::FuncCall {
+        funcname: vec![string("pg_catalog"), string(func)],
+        args: args.to_vec(),
+        funcformat: protobuf::CoercionForm::CoerceExplicitCall as i32,
+        location: -1,
+        ..Default::default()
+    };
+    protobuf::Node {
+        node: Some(NodeEnum::ResTarget(Box::new(protobuf::ResTarget {
+            name: name.into(),
+            val: Some(Box::new(protobuf::Node {
+                node: Some(NodeEnum::FuncCall(Box::new(call))),
+            })),
+            location: -1,
+            ..Default::default()
+        }))),
+    }
 }

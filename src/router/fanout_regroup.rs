@@ -1,6 +1,6 @@
 //! GROUP BY without the sharding key, across shards: a group's rows may live on every shard,
 //! so each shard's groups are partial. When the select list is only the grouping columns
-//! and aggregates that combine exactly (count, sum, min, max, bool_and, bool_or), usher runs
+//! and aggregates that combine exactly (count, sum, min, max, bool_and, bool_or, avg), usher runs
 //! the statement on every shard without its LIMIT/OFFSET, gathers the partial groups,
 //! combines the partials of equal groups column by column, orders the groups by the ORDER BY
 //! (output columns) and applies LIMIT/OFFSET itself. What that needs to be exact is checked
@@ -24,8 +24,11 @@ pub struct Regroup {
 
 /// The regrouping of the grouped SELECT `s`, or why it cannot regroup. `combined` receives
 /// the locations of the aggregate calls it combines (no other aggregate may appear).
+/// `shard_tree` is the statement the shards run before LIMIT and OFFSET are dropped: `s`'s
+/// own tree, or (`augmented`) that tree with avg()'s partials added.
 pub fn regroup(
-    parsed: &protobuf::ParseResult,
+    shard_tree: &protobuf::ParseResult,
+    augmented: bool,
     s: &protobuf::SelectStmt,
     combined: &mut Vec<i32>,
 ) -> Result<Regroup, String> {
@@ -88,9 +91,14 @@ pub fn regroup(
         }
     }
     let shard_sql = if s.limit_count.is_some() || s.limit_offset.is_some() {
-        Some(without_window(parsed)?)
-    } else {
+        Some(without_window(shard_tree)?)
+    } else if !augmented {
         None
+    } else {
+        Some(
+            pg_query::deparse(shard_tree, pg_query::DeparseOptions::default())
+                .map_err(|e| format!("avg() (the shards' query could not be written: {e})"))?,
+        )
     };
     Ok(Regroup { columns, shard_sql })
 }
@@ -150,7 +158,9 @@ mod tests {
         else {
             panic!("{sql}");
         };
-        regroup(&parsed.protobuf, s, &mut Vec::new())
+        let shards = crate::router::fanout_aggregate::with_avg_partials(&parsed.protobuf);
+        let tree = shards.as_ref().unwrap_or(&parsed.protobuf);
+        regroup(tree, shards.is_some(), s, &mut Vec::new())
     }
 
     #[test]
@@ -177,7 +187,10 @@ mod tests {
     #[test]
     fn what_does_not_combine_is_named() {
         for (sql, named) in [
-            ("SELECT status, avg(score) FROM p GROUP BY status", "avg()"),
+            (
+                "SELECT status, stddev(score) FROM p GROUP BY status",
+                "stddev()",
+            ),
             (
                 "SELECT status, count(*) FROM p GROUP BY status HAVING count(*) > 1",
                 "HAVING",

@@ -102,7 +102,15 @@ fn limit_and_offset_push_down() {
 fn what_cannot_merge_exactly_is_named() {
     for (sql, named) in [
         (
-            "SELECT avg(grade) FROM children",
+            "SELECT stddev(grade) FROM children",
+            "aggregate function stddev()",
+        ),
+        (
+            "SELECT round(avg(grade), 2) FROM children",
+            "aggregate function avg()",
+        ),
+        (
+            "SELECT avg(DISTINCT grade) FROM children",
             "aggregate function avg()",
         ),
         (
@@ -183,4 +191,23 @@ fn a_select_list_of_aggregates_combines() {
     let m = merge("SELECT pg_catalog.count(*) FROM children LIMIT 1 OFFSET 1");
     assert_eq!(m.aggregates, Some(vec![Count]));
     assert!(m.shard_sql.is_some());
+}
+
+#[test]
+fn an_average_brings_its_sum_and_count_as_hidden_columns() {
+    use Aggregate::*;
+    let m = merge("SELECT avg(grade) AS g, count(*), avg(id + 1) FROM children OFFSET 1");
+    assert_eq!(m.aggregates, Some(vec![Avg, Count, Avg]));
+    assert_eq!(m.hidden(), 4);
+    assert_eq!(
+        m.shard_sql.as_deref(),
+        Some(concat!(
+            "SELECT avg(grade) AS g, count(*), avg(id + 1), ",
+            "pg_catalog.sum(grade) AS \"usher avg 1 sum\", ",
+            "pg_catalog.count(grade) AS \"usher avg 1 count\", ",
+            "pg_catalog.sum(id + 1) AS \"usher avg 2 sum\", ",
+            "pg_catalog.count(id + 1) AS \"usher avg 2 count\" FROM children"
+        ))
+    );
+    assert_eq!(merge("SELECT count(*) FROM children").hidden(), 0);
 }

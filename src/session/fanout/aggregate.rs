@@ -2,10 +2,12 @@
 //! without GROUP BY) into the row one database holding every shard's rows would return:
 //! counts and integer or numeric sums add up exactly, min and max take the least or greatest
 //! partial (compared as the merge compares sort keys, bytes forwarded as the shard sent
-//! them), bool_and and bool_or combine their partials. A partial NULL (a shard with no rows
-//! to aggregate) takes no part, so a sum over no rows stays NULL and a count 0. What cannot
-//! combine exactly (a float sum, whose rounding depends on the order of addition; min of
-//! text, whose order depends on a collation) is refused, naming the construct.
+//! them), bool_and and bool_or combine their partials, and avg() is the whole's sum divided
+//! by the whole's count (each shard returns both as hidden columns; see `average`). A
+//! partial NULL (a shard with no rows to aggregate) takes no part, so a sum over no rows
+//! stays NULL and a count 0. What cannot combine exactly (a float sum, whose rounding
+//! depends on the order of addition; min of text, whose order depends on a collation) is
+//! refused, naming the construct.
 
 use std::cmp::Ordering;
 
@@ -14,7 +16,7 @@ use bytes::Bytes;
 use super::compare::{self, Column};
 use super::numeric::Num;
 use crate::protocol::{messages, server, Frame};
-use crate::router::fanout::Aggregate;
+use crate::router::fanout::{hidden_columns, Aggregate};
 
 /// One output column of the aggregate row: its type and format from the RowDescription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +38,8 @@ const NUMERIC: u32 = 1700;
 const BOOL: u32 = 16;
 
 /// The combined row of `partials` (one DataRow per shard that returned one), or none when no
-/// shard returned a row (every shard's LIMIT or OFFSET removed it).
+/// shard returned a row (every shard's LIMIT or OFFSET removed it). `fields` describes the
+/// shards' columns: the client's, then the hidden partials of each avg().
 pub fn combine(
     kinds: &[Aggregate],
     fields: &[Field],
@@ -45,7 +48,7 @@ pub fn combine(
     if partials.is_empty() {
         return Ok(None);
     }
-    if kinds.len() != fields.len() {
+    if kinds.len() + hidden_columns(kinds) != fields.len() {
         return Err((
             "08P01",
             format!(
@@ -55,19 +58,76 @@ pub fn combine(
             ),
         ));
     }
+    let rows: Vec<&[u8]> = partials.iter().map(Frame::body).collect();
     let mut values: Vec<Option<Bytes>> = Vec::with_capacity(kinds.len());
+    let mut hidden = kinds.len();
     for (index, (kind, field)) in kinds.iter().zip(fields).enumerate() {
-        let mut column = Vec::with_capacity(partials.len());
-        for row in partials {
-            let v = server::data_row_value(row.body(), index)
-                .map_err(|e| ("08P01", format!("usher: a shard's partial aggregate: {e}")))?;
-            if let Some(v) = v {
-                column.push(v);
-            }
-        }
-        values.push(combine_column(*kind, *field, &column)?);
+        values.push(if *kind == Aggregate::Avg {
+            hidden += 2;
+            let (sums, counts) = (column_of(&rows, hidden - 2)?, column_of(&rows, hidden - 1)?);
+            combine_avg(*field, fields, hidden - 2, &sums, &counts)?
+        } else {
+            combine_column(*kind, *field, &column_of(&rows, index)?)?
+        });
     }
     Ok(Some(messages::data_row(&values)))
+}
+
+/// The non-NULL values of column `index` of the DataRow bodies `rows`.
+pub fn column_of<'a>(rows: &[&'a [u8]], index: usize) -> Result<Vec<&'a [u8]>, Refusal> {
+    let mut column = Vec::with_capacity(rows.len());
+    for row in rows {
+        let v = server::data_row_value(row, index)
+            .map_err(|e| ("08P01", format!("usher: a shard's partial aggregate: {e}")))?;
+        column.extend(v);
+    }
+    Ok(column)
+}
+
+/// An avg() column (described by `field`) combined from the non-NULL partial `sums` and
+/// the partial `counts` the shards returned in columns `at` and `at + 1` (described by
+/// `fields`): NULL over no rows, else the whole's sum divided as numeric divides.
+pub fn combine_avg(
+    field: Field,
+    fields: &[Field],
+    at: usize,
+    sums: &[&[u8]],
+    counts: &[&[u8]],
+) -> Result<Option<Bytes>, Refusal> {
+    let (Some(sum_field), Some(count_field)) = (fields.get(at), fields.get(at + 1)) else {
+        return Err((
+            "08P01",
+            "usher: the shards did not return avg()'s partial sum and count".into(),
+        ));
+    };
+    if !matches!(sum_field.type_oid, INT8 | NUMERIC) {
+        return Err(refuse(&format!(
+            "avg() of {} (only integer and numeric averages combine exactly)",
+            type_name(sum_field.type_oid)
+        )));
+    }
+    expect_type(field, NUMERIC, "avg()")?;
+    expect_type(*count_field, INT8, "count()")?;
+    let count = sum_int8(counts, count_field.format == 1)?;
+    let Ok(count @ 1..) = u64::try_from(count) else {
+        return Ok(None);
+    };
+    let binary = sum_field.format == 1;
+    let sum = if sum_field.type_oid == INT8 {
+        let total: i128 = sums
+            .iter()
+            .map(|v| read_int8(v, binary).map(i128::from))
+            .sum::<Result<i128, Refusal>>()?;
+        Num::from_text(total.to_string().as_bytes()).ok_or_else(|| unreadable("bigint", b""))?
+    } else {
+        sum_numeric(sums, binary)?
+    };
+    let avg = super::average::average(&sum, count);
+    Ok(Some(if field.format == 1 {
+        avg.to_binary()
+    } else {
+        avg.to_text()
+    }))
 }
 
 /// One column's combined value from its non-NULL partials (NULL when there are none).
@@ -86,9 +146,20 @@ pub fn combine_column(
             expect_type(field, INT8, "count()")?;
             add_int8(partials, binary).map(Some)
         }
+        Aggregate::Avg => Err((
+            "XX000",
+            "usher: avg() combines from its partial sums and counts, not from averages".into(),
+        )),
         Aggregate::Sum => match field.type_oid {
             INT8 => add_int8(partials, binary).map(Some),
-            NUMERIC => add_numeric(partials, binary).map(Some),
+            NUMERIC => {
+                let total = sum_numeric(partials, binary)?;
+                Ok(Some(if binary {
+                    total.to_binary()
+                } else {
+                    total.to_text()
+                }))
+            }
             other => Err(refuse(&format!(
                 "sum() of {} (only integer and numeric sums combine exactly)",
                 type_name(other)
@@ -141,18 +212,7 @@ pub fn combine_column(
 
 /// The partial counts or int8 sums added, as int8 (an overflow is Postgres's error).
 fn add_int8(partials: &[&[u8]], binary: bool) -> Result<Bytes, Refusal> {
-    let mut total: i64 = 0;
-    for v in partials {
-        let x = if binary {
-            <[u8; 8]>::try_from(*v).ok().map(i64::from_be_bytes)
-        } else {
-            std::str::from_utf8(v).ok().and_then(|s| s.parse().ok())
-        }
-        .ok_or_else(|| unreadable("bigint", v))?;
-        total = total
-            .checked_add(x)
-            .ok_or_else(|| ("22003", "bigint out of range".to_string()))?;
-    }
+    let total = sum_int8(partials, binary)?;
     Ok(if binary {
         Bytes::copy_from_slice(&total.to_be_bytes())
     } else {
@@ -160,8 +220,29 @@ fn add_int8(partials: &[&[u8]], binary: bool) -> Result<Bytes, Refusal> {
     })
 }
 
+/// The int8 partials added (an overflow is Postgres's error).
+fn sum_int8(partials: &[&[u8]], binary: bool) -> Result<i64, Refusal> {
+    let mut total: i64 = 0;
+    for v in partials {
+        total = total
+            .checked_add(read_int8(v, binary)?)
+            .ok_or_else(|| ("22003", "bigint out of range".to_string()))?;
+    }
+    Ok(total)
+}
+
+/// One int8 partial, in text or binary.
+fn read_int8(v: &[u8], binary: bool) -> Result<i64, Refusal> {
+    if binary {
+        <[u8; 8]>::try_from(v).ok().map(i64::from_be_bytes)
+    } else {
+        std::str::from_utf8(v).ok().and_then(|s| s.parse().ok())
+    }
+    .ok_or_else(|| unreadable("bigint", v))
+}
+
 /// The partial numeric sums added exactly, with the widest display scale.
-fn add_numeric(partials: &[&[u8]], binary: bool) -> Result<Bytes, Refusal> {
+fn sum_numeric(partials: &[&[u8]], binary: bool) -> Result<Num, Refusal> {
     let mut total: Option<Num> = None;
     for v in partials {
         let x = if binary {
@@ -175,16 +256,11 @@ fn add_numeric(partials: &[&[u8]], binary: bool) -> Result<Bytes, Refusal> {
             Some(t) => t.add(&x),
         });
     }
-    let total = total.unwrap_or(Num::Finite {
+    Ok(total.unwrap_or(Num::Finite {
         negative: false,
         int: Vec::new(),
         frac: Vec::new(),
-    });
-    Ok(if binary {
-        total.to_binary()
-    } else {
-        total.to_text()
-    })
+    }))
 }
 
 fn expect_type(field: Field, oid: u32, what: &str) -> Result<(), Refusal> {
@@ -339,6 +415,72 @@ mod tests {
             values(&out),
             vec![Some(11i64.to_be_bytes().to_vec()), Some(vec![1])]
         );
+    }
+
+    #[test]
+    fn an_average_divides_the_combined_sum_by_the_combined_count() {
+        // avg(int) and avg(numeric): visible avg columns, then (sum, count) per avg().
+        let kinds = [Avg, Count, Avg];
+        let fields = [
+            text(1700),
+            text(20),
+            text(1700),
+            text(20),
+            text(20),
+            text(1700),
+            text(20),
+        ];
+        let partials = [
+            row(&[
+                Some(b"2.5"),
+                Some(b"2"),
+                Some(b"1.25"),
+                Some(b"5"),
+                Some(b"2"),
+                Some(b"2.50"),
+                Some(b"2"),
+            ]),
+            row(&[None, Some(b"0"), None, None, Some(b"0"), None, Some(b"0")]),
+            row(&[
+                Some(b"1"),
+                Some(b"1"),
+                Some(b"3"),
+                Some(b"1"),
+                Some(b"1"),
+                Some(b"3"),
+                Some(b"1"),
+            ]),
+        ];
+        let out = combine(&kinds, &fields, &partials).unwrap().unwrap();
+        assert_eq!(
+            values(&out),
+            vec![
+                Some(b"2.0000000000000000".to_vec()),
+                Some(b"3".to_vec()),
+                Some(b"1.8333333333333333".to_vec()),
+            ]
+        );
+        // Over no rows: NULL. Binary in, binary out.
+        let none = [row(&[None, None, Some(b"0")])];
+        let out = combine(&[Avg], &[text(1700), text(20), text(20)], &none).unwrap();
+        assert_eq!(values(&out.unwrap()), vec![None]);
+        let bin = |oid| Field {
+            type_oid: oid,
+            format: 1,
+        };
+        let p = [row(&[
+            Some(b"x"),
+            Some(&7i64.to_be_bytes()),
+            Some(&2i64.to_be_bytes()),
+        ])];
+        let out = combine(&[Avg], &[bin(1700), bin(20), bin(20)], &p).unwrap();
+        let want = Num::from_text(b"3.5000000000000000").unwrap().to_binary();
+        assert_eq!(values(&out.unwrap()), vec![Some(want.to_vec())]);
+        // A float average does not combine exactly; missing partials are a shard's fault.
+        let p = [row(&[Some(b"1"), Some(b"1"), Some(b"1")])];
+        let f = [text(701), text(701), text(20)];
+        assert_eq!(combine(&[Avg], &f, &p).unwrap_err().0, "0A000");
+        assert_eq!(combine(&[Avg], &f[..1], &p).unwrap_err().0, "08P01");
     }
 
     #[test]

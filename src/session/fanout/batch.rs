@@ -109,11 +109,12 @@ pub fn build_with(
                     injected.push(true);
                     header_frames += 1;
                 }
-                if nulls.is_empty() {
+                if nulls.is_empty() && merge.hidden() == 0 {
                     extended::put_renamed(&mut out, f, bind.statement_span(), b"");
                 } else {
                     out.extend_from_slice(
-                        &extended::bind_with_nulls(f, b"", nulls).map_err(protocol)?,
+                        &extended::bind_rewritten(f, b"", nulls, merge.hidden())
+                            .map_err(protocol)?,
                     );
                 }
                 header_frames += 1;

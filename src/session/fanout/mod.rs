@@ -9,6 +9,7 @@
 //! DataRows are forwarded as the bytes the shards sent: no re-encoding.
 
 pub mod aggregate;
+mod average;
 pub mod batch;
 pub mod compare;
 mod control;
@@ -272,6 +273,25 @@ impl Session {
                                 if batch.described_here {
                                     continue;
                                 }
+                            }
+                            if frame.tag == b'T' && merge.hidden() > 0 {
+                                // avg()'s partials are the shards', not the client's.
+                                let visible =
+                                    crate::protocol::server::row_description_columns(frame.body())
+                                        .map(|n| n.saturating_sub(merge.hidden()))
+                                        .and_then(|n| {
+                                            crate::protocol::server::row_description_prefix(
+                                                frame.body(),
+                                                n,
+                                            )
+                                        });
+                                match visible {
+                                    Ok(t) => self.client_out.push(t),
+                                    Err(e) => {
+                                        error.get_or_insert_with(|| lost(i, &e.to_string()));
+                                    }
+                                }
+                                continue;
                             }
                             self.client_out.push(frame.raw);
                         }

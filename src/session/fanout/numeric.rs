@@ -43,10 +43,12 @@ impl Num {
         if int.is_empty() || !int.iter().chain(frac).all(u8::is_ascii_digit) {
             return None;
         }
-        Some(Num::finite(negative, int.to_vec(), frac.to_vec()))
+        Some(Num::from_parts(negative, int.to_vec(), frac.to_vec()))
     }
 
-    fn finite(negative: bool, int: Vec<u8>, frac: Vec<u8>) -> Num {
+    /// A finite value from its sign and ASCII digits (leading zeros of `int` dropped; a zero
+    /// is never negative).
+    pub fn from_parts(negative: bool, int: Vec<u8>, frac: Vec<u8>) -> Num {
         let int: Vec<u8> = int.into_iter().skip_while(|b| *b == b'0').collect();
         let zero = int.is_empty() && frac.iter().all(|b| *b == b'0');
         Num::Finite {
@@ -91,7 +93,7 @@ impl Num {
             p -= 1;
         }
         frac.truncate(dscale);
-        Some(Num::finite(sign == 0x4000, int, frac))
+        Some(Num::from_parts(sign == 0x4000, int, frac))
     }
 
     /// The sum of two values, as numeric adds them.
@@ -130,7 +132,7 @@ impl Num {
                     (*nb, sub_digits(&b, &a))
                 };
                 let (int, frac) = sum.split_at(width);
-                Num::finite(
+                Num::from_parts(
                     negative,
                     int.iter().map(|d| d + b'0').collect(),
                     frac.iter().map(|d| d + b'0').collect(),

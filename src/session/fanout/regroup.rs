@@ -16,7 +16,7 @@ use bytes::Bytes;
 use super::aggregate::{self, Field, Refusal};
 use super::compare::Column;
 use crate::protocol::{messages, server, Frame};
-use crate::router::fanout::Aggregate;
+use crate::router::fanout::{hidden_columns, Aggregate};
 
 /// Partial rows gathered beyond this many fail the query (54000) instead of growing
 /// usher's memory without bound.
@@ -32,7 +32,7 @@ fn groups_by_bytes(oid: u32) -> bool {
 
 /// Checks the grouping columns' types once the shards described the result.
 pub fn check_fields(columns: &[Option<Aggregate>], fields: &[Field]) -> Result<(), Refusal> {
-    if columns.len() != fields.len() {
+    if columns.len() + hidden_columns(columns.iter().flatten()) != fields.len() {
         return Err((
             "08P01",
             format!(
@@ -73,7 +73,7 @@ pub fn regroup(
     let mut index: HashMap<Vec<Option<&[u8]>>, usize> = HashMap::new();
     let mut groups: Vec<Vec<Vec<Option<&[u8]>>>> = Vec::new();
     for row in partials {
-        let values = (0..columns.len())
+        let values = (0..fields.len())
             .map(|i| server::data_row_value(row.body(), i))
             .collect::<Result<Vec<_>, _>>()
             .map_err(bad)?;
@@ -87,13 +87,22 @@ pub fn regroup(
     let mut rows: Vec<Vec<Option<Bytes>>> = Vec::with_capacity(groups.len());
     for group in &groups {
         let mut out = Vec::with_capacity(columns.len());
+        let mut hidden = columns.len();
         for (i, (kind, field)) in columns.iter().zip(fields).enumerate() {
+            let of = |c: usize| -> Vec<&[u8]> {
+                group
+                    .iter()
+                    .filter_map(|r| r.get(c).copied().flatten())
+                    .collect()
+            };
             out.push(match kind {
                 None => group.first().and_then(|r| r[i]).map(Bytes::copy_from_slice),
-                Some(kind) => {
-                    let parts: Vec<&[u8]> = group.iter().filter_map(|r| r[i]).collect();
-                    aggregate::combine_column(*kind, *field, &parts)?
+                Some(Aggregate::Avg) => {
+                    hidden += 2;
+                    let at = hidden - 2;
+                    aggregate::combine_avg(*field, fields, at, &of(at), &of(at + 1))?
                 }
+                Some(kind) => aggregate::combine_column(*kind, *field, &of(i))?,
             });
         }
         rows.push(out);
