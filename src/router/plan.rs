@@ -101,6 +101,9 @@ pub enum Plan {
     Fanout(Fanout),
     /// Run one UPDATE or DELETE on the shards concerned, committed with two-phase commit.
     FanoutWrite(FanoutWrite),
+    /// Run a pipeline of one-shard statements on their shards as one transaction (see
+    /// `router::plan_pipeline`).
+    Pipeline(Pipeline),
 }
 
 /// A write that runs on several shards' primaries, as one distributed transaction.
@@ -206,6 +209,7 @@ pub fn plan(batch: &Batch, facts: &Facts) -> Plan {
                 facts,
             )
         }
+        Ok(Some(Choice::Pipeline(p))) => return Plan::Pipeline(p),
         Ok(Some(Choice::Shard(s))) => (s, false),
         Ok(Some(Choice::Prepare(s))) => (s, facts.held.is_some()),
         Ok(Some(Choice::Broadcast)) if facts.held.is_none() => return Plan::Broadcast,
@@ -436,6 +440,7 @@ enum Choice {
     FanoutWrite(Arc<Classification>, Vec<usize>, Option<Vec<usize>>, bool),
     Broadcast,
     Prepare(usize),
+    Pipeline(Pipeline),
 }
 
 /// The shard for the batch; `None` while the rest of it is on the way.
@@ -526,8 +531,11 @@ pub fn writes(
 
 #[path = "plan_across.rs"]
 mod across;
+#[path = "plan_pipeline.rs"]
+mod pipeline;
 pub use across::draws_per_call;
 use across::{fanout_of, global_write_of};
+pub use pipeline::Pipeline;
 
 #[cfg(test)]
 #[path = "plan_tests.rs"]

@@ -23,7 +23,8 @@ pub(super) fn fanout_of(
 ) -> Result<Choice, ShardError> {
     let body = batch.body();
     let Some(class) = single_statement(batch, facts) else {
-        return Err(why);
+        // Several statements, each of one shard: a pipeline across shards.
+        return super::pipeline::pipeline_of(batch, facts, map, &why).map(Choice::Pipeline);
     };
     let refuse = |construct: String| ShardError::NotMergeable {
         why: Box::new(why.clone()),

@@ -454,3 +454,56 @@ fn writes_across_shards_run_where_their_keys_are_with_two_phase_commit() {
         r.message
     );
 }
+
+#[test]
+fn pipelines_of_one_shard_statements_run_on_their_shards() {
+    let c = config();
+    let f = facts(&c.databases["twophase"]);
+    let map = c.databases["twophase"].sharding.as_ref().unwrap();
+    // Keys of two different shards.
+    let shard = |k: i64| shard::hinted(&ShardHint::Key(k.to_string()), map, 3).unwrap();
+    let other = (2..100).find(|k| shard(*k) != shard(1)).unwrap();
+    let execution = |sql: &str| vec![stmt(b'P', sql), stmt(b'B', sql), tag(b'D'), tag(b'E')];
+    let insert = |k: i64| execution(&format!("INSERT INTO families (id) VALUES ({k})"));
+    let mut batch: Vec<Statement> = insert(1);
+    batch.extend(execution(&format!(
+        "SELECT * FROM families WHERE id = {other}"
+    )));
+    batch.extend(insert(other));
+    batch.push(tag(b'S'));
+    let planned = plan_of(&batch, &f);
+    let Plan::Pipeline(p) = planned else {
+        panic!("a pipeline across shards: {planned:?}");
+    };
+    assert_eq!(p.segments, vec![shard(1), shard(other), shard(other)]);
+    assert_eq!(p.writes, vec![true, false, true]);
+    assert_eq!(p.writing_shards(), 2);
+    // Transaction control, a statement needing several shards, no Sync, or a database
+    // without two-phase commit: refused as before.
+    for bad in [
+        execution("SAVEPOINT a"),
+        execution("SELECT * FROM families"),
+        execution("BEGIN"),
+    ] {
+        let mut b = insert(1);
+        b.extend(insert(other));
+        b.extend(bad);
+        b.push(tag(b'S'));
+        assert!(matches!(plan_of(&b, &f), Plan::Refuse(_)));
+    }
+    let mut unsynced = insert(1);
+    unsynced.extend(insert(other));
+    unsynced.push(tag(b'H'));
+    assert!(matches!(plan_of(&unsynced, &f), Plan::Refuse(_)));
+    let one_phase = facts(&c.databases["sharded"]);
+    let sharded = c.databases["sharded"].sharding.as_ref().unwrap();
+    let s2 = |k: i64| shard::hinted(&ShardHint::Key(k.to_string()), sharded, 2).unwrap();
+    let o2 = (2..100).find(|k| s2(*k) != s2(1)).unwrap();
+    let mut b = insert(1);
+    b.extend(insert(o2));
+    b.push(tag(b'S'));
+    let Plan::Refuse(r) = plan_of(&b, &one_phase) else {
+        panic!("writes on two shards without two-phase commit");
+    };
+    assert!(r.message.contains("two_phase_commit"), "{}", r.message);
+}

@@ -191,6 +191,10 @@ impl Session {
                     let frames = request.take_rest();
                     return Box::pin(self.fan_out_write(write, frames)).await;
                 }
+                Plan::Pipeline(pipeline) => {
+                    let frames = request.take_rest();
+                    return Box::pin(self.run_pipeline(pipeline, frames)).await;
+                }
                 Plan::CheckFunctions(_) => {
                     // Session::plan answers these itself; a plan asking twice is usher's bug.
                     let e = messages::error_response(

@@ -17,6 +17,7 @@ mod insert;
 mod merge;
 pub mod numeric;
 mod order;
+mod pipeline;
 pub mod regroup;
 mod write;
 

@@ -323,7 +323,7 @@ impl Session {
     /// Commits every part: with one part, COMMIT; with several, PREPARE TRANSACTION on each,
     /// the decision logged, then COMMIT PREPARED on each. Returns the client's error when
     /// the write was rolled back instead.
-    async fn commit_parts(
+    pub(super) async fn commit_parts(
         &mut self,
         parts: &mut [Part],
         shards: &[usize],

@@ -1,0 +1,412 @@
+//! Running a pipeline whose statements belong to different shards (psycopg's
+//! `executemany`, any driver's pipeline mode) as one database runs it: one implicit
+//! transaction, all or nothing, answered in the order the client sent the statements.
+//!
+//! Each segment (the messages up to one Execute, see `router::plan_pipeline`) goes to its
+//! shard; every shard concerned gets BEGIN, its segments in order and a Sync, all shards at
+//! once. Statements are sent as the unnamed one (usher keeps clients' named statements and
+//! adds a Parse where a shard lacks the statement). The answers are held until every shard
+//! reached its Sync, then relayed segment by segment in the client's order: up to the first
+//! error in that order, which is the client's error, after which every shard rolls back, as
+//! Postgres skips the rest of a failed pipeline. Without an error the shards commit: with
+//! two-phase commit when more than one of them wrote, one-phase otherwise.
+
+use bytes::{Bytes, BytesMut};
+
+use super::control::{everywhere, rollback, Answer};
+use super::{lost, Part, MAX_FRAME};
+use crate::error::Failure;
+use crate::protocol::{client, extended, frame::split_frame, messages, Frame};
+use crate::router::plan::Pipeline;
+use crate::session::prepared::ClientStatements;
+use crate::session::{Flow, Session, SessionError};
+
+/// Answers held beyond this many bytes fail the pipeline (54000) instead of growing usher's
+/// memory without bound.
+const MAX_HELD: usize = 64 << 20;
+
+/// What each shard is sent, and which ParseCompletes are usher's own.
+struct Streams {
+    /// The bytes for each shard (in `Pipeline::shards` order), BEGIN and Sync included.
+    bytes: Vec<Bytes>,
+    /// For each segment, in order: for each Parse sent in it, whether usher added it.
+    injected: Vec<Vec<bool>>,
+}
+
+/// Why the pipeline cannot run: an error for the client (SQLSTATE, message).
+type Refusal = (&'static str, String);
+
+/// Cuts `frames` into each shard's messages.
+fn streams(
+    frames: &[Frame],
+    plan: &Pipeline,
+    shards: &[usize],
+    stmts: &ClientStatements,
+) -> Result<Streams, Refusal> {
+    let protocol = |e: crate::protocol::ProtocolError| ("08P01", format!("usher: {e}"));
+    let mut out: Vec<BytesMut> = shards
+        .iter()
+        .map(|_| {
+            let mut b = BytesMut::new();
+            messages::query(&mut b, "BEGIN");
+            b
+        })
+        .collect();
+    // Which client statement each shard's unnamed statement holds now.
+    let mut unnamed: Vec<Option<Vec<u8>>> = vec![None; shards.len()];
+    // Statements parsed in this pipeline: name -> (query, parameter types).
+    let mut parsed: Vec<(Vec<u8>, Bytes, Bytes)> = Vec::new();
+    let mut injected: Vec<Vec<bool>> = vec![Vec::new(); plan.segments.len()];
+    let last = plan.segments.len().saturating_sub(1);
+    let mut segment = 0usize;
+    let mut portal: Option<Vec<u8>> = None;
+    for f in frames {
+        let k = segment.min(last);
+        let shard = plan.segments.get(k).copied().unwrap_or_default();
+        let Some(at) = shards.iter().position(|s| *s == shard) else {
+            return Err((
+                "XX000",
+                "usher: a pipeline segment without its shard".into(),
+            ));
+        };
+        let (Some(buf), Some(held), Some(flags)) =
+            (out.get_mut(at), unnamed.get_mut(at), injected.get_mut(k))
+        else {
+            return Err((
+                "XX000",
+                "usher: a pipeline segment without its shard".into(),
+            ));
+        };
+        match f.tag {
+            b'P' => {
+                let p = client::Parse::new(f).map_err(protocol)?;
+                let (query, types) = p.owned_query_and_types();
+                buf.extend_from_slice(&extended::parse_message(b"", &query, &types));
+                flags.push(false);
+                *held = Some(p.name().to_vec());
+                parsed.push((p.name().to_vec(), query, types));
+            }
+            b'B' => {
+                let b = client::Bind::new(f).map_err(protocol)?;
+                ensure(b.statement(), buf, held, flags, &parsed, stmts)?;
+                extended::put_renamed(buf, f, b.statement_span(), b"");
+                portal = Some(b.portal().to_vec());
+            }
+            b'D' => {
+                let d = client::Targeted::new(f).map_err(protocol)?;
+                if d.target == client::Target::Statement {
+                    ensure(d.name(), buf, held, flags, &parsed, stmts)?;
+                    extended::put_renamed(buf, f, d.name_span(), b"");
+                } else if portal.as_deref() == Some(d.name()) {
+                    buf.extend_from_slice(&f.raw);
+                } else {
+                    return Err(not_run("a Describe of a portal bound by another statement"));
+                }
+            }
+            b'E' => {
+                let e = client::Execute::new(f).map_err(protocol)?;
+                if e.max_rows != 0 {
+                    return Err(not_run("a row limit on Execute"));
+                }
+                if portal.take().as_deref() != Some(e.portal()) {
+                    return Err(not_run("an Execute of a portal bound by another statement"));
+                }
+                buf.extend_from_slice(&f.raw);
+                segment += 1;
+            }
+            // The Sync: each shard gets its own below.
+            b'S' => {}
+            other => {
+                return Err(not_run(&format!("message {:?}", other as char)));
+            }
+        }
+    }
+    let bytes = out
+        .into_iter()
+        .map(|mut b| {
+            b.extend_from_slice(messages::SYNC);
+            b.freeze()
+        })
+        .collect();
+    Ok(Streams { bytes, injected })
+}
+
+/// Makes a shard's unnamed statement (`held`) the client's statement `name`: the Parse it
+/// needs is added to `buf` (and flagged in `flags` as usher's) unless it holds it already.
+fn ensure(
+    name: &[u8],
+    buf: &mut BytesMut,
+    held: &mut Option<Vec<u8>>,
+    flags: &mut Vec<bool>,
+    parsed: &[(Vec<u8>, Bytes, Bytes)],
+    stmts: &ClientStatements,
+) -> Result<(), Refusal> {
+    if held.as_deref() == Some(name) {
+        return Ok(());
+    }
+    let (query, types) = match parsed.iter().rev().find(|(n, _, _)| n == name) {
+        Some((_, q, t)) => (q.clone(), t.clone()),
+        None => match stmts.statement(name) {
+            Some(st) => (st.query.clone(), st.param_types.clone()),
+            None => {
+                return Err((
+                    "26000",
+                    format!(
+                        "prepared statement \"{}\" does not exist",
+                        String::from_utf8_lossy(name)
+                    ),
+                ))
+            }
+        },
+    };
+    buf.extend_from_slice(&extended::parse_message(b"", &query, &types));
+    flags.push(true);
+    *held = Some(name.to_vec());
+    Ok(())
+}
+
+fn not_run(construct: &str) -> Refusal {
+    (
+        "0A000",
+        format!("usher: a pipeline across shards is run only when each statement is bound and executed on its own, and this one has {construct}"),
+    )
+}
+
+/// What one shard answered, cut by segment.
+#[derive(Default)]
+struct Answers {
+    /// It answered BEGIN.
+    begun: bool,
+    /// The frames of each of its segments, in order.
+    segments: Vec<Vec<Frame>>,
+    /// Its error, and the index (among its own segments) of the segment that raised it.
+    error: Option<(usize, Bytes)>,
+}
+
+impl Session {
+    /// Runs the pipeline in `frames` on the shards of `plan` and answers the client once it
+    /// committed or rolled back everywhere.
+    pub(in crate::session) async fn run_pipeline(
+        &mut self,
+        plan: Pipeline,
+        frames: Vec<Frame>,
+    ) -> Result<Flow, SessionError> {
+        self.wait_if_paused().await;
+        let shards = plan.shards();
+        let streams = match streams(&frames, &plan, &shards, &self.stmts) {
+            Ok(s) => s,
+            Err((code, message)) => {
+                self.answer_fanout_error(code, &message);
+                return Ok(Flow::Continue);
+            }
+        };
+        let two_phase = plan.writing_shards() > 1;
+        let coordinator = self.app.twophase.clone();
+        let log = if two_phase {
+            let path = self.snap().config.general.two_phase_log.clone();
+            match coordinator.log(path.as_deref()) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    self.answer_fanout_error(e.sqlstate(), &e.to_string());
+                    return Ok(Flow::Continue);
+                }
+            }
+        } else {
+            None
+        };
+        // Writes on several shards take turns per database, so two cannot deadlock.
+        let gate = coordinator.gate(&self.db_name);
+        let _turn = match two_phase {
+            true => Some(gate.lock().await),
+            false => None,
+        };
+        let Some(mut parts) = self.checkout_parts(&shards, true, false).await? else {
+            return Ok(Flow::Continue);
+        };
+        self.stats.route(if plan.writes.contains(&true) {
+            crate::stats::RouteOutcome::FanoutWrite
+        } else {
+            crate::stats::RouteOutcome::Fanout
+        });
+        self.set_state(crate::stats::CLIENT_ACTIVE);
+        let mut error = None;
+        let answers = self
+            .gather(&mut parts, &streams.bytes, &plan, &shards, &mut error)
+            .await;
+        if error.is_none() {
+            error = self.relay(&plan, &shards, &answers, &streams.injected);
+        }
+        if error.is_none() {
+            error = match &log {
+                Some(log) => {
+                    self.commit_parts(&mut parts, &shards, &coordinator, log)
+                        .await
+                }
+                None => everywhere(&mut parts, |_| "COMMIT".to_string())
+                    .await
+                    .into_iter()
+                    .enumerate()
+                    .find_map(|(i, a)| match a {
+                        Answer::Ok => None,
+                        Answer::Error(e) => Some(e),
+                        Answer::Lost(why) => Some(lost(shards.get(i).copied().unwrap_or(i), &why)),
+                    }),
+            };
+            if error.is_none() {
+                // Statements named in the pipeline stay the client's for later requests.
+                for f in frames.iter().filter(|f| f.tag == b'P') {
+                    if !f.body().starts_with(b"\0") {
+                        self.stmts.remember(f)?;
+                    }
+                }
+            }
+        } else {
+            rollback(&mut parts).await;
+        }
+        Self::release_parts(parts);
+        self.set_state(crate::stats::CLIENT_IDLE);
+        if let Some(e) = error {
+            self.stats.errors.inc();
+            self.client_out.push(e);
+        }
+        let mut out = BytesMut::new();
+        messages::ready_for_query(&mut out, b'I');
+        self.client_out.push(out.freeze());
+        self.txn_status = b'I';
+        self.flush_client().await?;
+        Ok(Flow::Continue)
+    }
+
+    /// Sends each part its stream and holds every answer until each part reached its Sync.
+    async fn gather(
+        &mut self,
+        parts: &mut [Part],
+        bytes: &[Bytes],
+        plan: &Pipeline,
+        shards: &[usize],
+        error: &mut Option<Bytes>,
+    ) -> Vec<Answers> {
+        let mut answers: Vec<Answers> = shards
+            .iter()
+            .map(|s| Answers {
+                segments: vec![Vec::new(); plan.segments.iter().filter(|x| *x == s).count()],
+                ..Answers::default()
+            })
+            .collect();
+        for (i, p) in parts.iter_mut().enumerate() {
+            let Some(b) = bytes.get(i) else { continue };
+            if let Err(e) = p.lease.conn().write(b).await {
+                error.get_or_insert_with(|| lost(i, &e.to_string()));
+                p.broken();
+            }
+        }
+        let mut held = 0usize;
+        let mut current = vec![0usize; parts.len()];
+        loop {
+            for (i, p) in parts.iter_mut().enumerate() {
+                let (Some(a), Some(cur)) = (answers.get_mut(i), current.get_mut(i)) else {
+                    continue;
+                };
+                while !p.ready {
+                    let frame = match split_frame(&mut p.lease.conn().rbuf, MAX_FRAME) {
+                        Ok(Some(f)) => f,
+                        Ok(None) => break,
+                        Err(e) => {
+                            error.get_or_insert_with(|| lost(i, &e.to_string()));
+                            p.broken();
+                            break;
+                        }
+                    };
+                    match frame.tag {
+                        b'C' | b'N' if !a.begun => {}
+                        b'Z' if !a.begun => a.begun = true,
+                        b'Z' => {
+                            p.rows_done = true;
+                            p.ready = true;
+                        }
+                        b'E' if !a.begun => {
+                            error.get_or_insert(frame.raw);
+                        }
+                        b'E' => {
+                            a.error.get_or_insert((*cur, frame.raw));
+                        }
+                        b'A' => self.client_out.push(frame.raw),
+                        b'S' => {}
+                        b'1' | b'2' | b't' | b'T' | b'n' | b'D' | b'C' | b'I' | b's' | b'N' => {
+                            held += frame.raw.len();
+                            if held > MAX_HELD {
+                                error.get_or_insert_with(|| {
+                                    messages::error_response(
+                                        "ERROR",
+                                        "54000",
+                                        &format!("usher: a pipeline across shards returned more than {} MiB before its end", MAX_HELD >> 20),
+                                        None,
+                                    )
+                                });
+                                continue;
+                            }
+                            let ends = matches!(frame.tag, b'C' | b'I' | b's');
+                            let last = a.segments.len().saturating_sub(1);
+                            if let Some(seg) = a.segments.get_mut((*cur).min(last)) {
+                                seg.push(frame);
+                            }
+                            if ends && *cur < last {
+                                *cur += 1;
+                            }
+                        }
+                        other => {
+                            error.get_or_insert_with(|| {
+                                lost(
+                                    i,
+                                    &format!(
+                                        "unexpected message {:?} in a pipeline",
+                                        other as char
+                                    ),
+                                )
+                            });
+                            p.broken();
+                        }
+                    }
+                }
+            }
+            if parts.iter().all(|p| p.ready) {
+                break;
+            }
+            self.read_some(parts, error).await;
+        }
+        answers
+    }
+
+    /// Relays the held answers segment by segment in the client's order, up to the first
+    /// error in that order, which is returned.
+    fn relay(
+        &mut self,
+        plan: &Pipeline,
+        shards: &[usize],
+        answers: &[Answers],
+        injected: &[Vec<bool>],
+    ) -> Option<Bytes> {
+        let mut seen = vec![0usize; shards.len()];
+        for (k, shard) in plan.segments.iter().enumerate() {
+            let at = shards.iter().position(|s| s == shard)?;
+            let (Some(a), Some(n)) = (answers.get(at), seen.get_mut(at)) else {
+                return Some(lost(*shard, "a segment without its answers"));
+            };
+            let local = *n;
+            *n += 1;
+            let mut parses = injected.get(k).map(|v| v.iter()).into_iter().flatten();
+            for f in a.segments.get(local).into_iter().flatten() {
+                if f.tag == b'1' && parses.next().copied().unwrap_or(false) {
+                    continue;
+                }
+                self.client_out.push(f.raw.clone());
+            }
+            if let Some((failed_at, e)) = &a.error {
+                if *failed_at <= local {
+                    return Some(e.clone());
+                }
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,215 @@
+//! Pipelines whose statements belong to different shards (what psycopg's `executemany` and
+//! libpq's pipeline mode send: Parse/Bind/Describe/Execute per statement, one Sync), judged
+//! against one plain database: the same raw messages are sent to usher over four shards and
+//! to the plain database, and the frames that come back must be the same (RowDescriptions
+//! compared without their table OIDs), as must the rows left afterwards. A failing statement
+//! rolls the whole pipeline back on every shard, and no prepared transaction is left.
+
+mod common;
+
+use common::fake_server::frame;
+use common::learning::*;
+use common::sharded::*;
+use common::*;
+use tokio::io::AsyncWriteExt;
+
+const MAP: &str = r#"hasher = "xxh3"
+key_type = "uuid"
+default_shard = 0
+two_phase_commit = true
+tables = [
+  { name = "families", column = "id" },
+  { name = "children", column = "family_id" },
+  { name = "user_progress", column = "family_id" },
+]
+global_tables = ["lessons"]
+"#;
+
+const INSERT: &str = "INSERT INTO children (id, family_id, name, grade) VALUES ($1, $2, $3, $4)";
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut p = format!("{name}\0{sql}\0").into_bytes();
+    p.extend_from_slice(&0i16.to_be_bytes());
+    frame(b'P', &p)
+}
+
+/// Bind of `stmt` to the unnamed portal with text parameters and text results.
+fn bind(stmt: &str, params: &[&str]) -> Vec<u8> {
+    let mut b = format!("\0{stmt}\0").into_bytes();
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        b.extend_from_slice(&(p.len() as i32).to_be_bytes());
+        b.extend_from_slice(p.as_bytes());
+    }
+    b.extend_from_slice(&0i16.to_be_bytes());
+    frame(b'B', &b)
+}
+
+/// Describe of the unnamed portal, then Execute of it.
+fn describe_execute() -> Vec<u8> {
+    let mut out = frame(b'D', b"P\0");
+    out.extend(frame(b'E', b"\0\0\0\0\0"));
+    out
+}
+
+/// One statement as libpq's PQsendQueryParams sends it in pipeline mode.
+fn statement(sql: &str, params: &[&str]) -> Vec<u8> {
+    let mut out = parse("", sql);
+    out.extend(bind("", params));
+    out.extend(describe_execute());
+    out
+}
+
+/// The frames answering `bytes` (ended by one Sync) on a raw connection to `port`/`db`,
+/// RowDescriptions without table OIDs and column numbers (which differ between databases).
+async fn answer(port: u16, db: &str, bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut s = raw_login(port, "trust_user", db).await;
+    s.write_all(bytes).await.unwrap();
+    let got = read_until_ready(&mut s, 1).await;
+    common::fake_server::frames(&got)
+        .into_iter()
+        .map(|(tag, body)| (tag, if tag == b'T' { untabled(&body) } else { body }))
+        .collect()
+}
+
+fn untabled(body: &[u8]) -> Vec<u8> {
+    let n = i16::from_be_bytes([body[0], body[1]]) as usize;
+    let mut out = body[..2].to_vec();
+    let mut at = 2;
+    for _ in 0..n {
+        let end = at + body[at..].iter().position(|b| *b == 0).unwrap() + 1;
+        out.extend_from_slice(&body[at..end]);
+        out.extend_from_slice(&body[end + 6..end + 18]);
+        at = end + 18;
+    }
+    out
+}
+
+/// Sends `bytes` to usher and to the plain database: the same frames, and the same rows
+/// left in every table. Returns the frames' tags.
+async fn same_pipeline(b: &Both, bytes: &[u8]) -> Vec<u8> {
+    let u = answer(b.s.usher.port, b.s.db, bytes).await;
+    let p = answer(topology().primary.port, &b.plain_db, bytes).await;
+    assert_eq!(u, p);
+    assert_eq!(contents(&b.usher).await, contents(&b.plain).await);
+    assert!(prepared_left(&b.s).is_empty());
+    u.iter().map(|(t, _)| *t).collect()
+}
+
+async fn contents(c: &tokio_postgres::Client) -> Vec<Simple> {
+    let mut out = Vec::new();
+    for sql in [
+        "SELECT id, family_id, name, grade FROM children",
+        "SELECT id, name FROM families",
+    ] {
+        let mut r = simple(c, sql).await;
+        if let Ok(r) = &mut r {
+            r.1.sort();
+        }
+        out.push(r);
+    }
+    out
+}
+
+fn prepared_left(s: &Sharded) -> Vec<String> {
+    per_shard(
+        s,
+        "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()",
+    )
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Families of at least two different shards.
+fn spread(s: &Sharded) -> Vec<u32> {
+    let mut seen = std::collections::BTreeSet::new();
+    let picked: Vec<u32> = (1..120)
+        .filter(|i| seen.insert(shard_of(&s.config, Some("children"), &family(*i))))
+        .take(3)
+        .collect();
+    assert!(picked.len() >= 2, "the families span shards");
+    picked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_across_shards_runs_as_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let general = format!(
+        "instance_name = \"p1\"\ntwo_phase_log = \"{}\"",
+        dir.path().join("2pc.log").display()
+    );
+    let b = load("xpipe", "xpipeplain", MAP, &general).await;
+    topology().primary.psql(
+        &b.plain_db,
+        "GRANT ALL ON ALL TABLES IN SCHEMA public TO trust_user",
+    );
+    let fams = spread(&b.s);
+    // executemany without a prepared statement: one Parse per row, rows on several shards,
+    // a read in the middle, answered in the order sent.
+    let mut bytes = Vec::new();
+    for (j, f) in fams.iter().enumerate() {
+        let (id, fid) = (child(*f, 40), family(*f));
+        bytes.extend(statement(INSERT, &[&id, &fid, &format!("new {j}"), "3"]));
+        if j == 0 {
+            let q = "SELECT name, grade FROM children WHERE family_id = $1 ORDER BY id";
+            bytes.extend(statement(q, &[&family(fams[1])]));
+        }
+    }
+    bytes.extend(frame(b'S', b""));
+    let tags = same_pipeline(&b, &bytes).await;
+    assert!(tags.contains(&b'T') && tags.contains(&b'D'), "{tags:?}");
+    let done = tags.iter().filter(|t| **t == b'C').count();
+    assert_eq!(done, fams.len() + 1, "every statement ran: {tags:?}");
+    // executemany with a named statement, parsed once and bound per row.
+    let mut bytes = parse("ins", INSERT);
+    for (j, f) in fams.iter().enumerate() {
+        let (id, fid) = (child(*f, 41), family(*f));
+        bytes.extend(bind("ins", &[&id, &fid, &format!("named {j}"), "4"]));
+        bytes.extend(describe_execute());
+    }
+    bytes.extend(frame(b'S', b""));
+    same_pipeline(&b, &bytes).await;
+    // A failing row in the middle (its Bind fails): the error where one database raises it,
+    // nothing of the pipeline kept on any shard.
+    let mut bytes = Vec::new();
+    for (j, f) in fams.iter().enumerate() {
+        let (id, fid) = (child(*f, 42), family(*f));
+        let grade = if j == 1 { "x" } else { "5" };
+        bytes.extend(statement(INSERT, &[&id, &fid, "bad", grade]));
+    }
+    bytes.extend(frame(b'S', b""));
+    let tags = same_pipeline(&b, &bytes).await;
+    assert_eq!(tags.iter().filter(|t| **t == b'E').count(), 1, "{tags:?}");
+    // A duplicate key on the last shard's row, after the others succeeded.
+    let mut bytes = Vec::new();
+    for f in &fams {
+        let (id, fid) = (child(*f, 43), family(*f));
+        bytes.extend(statement(INSERT, &[&id, &fid, "dup", "1"]));
+    }
+    let last = fams[fams.len() - 1];
+    bytes.extend(statement(
+        INSERT,
+        &[&child(last, 43), &family(last), "dup", "1"],
+    ));
+    bytes.extend(frame(b'S', b""));
+    same_pipeline(&b, &bytes).await;
+    // What the pipelines committed is there, each row on its family's shard, and what
+    // failed is not.
+    let count = |sql: &str| -> usize {
+        per_shard(&b.s, sql)
+            .iter()
+            .flatten()
+            .map(|n| n.trim().parse::<usize>().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM children WHERE name LIKE 'named %' OR name LIKE 'new %'"),
+        2 * fams.len()
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM children WHERE name IN ('bad', 'dup')"),
+        0
+    );
+}
