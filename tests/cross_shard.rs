@@ -130,6 +130,16 @@ async fn aggregates_across_shards_combine_as_one_database() {
         "SELECT avg(score), avg(grade) FROM user_progress p JOIN children c ON c.family_id = p.family_id AND c.id = p.child_id WHERE p.status = 'completed'".into(),
         "SELECT avg(score), sum(score) FROM user_progress WHERE false".into(),
         "SELECT avg(grade * 1000003) FROM children OFFSET 0".into(),
+        // Expressions over aggregates: the aggregates combined, the expression finished by
+        // Postgres over them (types, names, rounding and errors as one database's).
+        "SELECT round(avg(score), 2) AS mean, count(*) * 2, coalesce(max(score), 0) FROM user_progress".into(),
+        "SELECT count(*)::int, avg(grade)::numeric(10,3), CASE WHEN count(*) > 100 THEN 'many' ELSE 'few' END FROM children".into(),
+        "SELECT max(birth_date) - min(birth_date), ARRAY[min(grade), max(grade)] FROM children WHERE grade > 2".into(),
+        "SELECT sum(score) / count(*), round(100.0 * count(*) FILTER (WHERE status = 'completed') / count(*), 1) FROM user_progress".into(),
+        "SELECT count(*) FILTER (WHERE grade > 5), avg(grade) FILTER (WHERE grade < 5), max(birth_date) FILTER (WHERE false) FROM children".into(),
+        "SELECT count(*) / (count(*) - count(*)) FROM children".into(),
+        "SELECT count(*) + 1 FROM children OFFSET 1".into(),
+        "SELECT coalesce(sum(score), -1) FROM user_progress WHERE false".into(),
     ] {
         same(&b, &sql, true).await;
     }
@@ -185,11 +195,11 @@ async fn what_cannot_merge_exactly_is_refused() {
     let b = load("xshard", "xplain", MAP, "").await;
     for (sql, named) in [
         (
-            "SELECT round(avg(grade), 2) FROM children",
-            "aggregate function avg()",
+            "SELECT stddev(grade) * 2 FROM children",
+            "aggregate function stddev()",
         ),
         (
-            "SELECT count(*) * 2 FROM children",
+            "SELECT count(DISTINCT grade) * 2 FROM children",
             "aggregate function count()",
         ),
         (
@@ -347,5 +357,42 @@ async fn partial_groups_combine_as_one_database() {
         ),
     ] {
         refused(&b, sql, named).await;
+    }
+}
+
+/// Parse, Describe of the statement, Bind (text, binary, or per-column result formats),
+/// Describe of the portal and Execute in one batch, as pgx and psycopg send them: every frame
+/// (descriptions without table OIDs) as one database sends it, for merged rows, averages
+/// (whose hidden partial columns the client never sees) and expressions over aggregates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_batch_is_described_and_answered_as_one_database() {
+    use common::fake_server::frame;
+    use common::wire::*;
+    let b = load("xbatch", "xbatchplain", MAP, "").await;
+    topology().primary.psql(
+        &b.plain_db,
+        "GRANT ALL ON ALL TABLES IN SCHEMA public TO trust_user",
+    );
+    for (sql, columns) in [
+        ("SELECT id, grade FROM children ORDER BY id LIMIT 5", 2),
+        ("SELECT avg(grade), count(*), avg(score) FROM children c JOIN user_progress p ON p.family_id = c.family_id AND p.child_id = c.id", 3),
+        ("SELECT round(avg(score), 2) AS mean, count(*) * 2, max(completed_at) FROM user_progress", 3),
+        ("SELECT status, avg(score), count(*) FROM user_progress GROUP BY status ORDER BY 3, 2", 3),
+    ] {
+        for results in [vec![], vec![1], vec![1; columns], {
+            let mut v = vec![0; columns];
+            v[0] = 1;
+            v
+        }] {
+            let mut bytes = parse("", sql);
+            bytes.extend(frame(b'D', b"S\0"));
+            bytes.extend(bind_results("", &[], &results));
+            bytes.extend(describe_execute());
+            bytes.extend(frame(b'S', b""));
+            let u = answer(b.s.usher.port, b.s.db, &bytes).await;
+            let p = answer(topology().primary.port, &b.plain_db, &bytes).await;
+            assert_eq!(u, p, "{sql} with result formats {results:?}");
+            assert!(p.iter().any(|(t, _)| *t == b'D'), "{sql}: {p:?}");
+        }
     }
 }

@@ -65,17 +65,28 @@ pub fn bind_with_nulls(
     statement: &[u8],
     nulls: &[usize],
 ) -> Result<Bytes, super::ProtocolError> {
-    bind_rewritten(bind, statement, nulls, 0)
+    bind_rewritten(bind, statement, nulls, Results::Keep)
 }
 
-/// [`bind_with_nulls`], and with `extra_results` more result columns than the client's:
-/// when the client gave each column its own result format, the extra ones get text (one
-/// format, or none, already covers every column).
+/// The result formats a rewritten Bind asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Results {
+    /// The client's.
+    Keep,
+    /// The client's, for a statement returning this many more columns than the client's:
+    /// when the client gave each column its own format, the extra ones get text (one
+    /// format, or none, already covers every column).
+    Extra(usize),
+    /// Text for every column, whatever the client asked.
+    Text,
+}
+
+/// [`bind_with_nulls`], with the result formats `results`.
 pub fn bind_rewritten(
     bind: &Frame,
     statement: &[u8],
     nulls: &[usize],
-    extra_results: usize,
+    results: Results,
 ) -> Result<Bytes, super::ProtocolError> {
     let bad = || super::ProtocolError::Malformed { what: "Bind" };
     let body = bind.body();
@@ -126,22 +137,92 @@ pub fn bind_rewritten(
         }
     }
     let nres = i16_of(take(2)?)?;
-    let results = take(usize::try_from(nres).map_err(|_| bad())? * 2)?;
-    if nres > 1 && extra_results > 0 {
-        let total = usize::try_from(nres)
-            .ok()
-            .and_then(|n| n.checked_add(extra_results))
-            .and_then(|n| i16::try_from(n).ok())
-            .ok_or_else(bad)?;
-        out.put_i16(total);
-        out.put_slice(results);
-        out.put_bytes(0, 2 * extra_results);
-    } else {
-        out.put_i16(nres);
-        out.put_slice(results);
+    let formats = take(usize::try_from(nres).map_err(|_| bad())? * 2)?;
+    match results {
+        Results::Extra(extra) if nres > 1 && extra > 0 => {
+            let total = usize::try_from(nres)
+                .ok()
+                .and_then(|n| n.checked_add(extra))
+                .and_then(|n| i16::try_from(n).ok())
+                .ok_or_else(bad)?;
+            out.put_i16(total);
+            out.put_slice(formats);
+            out.put_bytes(0, 2 * extra);
+        }
+        Results::Text => out.put_i16(0),
+        _ => {
+            out.put_i16(nres);
+            out.put_slice(formats);
+        }
     }
     if pos != body.len() {
         return Err(bad());
+    }
+    let len = i32::try_from(out.len() - 1).map_err(|_| bad())?;
+    if let Some(l) = out.get_mut(1..5) {
+        l.copy_from_slice(&len.to_be_bytes());
+    }
+    Ok(out.freeze())
+}
+
+/// The result-format section of a Bind (count and codes), as the client sent it.
+pub fn result_formats(bind: &Frame) -> Result<Bytes, super::ProtocolError> {
+    let bad = || super::ProtocolError::Malformed { what: "Bind" };
+    let body = bind.body();
+    let mut at = 0usize;
+    for _ in 0..2 {
+        at += body
+            .get(at..)
+            .and_then(|b| b.iter().position(|c| *c == 0))
+            .ok_or_else(bad)?
+            + 1;
+    }
+    let word = |at: usize| -> Result<usize, super::ProtocolError> {
+        let w = body.get(at..at + 2).ok_or_else(bad)?;
+        usize::try_from(i16::from_be_bytes([w[0], w[1]])).map_err(|_| bad())
+    };
+    at += 2 + 2 * word(at)?;
+    let nparams = word(at)?;
+    at += 2;
+    for _ in 0..nparams {
+        let w = body.get(at..at + 4).ok_or_else(bad)?;
+        let len = i32::from_be_bytes([w[0], w[1], w[2], w[3]]);
+        at += 4 + usize::try_from(len).unwrap_or(0);
+    }
+    let n = word(at)?;
+    let section = body.get(at..at + 2 + 2 * n).ok_or_else(bad)?;
+    if at + 2 + 2 * n != body.len() {
+        return Err(bad());
+    }
+    Ok(Bytes::copy_from_slice(section))
+}
+
+/// A Bind of the unnamed statement to the unnamed portal with text `values` (None: NULL)
+/// and the result-format section `results` (count and codes; empty: all text).
+pub fn bind_message(
+    values: &[Option<&[u8]>],
+    results: &[u8],
+) -> Result<Bytes, super::ProtocolError> {
+    let bad = || super::ProtocolError::Malformed { what: "Bind" };
+    let mut out = BytesMut::new();
+    out.put_u8(b'B');
+    out.put_i32(0);
+    out.put_slice(b"\0\0");
+    out.put_i16(0);
+    out.put_i16(i16::try_from(values.len()).map_err(|_| bad())?);
+    for v in values {
+        match v {
+            Some(v) => {
+                out.put_i32(i32::try_from(v.len()).map_err(|_| bad())?);
+                out.put_slice(v);
+            }
+            None => out.put_i32(-1),
+        }
+    }
+    if results.is_empty() {
+        out.put_i16(0);
+    } else {
+        out.put_slice(results);
     }
     let len = i32::try_from(out.len() - 1).map_err(|_| bad())?;
     if let Some(l) = out.get_mut(1..5) {
@@ -236,15 +317,28 @@ mod tests {
         assert_eq!(&types[..], &[0, 3, 0, 0, 0, 23, 0, 0, 0, 0, 0, 0, 0, 25]);
         assert!(types_with_text(&[0, 2, 0, 0], &[1]).is_err());
         // Extra result columns: per-column formats get text for them; one format covers all.
-        let out = bind_rewritten(&bind, b"", &[], 2).unwrap();
+        let out = bind_rewritten(&bind, b"", &[], Results::Extra(2)).unwrap();
         assert_eq!(&out[out.len() - 4..], &[0, 1, 0, 1]);
+        assert_eq!(&result_formats(&bind).unwrap()[..], &[0, 1, 0, 1]);
+        let out = bind_rewritten(&bind, b"", &[], Results::Text).unwrap();
+        assert_eq!(&out[out.len() - 2..], &[0, 0]);
+        let built = bind_message(&[Some(b"7"), None], &[0, 1, 0, 1]).unwrap();
+        let view = client::Bind::new(&Frame::new(b'B', &built[5..])).unwrap();
+        assert_eq!((view.portal(), view.statement()), (&b""[..], &b""[..]));
+        assert_eq!(
+            &result_formats(&Frame::new(b'B', &built[5..])).unwrap()[..],
+            &[0, 1, 0, 1]
+        );
+        for cut in 0..body.len() {
+            let _ = result_formats(&Frame::new(b'B', &body[..cut]));
+        }
         let mut each = body[..body.len() - 4].to_vec();
         each.extend_from_slice(&[0, 2, 0, 1, 0, 0]);
-        let out = bind_rewritten(&Frame::new(b'B', &each), b"", &[], 2).unwrap();
+        let out = bind_rewritten(&Frame::new(b'B', &each), b"", &[], Results::Extra(2)).unwrap();
         assert_eq!(&out[out.len() - 10..], &[0, 4, 0, 1, 0, 0, 0, 0, 0, 0]);
         let mut trailing = body.clone();
         trailing.push(0);
-        assert!(bind_rewritten(&Frame::new(b'B', &trailing), b"", &[], 2).is_err());
+        assert!(bind_rewritten(&Frame::new(b'B', &trailing), b"", &[], Results::Extra(2)).is_err());
     }
 
     #[test]

@@ -137,6 +137,8 @@ pub const NO_DATA: &[u8] = &[b'n', 0, 0, 0, 4];
 pub const NO_PARAMETERS: &[u8] = &[b't', 0, 0, 0, 6, 0, 0];
 /// Sync (frontend).
 pub const SYNC: &[u8] = &[b'S', 0, 0, 0, 4];
+/// Execute of the unnamed portal, all rows (frontend).
+pub const EXECUTE_UNNAMED: &[u8] = &[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0];
 /// Terminate (frontend), for writing without a buffer.
 pub const TERMINATE: &[u8] = &[b'X', 0, 0, 0, 4];
 

@@ -156,6 +156,35 @@ pub fn row_description_prefix(body: &[u8], n: usize) -> Result<bytes::Bytes, Pro
     Ok(out.freeze())
 }
 
+/// A whole RowDescription frame like `body` (a RowDescription's body) with every format
+/// code 0: how a statement (not a portal) is described, before result formats are chosen.
+pub fn row_description_unformatted(body: &[u8]) -> Result<bytes::Bytes, ProtocolError> {
+    let what = "RowDescription";
+    let bad = || ProtocolError::Malformed { what };
+    let n = row_description_columns(body)?;
+    let mut out = bytes::BytesMut::with_capacity(body.len() + 5);
+    out.extend_from_slice(b"T");
+    out.extend_from_slice(
+        &i32::try_from(body.len() + 4)
+            .map_err(|_| bad())?
+            .to_be_bytes(),
+    );
+    out.extend_from_slice(body);
+    let mut at = 2;
+    for _ in 0..n {
+        let (_, next) = read_cstr(body, at, what)?;
+        let format = next
+            .checked_add(16)
+            .filter(|f| f + 2 <= body.len())
+            .ok_or_else(bad)?;
+        if let Some(f) = out.get_mut(5 + format..5 + format + 2) {
+            f.copy_from_slice(&[0, 0]);
+        }
+        at = next + 18;
+    }
+    Ok(out.freeze())
+}
+
 /// DataRow: the value of column `index` (None = NULL), checking every length up to it.
 pub fn data_row_value(body: &[u8], index: usize) -> Result<Option<&[u8]>, ProtocolError> {
     let bad = || ProtocolError::Malformed { what: "DataRow" };

@@ -53,6 +53,10 @@ pub struct Merge {
     /// Set on the merge the session carries out when the plan regroups: each output column
     /// a grouping column (`None`) or the aggregate combining it.
     pub grouped: Option<Vec<Option<Aggregate>>>,
+    /// With expressions over aggregates (see `router::fanout_finish`): the statement one
+    /// shard runs over the combined aggregates (`$1..$n`, `aggregates` in order) to give
+    /// the client's row; the shards' own select list is then only the aggregate calls.
+    pub finish: Option<String>,
 }
 
 impl Merge {
@@ -222,8 +226,20 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
     } else {
         aggregate_list(&s.target_list)
     };
+    // Expressions over aggregates: the shards compute the aggregates, one shard the rest.
+    let finish = match aggregates {
+        None if !grouped && calls_aggregates(parsed) => {
+            Some(super::fanout_finish::finish_of(parsed, s)?)
+        }
+        _ => None,
+    };
+    let aggregates = match &finish {
+        Some(f) => Some(f.aggregates.clone()),
+        None => aggregates,
+    };
     // The top-level aggregate calls of such a list, by position in the text.
     let mut combined: Vec<i32> = match &aggregates {
+        Some(_) if finish.is_some() => finish.iter().flat_map(|f| f.locations.clone()).collect(),
         Some(_) => s
             .target_list
             .iter()
@@ -241,8 +257,9 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
     };
     // Grouped without the key, the groups may still combine; any other aggregate stops that.
     // The shards' statement carries avg()'s partial sums and counts as hidden columns.
-    let augmented = super::fanout_aggregate::with_avg_partials(parsed);
-    let shard_tree = augmented.as_ref().unwrap_or(parsed);
+    let base = finish.as_ref().map_or(parsed, |f| &f.shard_tree);
+    let augmented = super::fanout_aggregate::with_avg_partials(base);
+    let shard_tree = augmented.as_ref().unwrap_or(base);
     let mut regroup = grouped
         .then(|| super::fanout_regroup::regroup(shard_tree, augmented.is_some(), s, &mut combined));
     if let Some(Ok(r)) = &regroup {
@@ -318,6 +335,26 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
         }
     }
     let negative = |c: Option<Count>| matches!(c, Some(Count::Value(v)) if v < 0);
+    if let Some(f) = &finish {
+        // The shards' statement drops LIMIT and OFFSET: a parameter there would be left
+        // without a type, a negative count without its error.
+        if let Err(e) = super::fanout_regroup::check_window(limit, offset) {
+            return Err(format!("{e}, with an expression over aggregates"));
+        }
+        let sql = pg_query::deparse(shard_tree, pg_query::DeparseOptions::default())
+            .map_err(|e| format!("an expression over aggregates (not written back: {e})"))?;
+        return Ok(Merge {
+            order,
+            limit,
+            offset,
+            shard_sql: Some(sql),
+            aggregates,
+            partition,
+            regroup,
+            grouped: None,
+            finish: Some(f.sql.clone()),
+        });
+    }
     let shard_sql = match offset {
         // A negative count is the shards' error to raise, as Postgres raises it.
         _ if negative(limit) || negative(offset) => None,
@@ -337,6 +374,27 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
         partition,
         regroup,
         grouped: None,
+        finish: None,
+    })
+}
+
+/// Whether the statement, which has no subquery, calls a built-in aggregate (outside a
+/// window). A statement with subqueries is refused for them.
+fn calls_aggregates(parsed: &protobuf::ParseResult) -> bool {
+    let tree = super::walk::tree(parsed);
+    let nodes = super::walk::nodes(&tree);
+    if nodes
+        .iter()
+        .any(|n| matches!(n.kind, "SubLink" | "RangeSubselect"))
+    {
+        return false;
+    }
+    nodes.iter().any(|n| {
+        n.kind == "FuncCall"
+            && !n.has("over")
+            && n.func_name()
+                .last()
+                .is_some_and(|name| AGGREGATES.contains(&name.to_ascii_lowercase().as_str()))
     })
 }
 

@@ -86,10 +86,10 @@ pub fn aggregate_list(targets: &[protobuf::Node]) -> Option<Vec<Aggregate>> {
 
 /// The aggregate a plain call `f` is, when its per-shard results combine exactly.
 pub fn aggregate_of(f: &protobuf::FuncCall) -> Option<Aggregate> {
+    // FILTER (WHERE ...) picks rows on each shard as on one database: it combines alike.
     if f.agg_distinct
         || f.agg_within_group
         || !f.agg_order.is_empty()
-        || f.agg_filter.is_some()
         || f.over.is_some()
         || f.func_variadic
     {
@@ -147,7 +147,7 @@ pub fn with_avg_partials(parsed: &protobuf::ParseResult) -> Option<protobuf::Par
         }
         let n = extra.len() / 2 + 1;
         for (func, what) in [("sum", "sum"), ("count", "count")] {
-            extra.push(hidden_call(func, &f.args, &format!("usher avg {n} {what}")));
+            extra.push(hidden_call(func, f, &format!("usher avg {n} {what}")));
         }
     }
     if extra.is_empty() {
@@ -165,14 +165,15 @@ pub fn with_avg_partials(parsed: &protobuf::ParseResult) -> Option<protobuf::Par
     Some(tree)
 }
 
-/// `pg_catalog.<func>(args) AS "<name>"`, as a select-list item.
-fn hidden_call(func: &str, args: &[protobuf::Node], name: &str) -> protobuf::Node {
+/// `pg_catalog.<func>(args of avg) FILTER (as avg's) AS "<name>"`, as a select-list item.
+fn hidden_call(func: &str, avg: &protobuf::FuncCall, name: &str) -> protobuf::Node {
     let string = |s: &str| protobuf::Node {
         node: Some(NodeEnum::String(protobuf::String { sval: s.into() })),
     };
     let call = protobuf::FuncCall {
         funcname: vec![string("pg_catalog"), string(func)],
-        args: args.to_vec(),
+        args: avg.args.clone(),
+        agg_filter: avg.agg_filter.clone(),
         funcformat: protobuf::CoercionForm::CoerceExplicitCall as i32,
         location: -1,
         ..Default::default()

@@ -9,6 +9,7 @@
 pub mod fake_server;
 pub mod learning;
 pub mod sharded;
+pub mod wire;
 use std::net::TcpListener as StdListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

@@ -27,6 +27,9 @@ pub struct ShardBatch {
     pub offset: u64,
     /// Rows to return at most.
     pub limit: Option<u64>,
+    /// The client's Bind result formats (count and codes; empty for a simple Query: text),
+    /// for a finishing statement (see `Merge::finish`).
+    pub result_formats: Bytes,
 }
 
 /// Why a batch cannot run across shards: an error for the client (SQLSTATE, message).
@@ -64,6 +67,7 @@ pub fn build_with(
     let mut described = false;
     let mut described_here = false;
     let mut header_frames = 0;
+    let mut result_formats = Bytes::new();
     let shard_sql = merge.shard_sql.as_deref();
     for f in frames {
         match f.tag {
@@ -109,12 +113,19 @@ pub fn build_with(
                     injected.push(true);
                     header_frames += 1;
                 }
-                if nulls.is_empty() && merge.hidden() == 0 {
+                let results = if merge.finish.is_some() {
+                    // The shards return only the aggregates, in text; the client's formats
+                    // are for the finishing statement's columns.
+                    result_formats = extended::result_formats(f).map_err(protocol)?;
+                    extended::Results::Text
+                } else {
+                    extended::Results::Extra(merge.hidden())
+                };
+                if nulls.is_empty() && results == extended::Results::Extra(0) {
                     extended::put_renamed(&mut out, f, bind.statement_span(), b"");
                 } else {
                     out.extend_from_slice(
-                        &extended::bind_rewritten(f, b"", nulls, merge.hidden())
-                            .map_err(protocol)?,
+                        &extended::bind_rewritten(f, b"", nulls, results).map_err(protocol)?,
                     );
                 }
                 header_frames += 1;
@@ -158,6 +169,7 @@ pub fn build_with(
         described_here,
         offset: offset.unwrap_or(0),
         limit,
+        result_formats,
     })
 }
 

@@ -13,6 +13,7 @@ mod average;
 pub mod batch;
 pub mod compare;
 mod control;
+mod finish;
 mod insert;
 mod merge;
 pub mod numeric;
@@ -31,6 +32,7 @@ use crate::protocol::{frame::split_frame, messages, Frame};
 use crate::router::fanout::{Merge, Shape};
 use crate::router::plan::{Fanout, Run};
 use compare::Column;
+use finish::Header;
 use merge::{sort_columns, Window};
 
 /// Largest frame accepted from a shard (Postgres never sends one over 1 GB + header).
@@ -201,6 +203,8 @@ impl Session {
         let mut partials: Vec<Frame> = Vec::new();
         // Under regrouping: the ORDER BY of the combined groups.
         let mut group_order: Vec<Column> = Vec::new();
+        // Under a finishing statement: the frames before the rows, held for its answer.
+        let mut held: Vec<Header> = Vec::new();
         let mut parses = 0usize;
         let mut after_t = false;
         let mut header_sent = 0usize;
@@ -274,6 +278,15 @@ impl Session {
                                 if batch.described_here {
                                     continue;
                                 }
+                            }
+                            if merge.finish.is_some() {
+                                // The finishing statement's answer replaces the shards'.
+                                held.push(match frame.tag {
+                                    b'T' if of_statement => Header::StatementDescription,
+                                    b'T' => Header::PortalDescription,
+                                    _ => Header::Frame(frame.raw),
+                                });
+                                continue;
                             }
                             if frame.tag == b'T' && merge.hidden() > 0 {
                                 // avg()'s partials are the shards', not the client's.
@@ -379,15 +392,59 @@ impl Session {
         }
         let fields = fields.unwrap_or_default();
         if let (None, Some(kinds)) = (&error, &merge.aggregates) {
-            match aggregate::combine(kinds, &fields, &partials) {
-                Ok(Some(row)) => {
+            match (aggregate::combine(kinds, &fields, &partials), &merge.finish) {
+                (Ok(Some(row)), Some(sql)) => {
+                    let visible = fields.get(..kinds.len()).unwrap_or_default();
+                    match finish::run(parts, sql, visible, &row, &batch.result_formats).await {
+                        Ok(done) => {
+                            for h in std::mem::take(&mut held) {
+                                let frame = match (h, &done.description) {
+                                    (Header::Frame(f), _) => f,
+                                    (Header::PortalDescription, Some(t)) => t.clone(),
+                                    (Header::StatementDescription, Some(t)) => {
+                                        match crate::protocol::server::row_description_unformatted(
+                                            t.get(5..).unwrap_or_default(),
+                                        ) {
+                                            Ok(t) => t,
+                                            Err(e) => {
+                                                error = Some(lost(0, &e.to_string()));
+                                                continue;
+                                            }
+                                        }
+                                    }
+                                    (_, None) => Bytes::from_static(messages::NO_DATA),
+                                };
+                                self.client_out.push(frame);
+                            }
+                            self.client_out.extend(done.notices);
+                            for row in done.rows {
+                                if window.take() {
+                                    self.client_out.push(row);
+                                }
+                            }
+                        }
+                        Err(e) => error = Some(e),
+                    }
+                }
+                (Ok(Some(row)), None) => {
                     if window.take() {
                         self.client_out.push(row);
                     }
                 }
-                Ok(None) => {}
-                Err((code, message)) => {
+                (Ok(None), Some(_)) => {
+                    error = Some(lost(0, "no shard returned its aggregates"));
+                }
+                (Ok(None), None) => {}
+                (Err((code, message)), _) => {
                     error = Some(messages::error_response("ERROR", code, &message, None));
+                }
+            }
+        }
+        if error.is_some() {
+            // What came before the error, without the descriptions of what never ran.
+            for h in held {
+                if let Header::Frame(f) = h {
+                    self.client_out.push(f);
                 }
             }
         }
