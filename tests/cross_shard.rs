@@ -396,3 +396,81 @@ async fn one_batch_is_described_and_answered_as_one_database() {
         }
     }
 }
+
+/// A CancelRequest with the client's key, sent while a query runs on every shard, reaches
+/// every shard's server: the client gets 57014 as from one database, no shard goes on
+/// running it, and the session takes the next query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_request_stops_a_query_on_every_shard() {
+    let b = load("xcancel", "xcancelplain", MAP, "").await;
+    let client = std::sync::Arc::new(connect(b.s.usher.port, "app", b.s.db).await.unwrap());
+    let token = client.cancel_token();
+    let running = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .simple_query("SELECT pg_sleep(30), id FROM families")
+                .await
+        })
+    };
+    let shards = b.s.shards.len();
+    assert!(sleeping(&b.s, shards).await, "every shard runs the query");
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let err = tokio::time::timeout(std::time::Duration::from_secs(20), running)
+        .await
+        .expect("the cancel stopped the query")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(code(&err), "57014");
+    assert!(sleeping(&b.s, 0).await, "no shard goes on running it");
+    let rows = simple(&client, "SELECT count(*) FROM families")
+        .await
+        .unwrap();
+    assert_eq!(rows.1, vec![vec![Some("120".to_string())]]);
+}
+
+/// Waits (10 s at most) until `want` shard backends run the test's pg_sleep query.
+async fn sleeping(s: &common::sharded::Sharded, want: usize) -> bool {
+    for _ in 0..100 {
+        if per_shard_running(s, "pg_sleep(30)") == want {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// How many backends of the shards' databases are running a query containing `text`.
+fn per_shard_running(s: &common::sharded::Sharded, text: &str) -> usize {
+    common::sharded::per_shard(
+        s,
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' AND query LIKE '%{text}%' AND pid <> pg_backend_pid()"
+        ),
+    )
+    .iter()
+    .flatten()
+    .map(|n| n.trim().parse::<usize>().unwrap_or(0))
+    .sum()
+}
+
+/// `query_timeout` bounds a statement across shards too: past it the client gets 57014,
+/// every shard's query is cancelled, and the session takes the next query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_timeout_cancels_a_query_on_every_shard() {
+    let b = load("xqtime", "xqtimeplain", MAP, "query_timeout = \"1s\"").await;
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        b.usher
+            .simple_query("SELECT pg_sleep(30), id FROM families"),
+    )
+    .await
+    .expect("query_timeout stopped the query")
+    .unwrap_err();
+    assert_eq!(code(&err), "57014");
+    assert!(sleeping(&b.s, 0).await, "no shard goes on running it");
+    let rows = simple(&b.usher, "SELECT count(*) FROM families")
+        .await
+        .unwrap();
+    assert_eq!(rows.1, vec![vec![Some("120".to_string())]]);
+}

@@ -1,6 +1,7 @@
 //! Cancel requests: each client gets its own BackendKeyData from usher; a CancelRequest
 //! carrying it is forwarded, with the server's own key, to the server running that client's
-//! query at that moment (and dropped if it is running none).
+//! query at that moment — to every shard's server while a statement runs across shards —
+//! and dropped if it is running none.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,8 +38,24 @@ pub async fn send_cancel(target: &CancelTarget) {
     }
 }
 
+/// Where a client's query runs now.
+#[derive(Clone, Debug, Default)]
+pub struct CancelTargets {
+    /// The server attached to the session.
+    pub attached: Option<CancelTarget>,
+    /// The servers of a statement running across shards.
+    pub across: Vec<CancelTarget>,
+}
+
+impl CancelTargets {
+    /// Every server the client's query runs on.
+    pub fn all(&self) -> impl Iterator<Item = &CancelTarget> {
+        self.attached.iter().chain(&self.across)
+    }
+}
+
 /// A client's slot: updated as servers are attached and released.
-pub type CancelSlot = Arc<Mutex<Option<CancelTarget>>>;
+pub type CancelSlot = Arc<Mutex<CancelTargets>>;
 
 /// All live clients' cancel keys.
 #[derive(Default)]
@@ -71,17 +88,17 @@ impl CancelRegistry {
 
     /// Forwards a cancel for (pid, secret); silently ignores unknown or wrong keys, as Postgres does.
     pub async fn cancel(&self, pid: i32, secret: i32) {
-        let target = {
+        let targets: Vec<CancelTarget> = {
             let map = self.map.lock();
             match map.get(&pid) {
-                Some((s, slot)) if *s == secret => slot.lock().clone(),
-                _ => None,
+                Some((s, slot)) if *s == secret => slot.lock().all().cloned().collect(),
+                _ => Vec::new(),
             }
         };
-        let Some(target) = target else {
+        if targets.is_empty() {
             tracing::debug!(pid, "cancel request for no running query");
             return;
-        };
-        send_cancel(&target).await;
+        }
+        futures_util::future::join_all(targets.iter().map(send_cancel)).await;
     }
 }

@@ -75,7 +75,7 @@ impl Session {
             Err(e) => return Err(e),
         };
         let conn = lease.conn();
-        *self.login.cancel_slot.lock() = Some(CancelTarget {
+        self.login.cancel_slot.lock().attached = Some(CancelTarget {
             addr: conn.addr.clone(),
             key: conn.backend_key,
         });

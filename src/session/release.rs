@@ -165,7 +165,7 @@ impl Session {
             self.txn_status = b'T';
         }
         self.set_state(crate::stats::CLIENT_IDLE);
-        *self.login.cancel_slot.lock() = None;
+        self.login.cancel_slot.lock().attached = None;
         let conn = lease.conn();
         for name in self.tracker.unprepared.drain(..) {
             conn.state.prepared.pop(&name);
@@ -232,7 +232,7 @@ impl Session {
         let Some((mut lease, _)) = self.txn.detach() else {
             return;
         };
-        *self.login.cancel_slot.lock() = None;
+        self.login.cancel_slot.lock().attached = None;
         if !self.tracker.is_idle() || self.pass.is_some() {
             return; // Dropping the lease closes the connection: a query may still be running.
         }

@@ -108,8 +108,9 @@ impl Session {
         if self.in_flight() {
             // The connection is closed by the session's cleanup (something is in flight); the
             // cancel makes the server stop the query rather than run it to its end.
-            if let Some(target) = self.login.cancel_slot.lock().clone() {
-                let limit = self.snap().config.general.server_connect_timeout.0;
+            let targets: Vec<_> = self.login.cancel_slot.lock().all().cloned().collect();
+            let limit = self.snap().config.general.server_connect_timeout.0;
+            for target in targets {
                 tokio::spawn(async move {
                     let _ =
                         tokio::time::timeout(limit, crate::frontend::cancel::send_cancel(&target))

@@ -111,7 +111,7 @@ impl Session {
         self.stats.route(crate::stats::RouteOutcome::Fanout);
         self.set_state(crate::stats::CLIENT_ACTIVE);
         let result = self.merge_parts(&mut parts, &batch, merge).await;
-        Self::release_parts(parts);
+        self.release_parts(parts);
         self.set_state(crate::stats::CLIENT_IDLE);
         result?;
         Ok(Flow::Continue)
@@ -138,11 +138,24 @@ impl Session {
                 }
             }
         }
+        // A cancel request from the client now reaches every shard's server.
+        self.login.cancel_slot.lock().across = parts
+            .iter_mut()
+            .map(|p| {
+                let conn = p.lease.conn();
+                CancelTarget {
+                    addr: conn.addr.clone(),
+                    key: conn.backend_key,
+                }
+            })
+            .collect();
         Ok(Some(parts))
     }
 
-    /// Returns the parts that ended cleanly to their pools; the others are closed.
-    fn release_parts(parts: Vec<Part>) {
+    /// Returns the parts that ended cleanly to their pools; the others are closed. The
+    /// client's cancel requests no longer go to them.
+    fn release_parts(&self, parts: Vec<Part>) {
+        self.login.cancel_slot.lock().across.clear();
         for p in parts {
             if p.ready && !p.discard {
                 p.lease.release();
@@ -185,6 +198,7 @@ impl Session {
         merge: &Merge,
     ) -> Result<(), SessionError> {
         let mut error: Option<Bytes> = None;
+        let deadline = self.fanout_deadline();
         for (i, p) in parts.iter_mut().enumerate() {
             if let Err(e) = p.lease.conn().write(&batch.bytes).await {
                 error.get_or_insert_with(|| lost(i, &e.to_string()));
@@ -388,7 +402,7 @@ impl Session {
                 break;
             }
             self.flush_client().await?;
-            self.read_some(parts, &mut error).await;
+            self.read_some(parts, &mut error, deadline).await;
         }
         let fields = fields.unwrap_or_default();
         if let (None, Some(kinds)) = (&error, &merge.aggregates) {
@@ -477,8 +491,21 @@ impl Session {
         self.flush_client().await
     }
 
-    /// Waits until a shard that must send more has sent something.
-    async fn read_some(&mut self, parts: &mut [Part], error: &mut Option<Bytes>) {
+    /// When a statement across shards starting now runs into `query_timeout`.
+    fn fanout_deadline(&self) -> Option<tokio::time::Instant> {
+        let limit = self.timeouts.as_ref().and_then(|t| t.query)?;
+        Some(tokio::time::Instant::now() + limit)
+    }
+
+    /// Waits until a shard that must send more has sent something. Past `deadline`
+    /// (`query_timeout`) the statement fails with 57014: the shards still running are
+    /// cancelled and their connections closed, and nothing more is waited for.
+    async fn read_some(
+        &mut self,
+        parts: &mut [Part],
+        error: &mut Option<Bytes>,
+        deadline: Option<tokio::time::Instant>,
+    ) {
         let mut reads = Vec::new();
         let mut which = Vec::new();
         for (i, p) in parts.iter_mut().enumerate() {
@@ -492,7 +519,32 @@ impl Session {
             return;
         }
         // Cancel-safe: a fill that loses the race has read nothing.
-        let (result, k, _) = futures_util::future::select_all(reads).await;
+        let any = futures_util::future::select_all(reads);
+        let done = match deadline {
+            Some(at) => tokio::time::timeout_at(at, any).await.ok(),
+            None => Some(any.await),
+        }
+        .map(|(result, k, _rest)| (result, k));
+        let Some((result, k)) = done else {
+            self.app.metrics.timed_out("query_timeout");
+            tracing::warn!(
+                client = self.id,
+                "query_timeout exceeded by a statement across shards"
+            );
+            error.get_or_insert_with(|| {
+                messages::error_response(
+                    "ERROR",
+                    "57014",
+                    "canceling statement due to query timeout (usher query_timeout, a statement across shards)",
+                    None,
+                )
+            });
+            self.cancel_running(parts);
+            for p in parts.iter_mut().filter(|p| !p.ready) {
+                p.broken();
+            }
+            return;
+        };
         if let (Err(e), Some(i)) = (result, which.get(k).copied()) {
             error.get_or_insert_with(|| lost(i, &e.to_string()));
             if let Some(p) = parts.get_mut(i) {

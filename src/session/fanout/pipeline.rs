@@ -263,7 +263,7 @@ impl Session {
         } else {
             rollback(&mut parts).await;
         }
-        Self::release_parts(parts);
+        self.release_parts(parts);
         self.set_state(crate::stats::CLIENT_IDLE);
         if let Some(e) = error {
             self.stats.errors.inc();
@@ -302,6 +302,7 @@ impl Session {
         }
         let mut held = 0usize;
         let mut current = vec![0usize; parts.len()];
+        let deadline = self.fanout_deadline();
         loop {
             for (i, p) in parts.iter_mut().enumerate() {
                 let (Some(a), Some(cur)) = (answers.get_mut(i), current.get_mut(i)) else {
@@ -372,7 +373,7 @@ impl Session {
             if parts.iter().all(|p| p.ready) {
                 break;
             }
-            self.read_some(parts, error).await;
+            self.read_some(parts, error, deadline).await;
         }
         answers
     }

@@ -135,7 +135,7 @@ impl Session {
         } else {
             rollback(&mut parts).await;
         }
-        Self::release_parts(parts);
+        self.release_parts(parts);
         self.set_state(crate::stats::CLIENT_IDLE);
         if client_gone {
             return Err(SessionError::Internal(
@@ -181,6 +181,7 @@ impl Session {
         let mut count = Count::default();
         let mut client_gone = false;
         let mut begun = vec![false; parts.len()];
+        let deadline = self.fanout_deadline();
         // Under `order`: each part's RETURNING rows, put in the VALUES order at the end.
         let mut held: Vec<Vec<Bytes>> = vec![Vec::new(); parts.len()];
         for (i, p) in parts.iter_mut().enumerate() {
@@ -297,7 +298,7 @@ impl Session {
                 self.client_out.clear();
                 self.cancel_running(parts);
             }
-            self.read_some(parts, &mut error).await;
+            self.read_some(parts, &mut error, deadline).await;
         }
         if let (None, true) = (&error, global) {
             let first = counts.first().copied().flatten();
