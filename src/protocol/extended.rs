@@ -209,7 +209,8 @@ pub fn bind_message(
     out.put_i32(0);
     out.put_slice(b"\0\0");
     out.put_i16(0);
-    out.put_i16(i16::try_from(values.len()).map_err(|_| bad())?);
+    // Postgres reads the count as unsigned 16 bits.
+    out.put_u16(u16::try_from(values.len()).map_err(|_| bad())?);
     for v in values {
         match v {
             Some(v) => {

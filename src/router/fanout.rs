@@ -18,7 +18,7 @@ use crate::config::Sharding;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Shape {
     /// The rows merge exactly.
-    Merge(Merge),
+    Merge(Box<Merge>),
     /// The construct that keeps the rows from merging exactly (named in the refusal).
     Refused(String),
     /// An UPDATE or DELETE that runs exactly on each shard concerned (see
@@ -57,6 +57,12 @@ pub struct Merge {
     /// shard runs over the combined aggregates (`$1..$n`, `aggregates` in order) to give
     /// the client's row; the shards' own select list is then only the aggregate calls.
     pub finish: Option<String>,
+    /// With GROUP BY without the key, HAVING, expressions or ORDER BY: the statement one
+    /// shard runs over the combined groups (see `router::fanout_group_finish`).
+    pub finish_groups: Option<super::fanout_group_finish::Template>,
+    /// The ORDER BY the k-way merge cannot sort by (why), when the groups are finished by
+    /// Postgres instead: a plan that does not regroup must refuse it.
+    pub unsorted: Option<String>,
 }
 
 impl Merge {
@@ -76,16 +82,33 @@ impl Merge {
         }
     }
 
+    /// The answer comes from a finishing statement run after the shards' (see
+    /// [`Merge::finish`], [`Merge::finish_groups`]): the shards' descriptions are not the
+    /// client's.
+    pub fn finishes(&self) -> bool {
+        self.finish.is_some() || self.finish_groups.is_some()
+    }
+
     /// The merge that regroups partial groups, when the shape allows it.
     pub fn regrouped(&self) -> Option<Merge> {
         let Some(Ok(r)) = &self.regroup else {
             return None;
         };
+        let finished = r.finish.is_some();
         Some(Merge {
             shard_sql: r.shard_sql.clone(),
             grouped: Some(r.columns.clone()),
             partition: None,
             regroup: None,
+            finish_groups: r.finish.clone(),
+            // The finishing statement orders and limits the groups itself.
+            order: if finished {
+                Vec::new()
+            } else {
+                self.order.clone()
+            },
+            limit: if finished { None } else { self.limit },
+            offset: if finished { None } else { self.offset },
             ..self.clone()
         })
     }
@@ -200,7 +223,7 @@ pub fn colocated(f: &StatementFacts, map: &Sharding) -> Result<(), String> {
 /// The shape of the single SELECT `stmt`, parsed from `parsed` (for the rewrite).
 pub fn shape(parsed: &protobuf::ParseResult, stmt: &protobuf::SelectStmt) -> Shape {
     match merge_of(parsed, stmt) {
-        Ok(m) => Shape::Merge(m),
+        Ok(m) => Shape::Merge(Box::new(m)),
         Err(construct) => Shape::Refused(construct),
     }
 }
@@ -260,8 +283,14 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
     let base = finish.as_ref().map_or(parsed, |f| &f.shard_tree);
     let augmented = super::fanout_aggregate::with_avg_partials(base);
     let shard_tree = augmented.as_ref().unwrap_or(base);
-    let mut regroup = grouped
-        .then(|| super::fanout_regroup::regroup(shard_tree, augmented.is_some(), s, &mut combined));
+    let mut regroup = grouped.then(|| {
+        // HAVING, expressions and ORDER BY are finished by Postgres over the combined groups.
+        let plain = s.having_clause.is_none() && s.sort_clause.is_empty();
+        match super::fanout_regroup::regroup(shard_tree, augmented.is_some(), s, &mut combined) {
+            Ok(r) if plain => Ok(r),
+            _ => super::fanout_regroup::finished(parsed, s, &mut combined),
+        }
+    });
     if let Some(Ok(r)) = &regroup {
         // `ORDER BY count(*)` sorts by an output column the regrouping combines.
         for n in &s.sort_clause {
@@ -318,14 +347,21 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
             _ => {}
         }
     }
-    // One combined row: its order does not matter.
-    let order = match aggregates {
-        Some(_) => Vec::new(),
+    // One combined row: its order does not matter; finished groups are ordered by Postgres.
+    let finishes = matches!(&regroup, Some(Ok(r)) if r.finish.is_some());
+    let sorted = match aggregates {
+        Some(_) => Ok(Vec::new()),
         None => s
             .sort_clause
             .iter()
             .map(|n| sort_key(n, &s.target_list))
-            .collect::<Result<Vec<_>, _>>()?,
+            .collect::<Result<Vec<_>, _>>(),
+    };
+    // An ORDER BY the merge cannot sort by may still be finished by Postgres.
+    let (order, unsorted) = match sorted {
+        Ok(order) => (order, None),
+        Err(why) if finishes => (Vec::new(), Some(why)),
+        Err(why) => return Err(why),
     };
     let limit = count(s.limit_count.as_deref(), "LIMIT")?;
     let offset = count(s.limit_offset.as_deref(), "OFFSET")?;
@@ -353,6 +389,8 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
             regroup,
             grouped: None,
             finish: Some(f.sql.clone()),
+            finish_groups: None,
+            unsorted: None,
         });
     }
     let shard_sql = match offset {
@@ -375,6 +413,8 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
         regroup,
         grouped: None,
         finish: None,
+        finish_groups: None,
+        unsorted,
     })
 }
 
@@ -520,7 +560,7 @@ pub fn column_names(e: &NodeEnum) -> Option<Vec<String>> {
 }
 
 /// Two expressions written alike (their deparsed text), wherever they stand in the query.
-fn same_expr(a: &NodeEnum, b: &NodeEnum) -> bool {
+pub(super) fn same_expr(a: &NodeEnum, b: &NodeEnum) -> bool {
     // Deparsed as the one item of a select list: locations play no part.
     let text = |n: &NodeEnum| {
         let target = protobuf::ResTarget {

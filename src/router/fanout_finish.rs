@@ -56,7 +56,7 @@ pub fn finish_of(
             r.name.clone()
         };
         let mut expr = val.clone();
-        rewrite(&mut expr, &mut calls)?;
+        over_parameters(&mut expr, &mut calls)?;
         finished.push(protobuf::Node {
             node: Some(NodeEnum::ResTarget(Box::new(protobuf::ResTarget {
                 name,
@@ -115,83 +115,138 @@ pub fn finish_of(
     })
 }
 
-/// Replaces every aggregate call in `node` by the next parameter, recording the call;
-/// anything that cannot be evaluated from the aggregates alone is named.
-fn rewrite(
+/// What a rewrite does with one node of an expression.
+pub enum Step {
+    /// Put this in its place (its children are not visited).
+    Replace(Box<NodeEnum>),
+    /// Keep it and rewrite its children.
+    Descend,
+    /// The expression cannot be rewritten: this construct is why.
+    Fail(String),
+}
+
+/// Rewrites the expression `node` with `f`, parents before children, through the kinds of
+/// node a select list, HAVING or ORDER BY over aggregates is made of; any other kind is
+/// named as the reason it cannot be rewritten.
+pub fn rewrite(
+    node: &mut protobuf::Node,
+    f: &mut dyn FnMut(&NodeEnum) -> Step,
+) -> Result<(), String> {
+    if let Some(n) = node.node.as_ref() {
+        match f(n) {
+            Step::Replace(r) => {
+                node.node = Some(*r);
+                return Ok(());
+            }
+            Step::Fail(why) => return Err(why),
+            Step::Descend => {}
+        }
+    }
+    let mut list = |items: &mut [protobuf::Node]| -> Result<(), String> {
+        items.iter_mut().try_for_each(|n| rewrite(n, f))
+    };
+    match node.node.as_mut() {
+        Some(NodeEnum::FuncCall(c)) => list(&mut c.args),
+        Some(NodeEnum::AExpr(e)) => {
+            let mut both: Vec<&mut protobuf::Node> = Vec::new();
+            both.extend(e.lexpr.as_deref_mut());
+            both.extend(e.rexpr.as_deref_mut());
+            both.into_iter().try_for_each(|n| rewrite(n, f))
+        }
+        Some(NodeEnum::TypeCast(t)) => one(&mut t.arg, f),
+        Some(NodeEnum::CollateClause(c)) => one(&mut c.arg, f),
+        Some(NodeEnum::NullTest(n)) => one(&mut n.arg, f),
+        Some(NodeEnum::BooleanTest(b)) => one(&mut b.arg, f),
+        Some(NodeEnum::AIndirection(i)) => {
+            one(&mut i.arg, f)?;
+            i.indirection.iter_mut().try_for_each(|n| rewrite(n, f))
+        }
+        Some(NodeEnum::AIndices(i)) => {
+            one(&mut i.lidx, f)?;
+            one(&mut i.uidx, f)
+        }
+        Some(NodeEnum::BoolExpr(b)) => list(&mut b.args),
+        Some(NodeEnum::CoalesceExpr(c)) => list(&mut c.args),
+        Some(NodeEnum::MinMaxExpr(m)) => list(&mut m.args),
+        Some(NodeEnum::RowExpr(r)) => list(&mut r.args),
+        Some(NodeEnum::AArrayExpr(a)) => list(&mut a.elements),
+        Some(NodeEnum::List(l)) => list(&mut l.items),
+        Some(NodeEnum::CaseExpr(c)) => {
+            one(&mut c.arg, f)?;
+            c.args.iter_mut().try_for_each(|n| rewrite(n, f))?;
+            one(&mut c.defresult, f)
+        }
+        Some(NodeEnum::CaseWhen(w)) => {
+            one(&mut w.expr, f)?;
+            one(&mut w.result, f)
+        }
+        Some(
+            NodeEnum::AConst(_)
+            | NodeEnum::SqlvalueFunction(_)
+            | NodeEnum::String(_)
+            | NodeEnum::ColumnRef(_)
+            | NodeEnum::ParamRef(_),
+        ) => Ok(()),
+        _ => Err("an expression over aggregates of a kind usher does not rewrite".into()),
+    }
+}
+
+fn one(
+    n: &mut Option<Box<protobuf::Node>>,
+    f: &mut dyn FnMut(&NodeEnum) -> Step,
+) -> Result<(), String> {
+    match n {
+        Some(n) => rewrite(n, f),
+        None => Ok(()),
+    }
+}
+
+/// What to do with an aggregate call or window met in an expression: `None` for a call
+/// of no aggregate, else the aggregate it is (or why it does not combine).
+pub fn aggregate_call(f: &protobuf::FuncCall) -> Option<Result<Aggregate, String>> {
+    let name = f
+        .funcname
+        .iter()
+        .filter_map(|n| match &n.node {
+            Some(NodeEnum::String(s)) => Some(s.sval.to_ascii_lowercase()),
+            _ => None,
+        })
+        .next_back()
+        .unwrap_or_default();
+    if f.over.is_some() {
+        return Some(Err(format!("window function {name}()")));
+    }
+    if !AGGREGATES.contains(&name.as_str()) {
+        return None;
+    }
+    Some(aggregate_of(f).ok_or_else(|| format!("aggregate function {name}()")))
+}
+
+/// The aggregate calls of `node` replaced by the next parameters (recorded in `calls`).
+fn over_parameters(
     node: &mut protobuf::Node,
     calls: &mut Vec<(Aggregate, protobuf::FuncCall)>,
 ) -> Result<(), String> {
-    let list = |items: &mut [protobuf::Node], calls: &mut Vec<_>| -> Result<(), String> {
-        items.iter_mut().try_for_each(|n| rewrite(n, calls))
-    };
-    let boxed = |n: &mut Option<Box<protobuf::Node>>, calls: &mut Vec<_>| match n {
-        Some(n) => rewrite(n, calls),
-        None => Ok(()),
-    };
-    match node.node.as_mut() {
-        Some(NodeEnum::FuncCall(f)) => {
-            let name = f
-                .funcname
-                .iter()
-                .filter_map(|n| match &n.node {
-                    Some(NodeEnum::String(s)) => Some(s.sval.to_ascii_lowercase()),
-                    _ => None,
-                })
-                .next_back()
-                .unwrap_or_default();
-            if f.over.is_some() {
-                return Err(format!("window function {name}()"));
+    rewrite(node, &mut |n| match n {
+        NodeEnum::FuncCall(f) => match aggregate_call(f) {
+            None => Step::Descend,
+            Some(Err(why)) => Step::Fail(why),
+            Some(Ok(kind)) => {
+                calls.push((kind, (**f).clone()));
+                match i32::try_from(calls.len()) {
+                    Ok(number) => Step::Replace(Box::new(NodeEnum::ParamRef(protobuf::ParamRef {
+                        number,
+                        location: -1,
+                    }))),
+                    Err(_) => Step::Fail("too many aggregates".into()),
+                }
             }
-            if !AGGREGATES.contains(&name.as_str()) {
-                return list(&mut f.args, calls);
-            }
-            let kind = aggregate_of(f).ok_or_else(|| format!("aggregate function {name}()"))?;
-            calls.push((kind, (**f).clone()));
-            let number = i32::try_from(calls.len()).map_err(|_| "too many aggregates")?;
-            node.node = Some(NodeEnum::ParamRef(protobuf::ParamRef {
-                number,
-                location: -1,
-            }));
-            Ok(())
-        }
-        Some(NodeEnum::AExpr(e)) => {
-            boxed(&mut e.lexpr, calls)?;
-            boxed(&mut e.rexpr, calls)
-        }
-        Some(NodeEnum::TypeCast(t)) => boxed(&mut t.arg, calls),
-        Some(NodeEnum::AIndirection(i)) => {
-            boxed(&mut i.arg, calls)?;
-            list(&mut i.indirection, calls)
-        }
-        Some(NodeEnum::AIndices(i)) => {
-            boxed(&mut i.lidx, calls)?;
-            boxed(&mut i.uidx, calls)
-        }
-        Some(NodeEnum::String(_)) => Ok(()),
-        Some(NodeEnum::CollateClause(c)) => boxed(&mut c.arg, calls),
-        Some(NodeEnum::NullTest(n)) => boxed(&mut n.arg, calls),
-        Some(NodeEnum::BooleanTest(b)) => boxed(&mut b.arg, calls),
-        Some(NodeEnum::BoolExpr(b)) => list(&mut b.args, calls),
-        Some(NodeEnum::CoalesceExpr(c)) => list(&mut c.args, calls),
-        Some(NodeEnum::MinMaxExpr(m)) => list(&mut m.args, calls),
-        Some(NodeEnum::RowExpr(r)) => list(&mut r.args, calls),
-        Some(NodeEnum::AArrayExpr(a)) => list(&mut a.elements, calls),
-        Some(NodeEnum::List(l)) => list(&mut l.items, calls),
-        Some(NodeEnum::CaseExpr(c)) => {
-            boxed(&mut c.arg, calls)?;
-            list(&mut c.args, calls)?;
-            boxed(&mut c.defresult, calls)
-        }
-        Some(NodeEnum::CaseWhen(w)) => {
-            boxed(&mut w.expr, calls)?;
-            boxed(&mut w.result, calls)
-        }
-        Some(NodeEnum::AConst(_) | NodeEnum::SqlvalueFunction(_)) => Ok(()),
-        Some(NodeEnum::ColumnRef(_)) => Err("a column outside an aggregate function".into()),
-        Some(NodeEnum::ParamRef(_)) => Err("a parameter outside an aggregate function".into()),
-        Some(NodeEnum::SubLink(_)) => Err("subqueries".into()),
-        _ => Err("an expression over aggregates of a kind usher does not rewrite".into()),
-    }
+        },
+        NodeEnum::ColumnRef(_) => Step::Fail("a column outside an aggregate function".into()),
+        NodeEnum::ParamRef(_) => Step::Fail("a parameter outside an aggregate function".into()),
+        NodeEnum::SubLink(_) => Step::Fail("subqueries".into()),
+        _ => Step::Descend,
+    })
 }
 
 /// The name Postgres gives a select-list item without an alias (`FigureColname`).

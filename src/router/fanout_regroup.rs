@@ -20,6 +20,28 @@ pub struct Regroup {
     /// The text each shard runs: the statement without LIMIT and OFFSET (`None` when it
     /// has neither).
     pub shard_sql: Option<String>,
+    /// The groups are finished by Postgres (HAVING, expressions, ORDER BY): the statement
+    /// run over them (see `router::fanout_group_finish`).
+    pub finish: Option<super::fanout_group_finish::Template>,
+}
+
+/// The regrouping of the grouped SELECT `s` finished by Postgres over the combined groups,
+/// or why it cannot be.
+pub fn finished(
+    parsed: &protobuf::ParseResult,
+    s: &protobuf::SelectStmt,
+    combined: &mut Vec<i32>,
+) -> Result<Regroup, String> {
+    let f = super::fanout_group_finish::finish_groups(parsed, s, combined)?;
+    let augmented = super::fanout_aggregate::with_avg_partials(&f.shard_tree);
+    let tree = augmented.as_ref().unwrap_or(&f.shard_tree);
+    let sql = pg_query::deparse(tree, pg_query::DeparseOptions::default())
+        .map_err(|e| format!("GROUP BY (the shards' query could not be written: {e})"))?;
+    Ok(Regroup {
+        columns: f.columns,
+        shard_sql: Some(sql),
+        finish: Some(f.template),
+    })
 }
 
 /// The regrouping of the grouped SELECT `s`, or why it cannot regroup. `combined` receives
@@ -100,7 +122,11 @@ pub fn regroup(
                 .map_err(|e| format!("avg() (the shards' query could not be written: {e})"))?,
         )
     };
-    Ok(Regroup { columns, shard_sql })
+    Ok(Regroup {
+        columns,
+        shard_sql,
+        finish: None,
+    })
 }
 
 /// LIMIT and OFFSET of a regrouped read must be constants: the shards' text drops them.

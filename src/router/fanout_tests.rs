@@ -16,7 +16,7 @@ fn shape_of(sql: &str) -> Shape {
 
 fn merge(sql: &str) -> Merge {
     match shape_of(sql) {
-        Shape::Merge(m) => m,
+        Shape::Merge(m) => *m,
         Shape::Refused(r) => panic!("{sql}: refused ({r})"),
         Shape::Write | Shape::Insert => panic!("{sql}: a write"),
     }

@@ -10,6 +10,7 @@ pub mod fanout;
 pub mod fanout_aggregate;
 pub mod fanout_finish;
 pub mod fanout_group;
+pub mod fanout_group_finish;
 pub mod fanout_insert;
 pub mod fanout_regroup;
 pub mod fanout_write;

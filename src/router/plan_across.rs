@@ -58,13 +58,23 @@ pub(super) fn fanout_of(
     if let Some(f) = class.shard.first() {
         super::super::fanout::colocated(f, map).map_err(refuse)?;
         if let Some(p) = merge.partition.as_deref() {
-            if let Err(e) = super::super::fanout_group::keyed(p, f, map) {
+            match super::super::fanout_group::keyed(p, f, map) {
+                // Grouped by the key: whole groups, merged as rows, unless only Postgres
+                // can order them (the finished regrouping does).
+                Ok(()) => {
+                    if let Some(why) = &merge.unsorted {
+                        match &merge.regroup {
+                            Some(Ok(_)) => regroup = true,
+                            _ => return Err(refuse(why.clone())),
+                        }
+                    }
+                }
                 // Groups without the key may still combine across shards.
-                match &merge.regroup {
+                Err(e) => match &merge.regroup {
                     Some(Ok(_)) => regroup = true,
                     Some(Err(why)) => return Err(refuse(format!("{e}, with {why}"))),
                     _ => return Err(refuse(e)),
-                }
+                },
             }
         }
     }

@@ -277,7 +277,7 @@ fn sharded_batches_go_to_their_key_s_shard_or_are_refused() {
     for (sql, named) in [
         (
             "SELECT name, stddev(id) FROM families GROUP BY name",
-            "(a group could span shards), with aggregate stddev()",
+            "(a group could span shards), with aggregate function stddev()",
         ),
         (
             "SELECT DISTINCT name FROM families",

@@ -113,7 +113,7 @@ pub fn build_with(
                     injected.push(true);
                     header_frames += 1;
                 }
-                let results = if merge.finish.is_some() {
+                let results = if merge.finishes() {
                     // The shards return only the aggregates, in text; the client's formats
                     // are for the finishing statement's columns.
                     result_formats = extended::result_formats(f).map_err(protocol)?;

@@ -1,9 +1,10 @@
 //! The finishing statement of a read with expressions over aggregates (see
-//! `router::fanout_finish`): once the shards' aggregates are combined, one of the shards'
-//! connections runs the client's select list over them (`SELECT round($1, 2) AS round`), the
-//! combined values bound as text parameters typed as the aggregates' results and the
-//! client's result formats asked for. Its RowDescription and row are the client's, in place
-//! of the shards' (which describe only the aggregates).
+//! `router::fanout_finish`) or of groups finished by Postgres (`router::fanout_group_finish`):
+//! once the shards' aggregates or groups are combined, one of the shards' connections runs
+//! the client's select list (and HAVING, ORDER BY, LIMIT) over them, the combined values
+//! bound as text parameters typed as the shards described them and the client's result
+//! formats asked for. Its RowDescription and rows are the client's, in place of the shards'
+//! (which describe only the aggregates).
 
 use bytes::{Bytes, BytesMut};
 
@@ -31,30 +32,43 @@ pub(super) struct Finished {
     pub notices: Vec<Bytes>,
 }
 
-/// Runs `sql` over the combined aggregate row `row` (a whole DataRow; its columns described
-/// by `fields`) on the first usable part, with the client's `result_formats`. The error is
-/// the client's (a whole ErrorResponse).
+/// Runs `sql` over the combined rows `rows` (whole DataRows, their columns described by
+/// `fields`, bound row after row as `$1..`) on the first usable part, with the client's
+/// `result_formats`. The error is the client's (a whole ErrorResponse).
 pub(super) async fn run(
     parts: &mut [Part],
     sql: &str,
     fields: &[Field],
-    row: &Bytes,
+    rows: &[Bytes],
     result_formats: &[u8],
 ) -> Result<Finished, Bytes> {
-    let body = row.get(5..).unwrap_or_default();
-    let mut values = Vec::with_capacity(fields.len());
+    let mut values = Vec::with_capacity(fields.len() * rows.len().max(1));
     let mut types = BytesMut::new();
+    let count = fields.len() * rows.len().max(1);
+    // Postgres reads the count as unsigned 16 bits.
     types.extend_from_slice(
-        &i16::try_from(fields.len())
-            .map_err(|_| lost(0, "too many aggregates"))?
+        &u16::try_from(count)
+            .map_err(|_| lost(0, "too many values for one statement"))?
             .to_be_bytes(),
     );
-    for (i, f) in fields.iter().enumerate() {
+    for f in fields {
         if f.format != 0 {
             return Err(lost(0, "an aggregate the shards sent in binary"));
         }
-        values.push(server::data_row_value(body, i).map_err(|e| lost(0, &e.to_string()))?);
-        types.extend_from_slice(&f.type_oid.to_be_bytes());
+    }
+    for row in rows {
+        let body = row.get(5..).unwrap_or_default();
+        for (i, f) in fields.iter().enumerate() {
+            values.push(server::data_row_value(body, i).map_err(|e| lost(0, &e.to_string()))?);
+            types.extend_from_slice(&f.type_oid.to_be_bytes());
+        }
+    }
+    if rows.is_empty() {
+        // No group: one typed row of NULLs, which the statement does not take.
+        for f in fields {
+            values.push(None);
+            types.extend_from_slice(&f.type_oid.to_be_bytes());
+        }
     }
     let mut out = BytesMut::new();
     out.extend_from_slice(&extended::parse_message(b"", sql.as_bytes(), &types));

@@ -293,7 +293,7 @@ impl Session {
                                     continue;
                                 }
                             }
-                            if merge.finish.is_some() {
+                            if merge.finishes() {
                                 // The finishing statement's answer replaces the shards'.
                                 held.push(match frame.tag {
                                     b'T' if of_statement => Header::StatementDescription,
@@ -409,28 +409,11 @@ impl Session {
             match (aggregate::combine(kinds, &fields, &partials), &merge.finish) {
                 (Ok(Some(row)), Some(sql)) => {
                     let visible = fields.get(..kinds.len()).unwrap_or_default();
-                    match finish::run(parts, sql, visible, &row, &batch.result_formats).await {
+                    match finish::run(parts, sql, visible, &[row], &batch.result_formats).await {
                         Ok(done) => {
-                            for h in std::mem::take(&mut held) {
-                                let frame = match (h, &done.description) {
-                                    (Header::Frame(f), _) => f,
-                                    (Header::PortalDescription, Some(t)) => t.clone(),
-                                    (Header::StatementDescription, Some(t)) => {
-                                        match crate::protocol::server::row_description_unformatted(
-                                            t.get(5..).unwrap_or_default(),
-                                        ) {
-                                            Ok(t) => t,
-                                            Err(e) => {
-                                                error = Some(lost(0, &e.to_string()));
-                                                continue;
-                                            }
-                                        }
-                                    }
-                                    (_, None) => Bytes::from_static(messages::NO_DATA),
-                                };
-                                self.client_out.push(frame);
+                            if let Err(e) = self.answer_finished(&mut held, &done) {
+                                error = Some(e);
                             }
-                            self.client_out.extend(done.notices);
                             for row in done.rows {
                                 if window.take() {
                                     self.client_out.push(row);
@@ -454,16 +437,36 @@ impl Session {
                 }
             }
         }
-        if error.is_some() {
-            // What came before the error, without the descriptions of what never ran.
-            for h in held {
-                if let Header::Frame(f) = h {
-                    self.client_out.push(f);
-                }
-            }
-        }
         if let (None, Some(columns)) = (&error, &merge.grouped) {
             match regroup::regroup(columns, &fields, &partials, &group_order) {
+                Ok(rows) if merge.finish_groups.is_some() => {
+                    let visible = fields.get(..columns.len()).unwrap_or_default();
+                    let finished = match &merge.finish_groups {
+                        Some(t) => t
+                            .sql(rows.len(), visible.len())
+                            .map_err(|e| messages::error_response("ERROR", "54000", &e, None)),
+                        None => Err(lost(0, "no finishing statement")),
+                    };
+                    let done = match finished {
+                        Ok(sql) => {
+                            finish::run(parts, &sql, visible, &rows, &batch.result_formats).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match done {
+                        Ok(done) => {
+                            if let Err(e) = self.answer_finished(&mut held, &done) {
+                                error = Some(e);
+                            }
+                            for row in done.rows {
+                                if window.take() {
+                                    self.client_out.push(row);
+                                }
+                            }
+                        }
+                        Err(e) => error = Some(e),
+                    }
+                }
                 Ok(rows) => {
                     for row in rows {
                         if window.take() {
@@ -473,6 +476,14 @@ impl Session {
                 }
                 Err((code, message)) => {
                     error = Some(messages::error_response("ERROR", code, &message, None));
+                }
+            }
+        }
+        if error.is_some() {
+            // What came before the error, without the descriptions of what never ran.
+            for h in held {
+                if let Header::Frame(f) = h {
+                    self.client_out.push(f);
                 }
             }
         }
@@ -489,6 +500,31 @@ impl Session {
         self.client_out.push(out.freeze());
         self.txn_status = b'I';
         self.flush_client().await
+    }
+
+    /// Sends the held frames before the rows, the descriptions the finishing statement's
+    /// (a statement's without result formats), and its notices.
+    fn answer_finished(
+        &mut self,
+        held: &mut Vec<Header>,
+        done: &finish::Finished,
+    ) -> Result<(), Bytes> {
+        for h in std::mem::take(held) {
+            let frame = match (h, &done.description) {
+                (Header::Frame(f), _) => f,
+                (Header::PortalDescription, Some(t)) => t.clone(),
+                (Header::StatementDescription, Some(t)) => {
+                    crate::protocol::server::row_description_unformatted(
+                        t.get(5..).unwrap_or_default(),
+                    )
+                    .map_err(|e| lost(0, &e.to_string()))?
+                }
+                (_, None) => Bytes::from_static(messages::NO_DATA),
+            };
+            self.client_out.push(frame);
+        }
+        self.client_out.extend(done.notices.iter().cloned());
+        Ok(())
     }
 
     /// When a statement across shards starting now runs into `query_timeout`.
@@ -555,16 +591,23 @@ impl Session {
         }
     }
 
-    /// Cancels the shards still producing rows; their connections are closed afterwards.
+    /// Cancels the shards still producing rows and stops waiting for them: their
+    /// connections are closed. A cancel that reaches a server before the query it targets
+    /// started is ignored there, so it is sent again a moment later (the connection is never
+    /// reused, so a late cancel can hit nothing else).
     fn cancel_running(&self, parts: &mut [Part]) {
         for p in parts.iter_mut().filter(|p| !p.rows_done && !p.discard) {
-            p.discard = true;
             let conn = p.lease.conn();
             let target = CancelTarget {
                 addr: conn.addr.clone(),
                 key: conn.backend_key,
             };
-            tokio::spawn(async move { send_cancel(&target).await });
+            p.broken();
+            tokio::spawn(async move {
+                send_cancel(&target).await;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                send_cancel(&target).await;
+            });
         }
     }
 
