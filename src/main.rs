@@ -20,7 +20,8 @@ struct Cli {
 enum Command {
     /// Run the proxy (the default).
     Run,
-    /// Validate the config file and exit: non-zero with one line per problem.
+    /// Validate the config file and exit: non-zero with one line per problem; warns when a
+    /// shard of a two_phase_commit database has max_prepared_transactions = 0.
     Check,
     /// Apply migrations/NNNN_name.sql in order to every shard primary (re-running is a no-op).
     Migrate {
@@ -74,6 +75,16 @@ fn main() -> ExitCode {
                 config.databases.len(),
                 config.users.len()
             );
+            // The shards of two-phase databases are asked whether they take prepared
+            // transactions: warnings, the file itself being valid.
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                for w in runtime.block_on(usher::tools::check::two_phase_warnings(&config)) {
+                    println!("{w}");
+                }
+            }
             ExitCode::SUCCESS
         }
         Command::Run => run(config, cli.config.clone()),

@@ -551,3 +551,44 @@ async fn recovery_commits_what_the_log_decided_and_rolls_back_the_rest() {
         .primary
         .psql(&shards[3], "ROLLBACK PREPARED 'usher:other:aa-1:3'");
 }
+
+/// `usher check` asks the shards of a two-phase database whether they take prepared
+/// transactions: silent when they do, a warning naming the shard when one cannot be asked,
+/// and the file is valid either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usher_check_asks_two_phase_shards_for_prepared_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("2pc.log");
+    let s = setup_with("xwcheck", MAP, &general("w3", &log)).await;
+    let check = |config: &str| {
+        let file = dir.path().join("check.toml");
+        std::fs::write(&file, config).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_usher"))
+            .args(["check", "--config", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = check(&s.config);
+    assert!(!out.contains("warning"), "{out}");
+    // A shard nobody listens on: named, with the reason.
+    let port = topology().primary.port;
+    let dead = s
+        .config
+        .replacen(&format!("127.0.0.1:{port}/"), "127.0.0.1:1/", 1);
+    assert_ne!(
+        dead, s.config,
+        "the config names the primary by its address"
+    );
+    let out = check(&dead);
+    assert!(
+        out.contains("warning: databases.app shard 0 (127.0.0.1:1/")
+            && out.contains("could not check max_prepared_transactions"),
+        "{out}"
+    );
+}
