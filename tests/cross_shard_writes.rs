@@ -592,3 +592,69 @@ async fn usher_check_asks_two_phase_shards_for_prepared_transactions() {
         "{out}"
     );
 }
+
+/// An INSERT without a column list into a sharded table finds the key's place in the
+/// table from the catalog (looked up once, forgotten after DDL through usher) and runs on
+/// the row's shard, in both protocols; one that needs several shards, or writes a global
+/// table, is refused naming the missing column list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_without_a_column_list_find_the_key_in_the_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("2pc.log");
+    let map = MAP.replace(
+        "tables = [\n",
+        "tables = [\n  { name = \"notes\", column = \"family_id\" },\n",
+    );
+    let s = setup_with("xwcols", &map, &general("w4", &log)).await;
+    let c = connect(s.usher.port, "app", s.db).await.unwrap();
+    c.batch_execute("CREATE TABLE notes (a int, family_id uuid NOT NULL, body text)")
+        .await
+        .unwrap();
+    let on_shard = |sql: &str| -> Vec<usize> {
+        per_shard(&s, sql)
+            .iter()
+            .map(|rows| rows.first().map_or(0, |n| n.trim().parse().unwrap()))
+            .collect()
+    };
+    let mut want = vec![0usize; s.shards.len()];
+    for i in 300..312u32 {
+        let f = family(i);
+        c.batch_execute(&format!("INSERT INTO notes VALUES ({i}, '{f}', 'simple')"))
+            .await
+            .unwrap();
+        c.execute(
+            "INSERT INTO notes VALUES ($1::int4, $2::text::uuid, 'bound')",
+            &[&(i as i32), &f],
+        )
+        .await
+        .unwrap();
+        want[shard_of(&s.config, Some("notes"), &f)] += 2;
+    }
+    assert_eq!(on_shard("SELECT count(*) FROM notes"), want);
+    // DDL through usher moves the key: it is looked up again.
+    c.batch_execute("ALTER TABLE notes DROP COLUMN a")
+        .await
+        .unwrap();
+    let f = family(400);
+    c.batch_execute(&format!("INSERT INTO notes VALUES ('{f}', 'after ddl')"))
+        .await
+        .unwrap();
+    want[shard_of(&s.config, Some("notes"), &f)] += 1;
+    assert_eq!(on_shard("SELECT count(*) FROM notes"), want);
+    // Across shards, or into a global table: refused, named.
+    let (a, b) = (family(1), family(2));
+    assert_ne!(
+        shard_of(&s.config, Some("notes"), &a),
+        shard_of(&s.config, Some("notes"), &b)
+    );
+    for sql in [
+        format!("INSERT INTO notes VALUES ('{a}', 'x'), ('{b}', 'y')"),
+        "INSERT INTO lessons VALUES (9001, 't', 's', 3)".into(),
+    ] {
+        let e = c.batch_execute(&sql).await.unwrap_err();
+        assert_eq!(code(&e), "0A000", "{sql}: {e}");
+        let text = e.as_db_error().unwrap().message().to_string();
+        assert!(text.contains("without a column list"), "{sql}: {text}");
+    }
+    assert_eq!(on_shard("SELECT count(*) FROM notes"), want);
+}

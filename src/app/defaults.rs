@@ -1,6 +1,7 @@
-//! The column defaults of tables that INSERTs split across shards write: read from the
-//! catalog of shard 0's primary once per table, cached, and forgotten when DDL runs through
-//! usher (or a reload), so a changed default is read again.
+//! The column defaults of tables that INSERTs split across shards write, and where a sharded
+//! table's key column stands for INSERTs without a column list: read from the catalog of
+//! shard 0's primary once per table, cached, and forgotten when DDL runs through usher (or a
+//! reload), so a changed table is read again.
 
 use std::sync::Arc;
 
@@ -55,9 +56,48 @@ impl App {
         Ok(defaults)
     }
 
-    /// Forgets the cached defaults of `database` (after DDL through usher).
-    pub fn forget_defaults(&self, database: &str) {
+    /// Forgets the cached defaults of `database` (after DDL through usher), and where its
+    /// tables' key columns stand.
+    pub fn forget_defaults(&self, config: &Config, database: &str) {
         self.defaults.lock().retain(|(db, _), _| db != database);
+        if let Some(map) = config
+            .databases
+            .get(database)
+            .and_then(|d| d.sharding.as_ref())
+        {
+            map.key_positions.clear();
+        }
+    }
+
+    /// Where `column` stands (0-based) among the columns of `table` in `database`, as
+    /// shard 0's catalog lists them (what an INSERT without a column list fills in order);
+    /// `None` when the table has no such column.
+    pub async fn key_position(
+        &self,
+        config: &Config,
+        database: &str,
+        table: &str,
+        column: &str,
+    ) -> Result<Option<usize>, String> {
+        let db = config
+            .databases
+            .get(database)
+            .ok_or_else(|| format!("database {database:?} is no longer configured"))?;
+        let shard = db.shards.first().ok_or("a database without shards")?;
+        let name = match table.split_once('.') {
+            Some((s, t)) => format!("{}.{}", quote_ident(s), quote_ident(t)),
+            None => quote_ident(table),
+        };
+        let sql = "SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+                   WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
+                   ORDER BY a.attnum";
+        let rows = self
+            .probes
+            .query(config, &shard.primary.addr, sql, &[&name])
+            .await?;
+        Ok(rows
+            .iter()
+            .position(|r| r.try_get::<_, String>(0).is_ok_and(|c| c == column)))
     }
 }
 

@@ -82,6 +82,36 @@ pub struct Sharding {
     /// writes are refused with 0A000.
     #[serde(default)]
     pub two_phase_commit: bool,
+    /// Not read from the file: where each sharded table's key column stands in the table's
+    /// column order, learned from the catalog for INSERTs without a column list.
+    #[serde(skip)]
+    pub key_positions: KeyPositions,
+}
+
+/// The position of each sharded table's key column among its columns (by config table
+/// name; `None` once looked up and not found), read from shard 0's catalog when an INSERT
+/// without a column list first needs it, and forgotten after DDL through usher. A reload
+/// starts afresh.
+#[derive(Clone, Debug, Default)]
+pub struct KeyPositions(
+    std::sync::Arc<parking_lot::RwLock<std::collections::HashMap<String, Option<usize>>>>,
+);
+
+impl KeyPositions {
+    /// What is known of `table`'s key position: `None` when never looked up.
+    pub fn get(&self, table: &str) -> Option<Option<usize>> {
+        self.0.read().get(table).copied()
+    }
+
+    /// Records `table`'s key position (`None`: the catalog has no such column or table).
+    pub fn set(&self, table: &str, position: Option<usize>) {
+        self.0.write().insert(table.to_string(), position);
+    }
+
+    /// Forgets every position (the schema may have changed).
+    pub fn clear(&self) {
+        self.0.write().clear();
+    }
 }
 
 impl Sharding {
@@ -208,6 +238,7 @@ mod tests {
                 })
                 .collect(),
             global_tables: global.iter().map(|s| s.to_string()).collect(),
+            key_positions: KeyPositions::default(),
             two_phase_commit: false,
         }
     }

@@ -69,6 +69,7 @@ fn shard_placement_never_panics() {
         }],
         global_tables: vec!["lessons".into()],
         two_phase_commit: false,
+        key_positions: Default::default(),
     };
     let seeds = [
         "SELECT * FROM children c JOIN lessons l ON l.id = c.x WHERE c.family_id = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",

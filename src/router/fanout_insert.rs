@@ -110,6 +110,11 @@ pub fn pin_defaults(sql: &str, defaults: &[ColumnDefault], at: &str) -> Result<D
     else {
         return Err("a statement that is not one INSERT".into());
     };
+    if insert.cols.is_empty() {
+        // Which columns the rows leave to their defaults would take the table's column
+        // order, and each shard's statement a column list of its own.
+        return Err("an INSERT without a column list (list the columns)".into());
+    }
     let listed: Vec<String> = insert
         .cols
         .iter()

@@ -95,6 +95,9 @@ pub enum Plan {
     Broadcast,
     /// Look up whether these functions are VOLATILE, then plan again.
     CheckFunctions(Vec<String>),
+    /// Look up where this sharded table's key column stands among its columns (for an
+    /// INSERT without a column list), then plan again.
+    CheckColumns(CheckColumns),
     /// Run on one shard.
     Run(Run),
     /// Run one read on every shard and merge the rows (see `router::fanout`).
@@ -104,6 +107,15 @@ pub enum Plan {
     /// Run a pipeline of one-shard statements on their shards as one transaction (see
     /// `router::plan_pipeline`).
     Pipeline(Pipeline),
+}
+
+/// A sharded table whose key position the catalog must tell (see [`Plan::CheckColumns`]).
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub struct CheckColumns {
+    /// The table, as the shard map names it.
+    pub table: String,
+    /// Its key column.
+    pub column: String,
 }
 
 /// A write that runs on several shards' primaries, as one distributed transaction.
@@ -221,6 +233,15 @@ pub fn plan(batch: &Batch, facts: &Facts) -> Plan {
             })
         }
         Ok(None) => return Plan::Wait,
+        Err(ShardError::InsertColumns { table, column })
+            if facts
+                .db
+                .sharding
+                .as_ref()
+                .is_some_and(|m| m.key_positions.get(&table).is_none()) =>
+        {
+            return Plan::CheckColumns(CheckColumns { table, column })
+        }
         Err(e) => {
             return Plan::Refuse(Refusal {
                 sqlstate: e.sqlstate(),

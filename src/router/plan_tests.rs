@@ -507,3 +507,28 @@ fn pipelines_of_one_shard_statements_run_on_their_shards() {
     };
     assert!(r.message.contains("two_phase_commit"), "{}", r.message);
 }
+
+#[test]
+fn an_insert_without_columns_asks_where_the_key_stands_then_runs_on_its_shard() {
+    let c = config();
+    let db = &c.databases["sharded"];
+    let map = db.sharding.as_ref().unwrap();
+    let f = facts(db);
+    let sql = "INSERT INTO families VALUES (7, 'seven')";
+    assert_eq!(
+        plan_of(&[stmt(b'Q', sql)], &f),
+        Plan::CheckColumns(CheckColumns {
+            table: "families".into(),
+            column: "id".into()
+        })
+    );
+    map.key_positions.set("families", Some(0));
+    let want = shard::hinted(&ShardHint::Key("7".into()), map, 2).unwrap();
+    assert_eq!(run(plan_of(&[stmt(b'Q', sql)], &f)).shard, want);
+    // Looked up and not found: refused, not asked again.
+    map.key_positions.set("families", None);
+    let Plan::Refuse(r) = plan_of(&[stmt(b'Q', sql)], &f) else {
+        panic!("refused");
+    };
+    assert!(r.message.contains("without a column list"), "{}", r.message);
+}

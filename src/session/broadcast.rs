@@ -94,7 +94,8 @@ impl Session {
         let batch = batch.freeze();
         let outcomes = self.run_everywhere(&batch).await;
         // The DDL may have changed a column default a split INSERT writes.
-        self.app.forget_defaults(&self.db_name);
+        self.app
+            .forget_defaults(&self.snap().config.clone(), &self.db_name);
         let answer = combine(outcomes, &injected);
         self.tracker.push(Expect::Local(answer));
         self.client_out.append(&mut self.tracker.ready);

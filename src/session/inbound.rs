@@ -156,7 +156,13 @@ impl Session {
                 }
                 _ => {}
             }
-            let plan = match self.plan_now(request, None) {
+            let mut plan = self.plan_now(request, None);
+            if let Plan::CheckColumns(table) = plan {
+                // Rare (a table's first INSERT without a column list): boxed, as below.
+                Box::pin(self.learn_key_position(table)).await;
+                plan = self.plan_now(request, None);
+            }
+            let plan = match plan {
                 // Rare (a user function, first seen): boxed, so the session's state that
                 // moves on every transaction stays small.
                 Plan::CheckFunctions(functions) => {
@@ -195,7 +201,7 @@ impl Session {
                     let frames = request.take_rest();
                     return Box::pin(self.run_pipeline(pipeline, frames)).await;
                 }
-                Plan::CheckFunctions(_) => {
+                Plan::CheckFunctions(_) | Plan::CheckColumns(_) => {
                     // Session::plan answers these itself; a plan asking twice is usher's bug.
                     let e = messages::error_response(
                         "ERROR",

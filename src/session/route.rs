@@ -142,6 +142,37 @@ impl Session {
         async move { app.calls_volatile(&config, &name, &functions).await }
     }
 
+    /// Learns from the catalog where `check.table`'s key column stands (for an INSERT
+    /// without a column list); a failed lookup is recorded as unknown, so the INSERT is
+    /// refused naming the table rather than looked up again for every statement.
+    pub(super) fn learn_key_position(
+        &self,
+        check: router::plan::CheckColumns,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let positions = self.db.sharding.as_ref().map(|m| m.key_positions.clone());
+        let (app, config, name) = (
+            self.app.clone(),
+            self.snap().config.clone(),
+            self.db_name.clone(),
+        );
+        async move {
+            let Some(positions) = positions else {
+                return;
+            };
+            let position = match app
+                .key_position(&config, &name, &check.table, &check.column)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(table = %check.table, error = %e, "could not read the table's columns");
+                    None
+                }
+            };
+            positions.set(&check.table, position);
+        }
+    }
+
     /// The plan for the transaction starting at the request's position (see
     /// [`router::plan`]), given what is known of function volatility.
     pub(super) fn plan_now(&self, request: &mut Request, volatile: Option<bool>) -> Plan {

@@ -66,8 +66,9 @@ pub enum ShardError {
         /// The table.
         table: String,
     },
-    /// An INSERT into a sharded table without a column list.
-    #[error("usher: INSERT into sharded table {table:?} must list its columns, so usher can find {column}")]
+    /// An INSERT into a sharded table without a column list, whose key column the catalog
+    /// did not show.
+    #[error("usher: INSERT into sharded table {table:?} without a column list, and usher could not find the position of {column} in the table (list the columns)")]
     InsertColumns {
         /// The table.
         table: String,
@@ -342,11 +343,16 @@ fn place_one(
         };
         let st: &ShardedTable = r.table;
         let (table, column) = names(r);
-        let Some(cols) = &ins.columns else {
-            return Err(ShardError::InsertColumns { table, column });
-        };
-        let Some(pos) = cols.iter().position(|c| *c == column) else {
-            return Err(ShardError::MissingKey { table, column });
+        let pos = match &ins.columns {
+            Some(cols) => match cols.iter().position(|c| *c == column) {
+                Some(pos) => pos,
+                None => return Err(ShardError::MissingKey { table, column }),
+            },
+            // No column list: the key's place in the table, once the catalog told it.
+            None => match map.key_positions.get(&st.name) {
+                Some(Some(pos)) => pos,
+                _ => return Err(ShardError::InsertColumns { table, column }),
+            },
         };
         let Some(rows) = &ins.rows else {
             return Err(ShardError::KeyNotValue { table, column });
@@ -456,11 +462,15 @@ pub fn insert_rows(
         return Ok(None);
     };
     let (table, column) = (st.name.clone(), st.column.clone());
-    let Some(cols) = &ins.columns else {
-        return Err(ShardError::InsertColumns { table, column });
-    };
-    let Some(pos) = cols.iter().position(|c| *c == column) else {
-        return Err(ShardError::MissingKey { table, column });
+    let pos = match &ins.columns {
+        Some(cols) => match cols.iter().position(|c| *c == column) {
+            Some(pos) => pos,
+            None => return Err(ShardError::MissingKey { table, column }),
+        },
+        None => match map.key_positions.get(&st.name) {
+            Some(Some(pos)) => pos,
+            _ => return Err(ShardError::InsertColumns { table, column }),
+        },
     };
     let Some(rows) = &ins.rows else {
         return Ok(None);

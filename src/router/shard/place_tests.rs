@@ -22,6 +22,7 @@ fn map() -> Sharding {
         ],
         global_tables: vec!["lessons".into()],
         two_phase_commit: false,
+        key_positions: Default::default(),
     }
 }
 
