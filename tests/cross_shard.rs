@@ -483,3 +483,110 @@ async fn query_timeout_cancels_a_query_on_every_shard() {
         .unwrap();
     assert_eq!(rows.1, vec![vec![Some("120".to_string())]]);
 }
+
+/// `COPY table TO STDOUT` of a sharded table: every shard's rows in one COPY, with one
+/// header (CSV) or one binary file header and trailer, and the tag counting them all; the
+/// rows (sorted, a table's order being unspecified) are those of one database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_to_stdout_streams_every_shard_as_one_copy() {
+    use futures_util::StreamExt;
+    let b = load("xcopy", "xcopyplain", MAP, "").await;
+    async fn copied(c: &tokio_postgres::Client, sql: &str) -> Vec<u8> {
+        let stream = c.copy_out(sql).await.unwrap();
+        futures_util::pin_mut!(stream);
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        out
+    }
+    for (sql, header) in [
+        ("COPY children TO STDOUT", false),
+        (
+            "COPY children (id, name, grade) TO STDOUT WITH CSV HEADER",
+            true,
+        ),
+        (
+            "COPY user_progress TO STDOUT (FORMAT csv, HEADER false)",
+            false,
+        ),
+    ] {
+        let (u, p) = (copied(&b.usher, sql).await, copied(&b.plain, sql).await);
+        let lines = |bytes: &[u8]| -> (Option<String>, Vec<String>) {
+            let text = String::from_utf8(bytes.to_vec()).unwrap();
+            let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+            let head = header.then(|| lines.remove(0));
+            lines.sort();
+            (head, lines)
+        };
+        // created_at differs (each load ran its own now()): compared without it.
+        let strip = |(h, l): (Option<String>, Vec<String>)| {
+            let cut = |s: &String| {
+                s.rsplit_once(['\t', ','])
+                    .map_or(s.clone(), |(a, _)| a.to_string())
+            };
+            let mut l: Vec<String> = if sql.contains("(id, name, grade)") {
+                l
+            } else {
+                l.iter().map(cut).collect()
+            };
+            l.sort();
+            (h, l)
+        };
+        assert_eq!(strip(lines(&u)), strip(lines(&p)), "{sql}");
+        assert!(!u.is_empty(), "{sql}");
+    }
+    // Binary: one file header, every shard's tuples, one trailer.
+    let sql = "COPY children (id, family_id, grade) TO STDOUT (FORMAT binary)";
+    let tuples = |bytes: &[u8]| -> Vec<Vec<u8>> {
+        assert_eq!(&bytes[..11], b"PGCOPY\n\xff\r\n\0");
+        let mut at = 19;
+        let mut out = Vec::new();
+        loop {
+            let n = i16::from_be_bytes([bytes[at], bytes[at + 1]]);
+            if n == -1 {
+                assert_eq!(at + 2, bytes.len(), "the trailer ends the stream");
+                break;
+            }
+            let start = at;
+            at += 2;
+            for _ in 0..n {
+                let len = i32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+                at += 4 + usize::try_from(len).unwrap_or(0);
+            }
+            out.push(bytes[start..at].to_vec());
+        }
+        out.sort();
+        out
+    };
+    let (u, p) = (copied(&b.usher, sql).await, copied(&b.plain, sql).await);
+    assert_eq!(tuples(&u), tuples(&p));
+    // The simple protocol, as psql sends it: the same rows, all of them.
+    let psql = |port: u16, db: &str, sql: &str| -> (Vec<String>, String) {
+        let out = std::process::Command::new(pg_bin("psql"))
+            .args([
+                &dsn(port, "app", db),
+                "-X",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        lines.sort();
+        (lines, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let sql = "COPY families (id, name) TO STDOUT WITH CSV HEADER";
+    let (u, _) = psql(b.s.usher.port, b.s.db, sql);
+    let (p, _) = psql(topology().primary.port, &b.plain_db, sql);
+    assert_eq!(u, p);
+    assert_eq!(u.len(), 121, "a header and every family");
+}

@@ -27,6 +27,9 @@ pub enum Shape {
     /// A multi-row INSERT ... VALUES split by row into one INSERT per shard (see
     /// `router::fanout_insert`).
     Insert,
+    /// `COPY table TO STDOUT`: every shard's rows, streamed as one COPY (see
+    /// `router::fanout_copy`).
+    CopyOut(super::fanout_copy::CopyOut),
 }
 
 /// An exact merge of the shards' rows.

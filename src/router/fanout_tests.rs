@@ -18,7 +18,7 @@ fn merge(sql: &str) -> Merge {
     match shape_of(sql) {
         Shape::Merge(m) => *m,
         Shape::Refused(r) => panic!("{sql}: refused ({r})"),
-        Shape::Write | Shape::Insert => panic!("{sql}: a write"),
+        Shape::Write | Shape::Insert | Shape::CopyOut(_) => panic!("{sql}: not a merge"),
     }
 }
 

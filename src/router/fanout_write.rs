@@ -44,6 +44,7 @@ pub fn shape(parsed: &protobuf::ParseResult, stmt: &NodeEnum) -> Option<Shape> {
         NodeEnum::UpdateStmt(u) => u.with_clause.is_some(),
         NodeEnum::DeleteStmt(d) => d.with_clause.is_some(),
         NodeEnum::InsertStmt(i) => return super::fanout_insert::shape(parsed, i),
+        NodeEnum::CopyStmt(c) => return super::fanout_copy::shape(c),
         _ => return None,
     };
     Some(match refused(parsed, with) {

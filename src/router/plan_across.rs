@@ -50,6 +50,8 @@ pub(super) fn fanout_of(
         return write_of(class, facts.db.shards.len(), map, why, rows);
     }
     let merge = match &class.fanout {
+        // Every shard copies its own rows of the table.
+        Some(Shape::CopyOut(_)) => return Ok(Choice::Fanout(class, false)),
         Some(Shape::Merge(m)) => m,
         Some(Shape::Refused(construct)) => return Err(refuse(construct.clone())),
         _ => return Err(why),

@@ -13,6 +13,7 @@ mod average;
 pub mod batch;
 pub mod compare;
 mod control;
+mod copy_out;
 mod finish;
 mod insert;
 mod merge;
@@ -82,6 +83,10 @@ impl Session {
         frames: Vec<Frame>,
     ) -> Result<Flow, SessionError> {
         self.wait_if_paused().await;
+        if let Some(Shape::CopyOut(copy)) = plan.class.fanout.as_ref() {
+            let copy = *copy;
+            return self.copy_out(plan, copy, frames).await;
+        }
         let Some(Shape::Merge(planned)) = plan.class.fanout.as_ref() else {
             return Err(SessionError::Internal("a fan-out planned without a merge"));
         };
