@@ -106,7 +106,7 @@ fn errors_name_the_table() {
         ("SELECT * FROM children c JOIN user_progress p ON p.child_id = c.id WHERE c.family_id = 1".into(), "\"user_progress\""),
         (format!("SELECT * FROM children WHERE family_id IN ({a}, {b})"), "different shards"),
         (format!("INSERT INTO children (id, family_id) VALUES (1, {a}), (2, {b})"), "different shards"),
-        ("INSERT INTO children VALUES (1, 2)".into(), "must list its columns"),
+        ("INSERT INTO children VALUES (1, 2)".into(), "without a column list"),
         ("INSERT INTO children (id) VALUES (1)".into(), "no sharding key"),
         ("INSERT INTO children (id, family_id) VALUES (1, 2 + 3)".into(), "literal or a parameter"),
         (format!("UPDATE children SET family_id = {b} WHERE family_id = {a}"), "different shards"),
