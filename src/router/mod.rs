@@ -14,6 +14,7 @@ pub mod fanout_group;
 pub mod fanout_group_finish;
 pub mod fanout_insert;
 pub mod fanout_regroup;
+pub mod fanout_sort;
 pub mod fanout_write;
 pub(crate) mod lex;
 pub mod monitor;
