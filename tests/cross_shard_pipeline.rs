@@ -53,16 +53,6 @@ async fn contents(c: &tokio_postgres::Client) -> Vec<Simple> {
     out
 }
 
-fn prepared_left(s: &Sharded) -> Vec<String> {
-    per_shard(
-        s,
-        "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()",
-    )
-    .into_iter()
-    .flatten()
-    .collect()
-}
-
 /// Families of at least two different shards.
 fn spread(s: &Sharded) -> Vec<u32> {
     let mut seen = std::collections::BTreeSet::new();

@@ -48,17 +48,6 @@ async fn contents(c: &tokio_postgres::Client) -> Vec<Simple> {
     out
 }
 
-/// Prepared transactions left in the shard databases (any name).
-fn prepared_left(s: &Sharded) -> Vec<String> {
-    per_shard(
-        s,
-        "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()",
-    )
-    .into_iter()
-    .flatten()
-    .collect()
-}
-
 /// The row count of a write run on `c` alone.
 async fn write_count(c: &tokio_postgres::Client, sql: &str) -> u64 {
     simple(c, sql)

@@ -443,6 +443,21 @@ fn calls_aggregates(parsed: &protobuf::ParseResult) -> bool {
     })
 }
 
+/// For tests: `sql` parsed, with its one statement, which must be a SELECT.
+#[cfg(test)]
+pub fn parse_select(sql: &str) -> (protobuf::ParseResult, protobuf::SelectStmt) {
+    let parsed = pg_query::parse(sql, pg_query::ParserOptions::default()).unwrap();
+    let Some(NodeEnum::SelectStmt(s)) = parsed.protobuf.stmts[0]
+        .stmt
+        .as_ref()
+        .and_then(|n| n.node.as_ref())
+    else {
+        panic!("not a select: {sql}");
+    };
+    let s = (**s).clone();
+    (parsed.protobuf, s)
+}
+
 #[cfg(test)]
 #[path = "fanout_tests.rs"]
 mod tests;

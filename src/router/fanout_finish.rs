@@ -330,15 +330,8 @@ mod tests {
     use super::*;
 
     fn of(sql: &str) -> Result<Finish, String> {
-        let parsed = pg_query::parse(sql, pg_query::ParserOptions::default()).unwrap();
-        let Some(NodeEnum::SelectStmt(s)) = parsed.protobuf.stmts[0]
-            .stmt
-            .as_ref()
-            .and_then(|n| n.node.as_ref())
-        else {
-            panic!("{sql}");
-        };
-        finish_of(&parsed.protobuf, s)
+        let (parsed, s) = crate::router::fanout::parse_select(sql);
+        finish_of(&parsed, &s)
     }
 
     fn shard_sql(f: &Finish) -> String {

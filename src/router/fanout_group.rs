@@ -153,15 +153,8 @@ mod tests {
     use super::*;
 
     fn of(sql: &str) -> Result<Option<Vec<Vec<ColRef>>>, String> {
-        let parsed = pg_query::parse(sql, pg_query::ParserOptions::default()).unwrap();
-        let Some(NodeEnum::SelectStmt(s)) = parsed.protobuf.stmts[0]
-            .stmt
-            .as_ref()
-            .and_then(|n| n.node.as_ref())
-        else {
-            panic!("{sql}");
-        };
-        partition(&parsed.protobuf, s)
+        let (parsed, s) = crate::router::fanout::parse_select(sql);
+        partition(&parsed, &s)
     }
 
     fn col(q: Option<&str>, c: &str) -> ColRef {

@@ -345,15 +345,8 @@ mod tests {
     use super::*;
 
     fn of(sql: &str) -> Result<GroupFinish, String> {
-        let parsed = pg_query::parse(sql, pg_query::ParserOptions::default()).unwrap();
-        let Some(NodeEnum::SelectStmt(s)) = parsed.protobuf.stmts[0]
-            .stmt
-            .as_ref()
-            .and_then(|n| n.node.as_ref())
-        else {
-            panic!("{sql}");
-        };
-        finish_groups(&parsed.protobuf, s, &mut Vec::new())
+        let (parsed, s) = crate::router::fanout::parse_select(sql);
+        finish_groups(&parsed, &s, &mut Vec::new())
     }
 
     fn deparse(t: &protobuf::ParseResult) -> String {

@@ -176,17 +176,10 @@ mod tests {
     use super::*;
 
     fn of(sql: &str) -> Result<Regroup, String> {
-        let parsed = pg_query::parse(sql, pg_query::ParserOptions::default()).unwrap();
-        let Some(NodeEnum::SelectStmt(s)) = parsed.protobuf.stmts[0]
-            .stmt
-            .as_ref()
-            .and_then(|n| n.node.as_ref())
-        else {
-            panic!("{sql}");
-        };
-        let shards = crate::router::fanout_aggregate::with_avg_partials(&parsed.protobuf);
-        let tree = shards.as_ref().unwrap_or(&parsed.protobuf);
-        regroup(tree, shards.is_some(), s, &mut Vec::new())
+        let (parsed, s) = crate::router::fanout::parse_select(sql);
+        let shards = crate::router::fanout_aggregate::with_avg_partials(&parsed);
+        let tree = shards.as_ref().unwrap_or(&parsed);
+        regroup(tree, shards.is_some(), &s, &mut Vec::new())
     }
 
     #[test]

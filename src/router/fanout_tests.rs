@@ -3,15 +3,8 @@
 use super::*;
 
 fn shape_of(sql: &str) -> Shape {
-    let parsed = pg_query::parse(sql, pg_query::ParserOptions::default()).unwrap();
-    let Some(NodeEnum::SelectStmt(s)) = parsed.protobuf.stmts[0]
-        .stmt
-        .as_ref()
-        .and_then(|n| n.node.as_ref())
-    else {
-        panic!("not a select: {sql}");
-    };
-    shape(&parsed.protobuf, s)
+    let (parsed, s) = parse_select(sql);
+    shape(&parsed, &s)
 }
 
 fn merge(sql: &str) -> Merge {

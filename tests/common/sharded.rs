@@ -103,3 +103,14 @@ pub async fn read_until_tag(s: &mut tokio::net::TcpStream, tag: u8) -> Vec<(u8, 
         got.extend_from_slice(&chunk[..r]);
     }
 }
+
+/// Prepared transactions left in the shard databases (any name).
+pub fn prepared_left(s: &Sharded) -> Vec<String> {
+    per_shard(
+        s,
+        "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()",
+    )
+    .into_iter()
+    .flatten()
+    .collect()
+}

@@ -75,3 +75,14 @@ pub(super) async fn rollback(parts: &mut [Part]) {
         }
     }
 }
+
+/// COMMITs every part one-phase (a single writer, or none); the first failure is the
+/// client's error, a lost connection named by its shard (`shards[i]`).
+pub(super) async fn commit_each(parts: &mut [Part], shards: &[usize]) -> Option<Bytes> {
+    let answers = everywhere(parts, |_| "COMMIT".to_string()).await;
+    answers.into_iter().enumerate().find_map(|(i, a)| match a {
+        Answer::Ok => None,
+        Answer::Error(e) => Some(e),
+        Answer::Lost(why) => Some(super::lost(shards.get(i).copied().unwrap_or(i), &why)),
+    })
+}

@@ -13,7 +13,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::control::{everywhere, rollback, Answer};
+use super::control::rollback;
 use super::{lost, Part, MAX_FRAME};
 use crate::error::Failure;
 use crate::protocol::{client, extended, frame::split_frame, messages, Frame};
@@ -242,15 +242,7 @@ impl Session {
                     self.commit_parts(&mut parts, &shards, &coordinator, log)
                         .await
                 }
-                None => everywhere(&mut parts, |_| "COMMIT".to_string())
-                    .await
-                    .into_iter()
-                    .enumerate()
-                    .find_map(|(i, a)| match a {
-                        Answer::Ok => None,
-                        Answer::Error(e) => Some(e),
-                        Answer::Lost(why) => Some(lost(shards.get(i).copied().unwrap_or(i), &why)),
-                    }),
+                None => super::control::commit_each(&mut parts, &shards).await,
             };
             if error.is_none() {
                 // Statements named in the pipeline stay the client's for later requests.

@@ -332,12 +332,7 @@ impl Session {
         log: &std::sync::Arc<crate::twophase::log::Log>,
     ) -> Option<Bytes> {
         if parts.len() == 1 {
-            let answers = everywhere(parts, |_| "COMMIT".to_string()).await;
-            return answers.into_iter().enumerate().find_map(|(i, a)| match a {
-                Answer::Ok => None,
-                Answer::Error(e) => Some(e),
-                Answer::Lost(why) => Some(lost(shards.get(i).copied().unwrap_or(i), &why)),
-            });
+            return super::control::commit_each(parts, shards).await;
         }
         let txn = coordinator.begin();
         let gids: Vec<String> = shards
