@@ -93,6 +93,15 @@ async fn a_pipeline_across_shards_runs_as_one_transaction() {
     assert!(tags.contains(&b'T') && tags.contains(&b'D'), "{tags:?}");
     let done = tags.iter().filter(|t| **t == b'C').count();
     assert_eq!(done, fams.len() + 1, "every statement ran: {tags:?}");
+    // One transaction, one clock: created_at DEFAULT now() is the same on every shard.
+    let times: std::collections::BTreeSet<String> = per_shard(
+        &b.s,
+        "SELECT DISTINCT created_at::text FROM children WHERE name LIKE 'new %'",
+    )
+    .into_iter()
+    .flatten()
+    .collect();
+    assert_eq!(times.len(), 1, "{times:?}");
     // executemany with a named statement, parsed once and bound per row.
     let mut bytes = parse("ins", INSERT);
     for (j, f) in fams.iter().enumerate() {

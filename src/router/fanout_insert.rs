@@ -85,6 +85,80 @@ pub fn with_defaults(sql: &str, pinned: &[(String, Node)]) -> Result<String, Str
     Ok(for_shard(sql, &vec![0; rows], 0, pinned)?.sql)
 }
 
+/// The table an INSERT writes (schema, name), when `sql` is one INSERT.
+pub fn insert_table(sql: &str) -> Option<(Option<String>, String)> {
+    let parsed = pg_query::parse(sql, pg_query::ParserOptions::default()).ok()?;
+    let stmt = parsed
+        .protobuf
+        .stmts
+        .first()?
+        .stmt
+        .as_ref()?
+        .node
+        .as_ref()?;
+    let NodeEnum::InsertStmt(i) = stmt else {
+        return None;
+    };
+    let r = i.relation.as_ref()?;
+    Some((
+        (!r.schemaname.is_empty()).then(|| r.schemaname.clone()),
+        r.relname.clone(),
+    ))
+}
+
+/// The clock defaults (`now()`, `CURRENT_TIMESTAMP`, ...) the INSERT `sql` leaves out,
+/// pinned to `at`: what a one-shard INSERT of a pipeline across shards is given so that its
+/// rows get the pipeline's one transaction time, as on one database. Other defaults
+/// (sequences, identity, functions) run on the row's shard as for any one-shard INSERT.
+pub fn pin_clock_defaults(
+    sql: &str,
+    defaults: &[ColumnDefault],
+    at: &str,
+) -> Result<Vec<(String, Node)>, String> {
+    let parsed = pg_query::parse(sql, pg_query::ParserOptions::default())
+        .map_err(|e| format!("a statement usher could not parse ({e})"))?;
+    let Some(NodeEnum::InsertStmt(insert)) = parsed
+        .protobuf
+        .stmts
+        .first()
+        .and_then(|r| r.stmt.as_ref())
+        .and_then(|n| n.node.as_ref())
+    else {
+        return Ok(Vec::new());
+    };
+    let listed: Vec<&str> = insert
+        .cols
+        .iter()
+        .filter_map(|c| match &c.node {
+            Some(NodeEnum::ResTarget(t)) => Some(t.name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for d in defaults {
+        let Some(expr) = &d.expr else { continue };
+        if listed.contains(&d.column.as_str()) {
+            continue;
+        }
+        let select = format!("SELECT {expr}");
+        let Some(pinned) = super::clock::pin(&select, at)? else {
+            continue;
+        };
+        if listed.is_empty() {
+            return Err(format!(
+                "an INSERT without a column list into a table whose column {} defaults to the clock (list the columns)",
+                d.column
+            ));
+        }
+        let tree = pg_query::parse(&pinned, pg_query::ParserOptions::default())
+            .map_err(|e| format!("column {}'s default {expr} ({e})", d.column))?;
+        let value = first_target(&tree.protobuf)
+            .ok_or_else(|| format!("column {}'s default {expr}", d.column))?;
+        out.push((d.column.clone(), value));
+    }
+    Ok(out)
+}
+
 /// The columns an INSERT leaves to their defaults that each shard must be given as one
 /// value, and the functions those defaults call.
 #[derive(Debug, Clone, Default)]

@@ -36,12 +36,24 @@ struct Streams {
 /// Why the pipeline cannot run: an error for the client (SQLSTATE, message).
 type Refusal = (&'static str, String);
 
+/// The text each shard runs for a client's statement text, where they differ: clock calls
+/// and clock defaults pinned to the pipeline's one time.
+#[derive(Default)]
+struct Texts(std::collections::HashMap<Bytes, Bytes>);
+
+impl Texts {
+    fn of<'a>(&'a self, query: &'a Bytes) -> &'a [u8] {
+        self.0.get(query).unwrap_or(query)
+    }
+}
+
 /// Cuts `frames` into each shard's messages.
 fn streams(
     frames: &[Frame],
     plan: &Pipeline,
     shards: &[usize],
     stmts: &ClientStatements,
+    texts: &Texts,
 ) -> Result<Streams, Refusal> {
     let protocol = |e: crate::protocol::ProtocolError| ("08P01", format!("usher: {e}"));
     let mut out: Vec<BytesMut> = shards
@@ -81,21 +93,21 @@ fn streams(
             b'P' => {
                 let p = client::Parse::new(f).map_err(protocol)?;
                 let (query, types) = p.owned_query_and_types();
-                buf.extend_from_slice(&extended::parse_message(b"", &query, &types));
+                buf.extend_from_slice(&extended::parse_message(b"", texts.of(&query), &types));
                 flags.push(false);
                 *held = Some(p.name().to_vec());
                 parsed.push((p.name().to_vec(), query, types));
             }
             b'B' => {
                 let b = client::Bind::new(f).map_err(protocol)?;
-                ensure(b.statement(), buf, held, flags, &parsed, stmts)?;
+                ensure(b.statement(), buf, held, flags, &parsed, stmts, texts)?;
                 extended::put_renamed(buf, f, b.statement_span(), b"");
                 portal = Some(b.portal().to_vec());
             }
             b'D' => {
                 let d = client::Targeted::new(f).map_err(protocol)?;
                 if d.target == client::Target::Statement {
-                    ensure(d.name(), buf, held, flags, &parsed, stmts)?;
+                    ensure(d.name(), buf, held, flags, &parsed, stmts, texts)?;
                     extended::put_renamed(buf, f, d.name_span(), b"");
                 } else if portal.as_deref() == Some(d.name()) {
                     buf.extend_from_slice(&f.raw);
@@ -140,6 +152,7 @@ fn ensure(
     flags: &mut Vec<bool>,
     parsed: &[(Vec<u8>, Bytes, Bytes)],
     stmts: &ClientStatements,
+    texts: &Texts,
 ) -> Result<(), Refusal> {
     if held.as_deref() == Some(name) {
         return Ok(());
@@ -159,7 +172,7 @@ fn ensure(
             }
         },
     };
-    buf.extend_from_slice(&extended::parse_message(b"", &query, &types));
+    buf.extend_from_slice(&extended::parse_message(b"", texts.of(&query), &types));
     flags.push(true);
     *held = Some(name.to_vec());
     Ok(())
@@ -193,7 +206,14 @@ impl Session {
     ) -> Result<Flow, SessionError> {
         self.wait_if_paused().await;
         let shards = plan.shards();
-        let streams = match streams(&frames, &plan, &shards, &self.stmts) {
+        let texts = match self.pinned_texts(&frames).await {
+            Ok(t) => t,
+            Err((code, message)) => {
+                self.answer_fanout_error(code, &message);
+                return Ok(Flow::Continue);
+            }
+        };
+        let streams = match streams(&frames, &plan, &shards, &self.stmts, &texts) {
             Ok(s) => s,
             Err((code, message)) => {
                 self.answer_fanout_error(code, &message);
@@ -267,6 +287,68 @@ impl Session {
         self.txn_status = b'I';
         self.flush_client().await?;
         Ok(Flow::Continue)
+    }
+
+    /// One clock for the whole pipeline, as one database's one transaction has: each
+    /// statement's `now()` and its kin, and the clock defaults of the columns an INSERT
+    /// leaves out (read from the catalog), become the same constant.
+    async fn pinned_texts(&mut self, frames: &[Frame]) -> Result<Texts, Refusal> {
+        let at = crate::router::clock::timestamp(std::time::SystemTime::now());
+        let mut originals: Vec<Bytes> = Vec::new();
+        for f in frames {
+            let query = match f.tag {
+                b'P' => client::Parse::new(f)
+                    .ok()
+                    .map(|p| p.owned_query_and_types().0),
+                b'B' => client::Bind::new(f)
+                    .ok()
+                    .and_then(|b| self.stmts.statement(b.statement()))
+                    .map(|s| s.query.clone()),
+                _ => None,
+            };
+            if let Some(q) = query.filter(|q| !originals.contains(q)) {
+                originals.push(q);
+            }
+        }
+        let config = self.snap().config.clone();
+        let refuse = |why: String| {
+            (
+                "0A000",
+                format!("usher: a pipeline across shards with {why}"),
+            )
+        };
+        let mut texts = Texts::default();
+        for original in originals {
+            let Ok(sql) = std::str::from_utf8(&original) else {
+                continue;
+            };
+            let mut text = crate::router::clock::pin(sql, &at)
+                .map_err(refuse)?
+                .unwrap_or_else(|| sql.to_string());
+            if let Some((schema, table)) = crate::router::fanout_insert::insert_table(&text) {
+                let defaults = self
+                    .app
+                    .column_defaults(&config, &self.db_name, schema.as_deref(), &table)
+                    .await
+                    .map_err(|e| {
+                        (
+                            "58000",
+                            format!("usher: could not read the column defaults of {table:?} for a pipeline across shards: {e}"),
+                        )
+                    })?;
+                let pinned =
+                    crate::router::fanout_insert::pin_clock_defaults(&text, &defaults, &at)
+                        .map_err(refuse)?;
+                if !pinned.is_empty() {
+                    text = crate::router::fanout_insert::with_defaults(&text, &pinned)
+                        .map_err(refuse)?;
+                }
+            }
+            if text.as_bytes() != &original[..] {
+                texts.0.insert(original, Bytes::from(text));
+            }
+        }
+        Ok(texts)
     }
 
     /// Sends each part its stream and holds every answer until each part reached its Sync.
