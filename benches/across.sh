@@ -3,7 +3,10 @@
 # through usher over 4 shards (databases on one Postgres, two_phase_commit on), through usher
 # over one database holding the same rows, and on that database directly, interleaved round by
 # round. What it reports is the cost of spanning shards: latency of a fan-out read, a grouped
-# read, a two-phase-commit UPDATE on two shards and a 4-row INSERT split over the shards.
+# read, an expression over aggregates (finished by one shard), a GROUP BY without the key with
+# HAVING and ORDER BY (finished over the combined groups), a two-phase-commit UPDATE on two
+# shards, a 4-row INSERT split over the shards and a pipeline of two one-row INSERTs
+# (executemany) committed across shards.
 #   SECS=10 ROUNDS=3 CLIENTS=8 benches/across.sh
 cd "$(dirname "$0")/.."
 SECS=${SECS:-10}; ROUNDS=${ROUNDS:-3}; CLIENTS=${CLIENTS:-8}
@@ -51,12 +54,17 @@ echo 'SELECT family_id, score FROM bench_progress ORDER BY score DESC, family_id
 printf '\\set l random(1, 50)\nSELECT family_id, count(*), max(score) FROM bench_progress WHERE lesson_id = :l GROUP BY family_id ORDER BY 2 DESC, 1 LIMIT 5;\n' > "$S/grouped.sql"
 printf '\\set a random(1, 10000)\n\\set b random(1, 10000)\nUPDATE bench_families SET seen = now() WHERE id IN (:a, :b);\n' > "$S/update.sql"
 printf '\\set a random(1, 10000)\n\\set b random(1, 10000)\n\\set c random(1, 10000)\n\\set d random(1, 10000)\nINSERT INTO bench_inserts (family_id, child_no, lesson_id, score) VALUES (:a, 9, 1, 1), (:b, 9, 1, 1), (:c, 9, 1, 1), (:d, 9, 1, 1);\n' > "$S/insert.sql"
+printf '\\set l random(1, 50)\nSELECT round(avg(score), 2), count(*) * 2 FROM bench_progress WHERE lesson_id = :l;\n' > "$S/avg.sql"
+echo 'SELECT lesson_id, round(avg(score), 2) AS mean FROM bench_progress GROUP BY lesson_id HAVING count(*) > 10 ORDER BY mean DESC, lesson_id LIMIT 5;' > "$S/lessons.sql"
+printf '\\set a random(1, 10000)\n\\set b random(1, 10000)\n\\startpipeline\nINSERT INTO bench_inserts (family_id, child_no, lesson_id, score) VALUES (:a, 9, 1, 1);\nINSERT INTO bench_inserts (family_id, child_no, lesson_id, score) VALUES (:b, 9, 1, 1);\n\\endpipeline\n' > "$S/pipeline.sql"
 
 RESULTS="$WORK/results"
 : > "$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
-  for script in count top grouped update insert; do
+  for script in count top grouped avg lessons update insert pipeline; do
     ARGS=(-f "$S/$script.sql" -c "$CLIENTS" -j 2 -T "$SECS")
+    # pgbench pipelines need the extended protocol.
+    [ "$script" = pipeline ] && ARGS+=(-M extended)
     r=$(run_pgbench "$P_SHARD" "$PID_SHARD" "${ARGS[@]}"); echo "$script sharded $r" | tee -a "$RESULTS" >&2
     r=$(run_pgbench "$P_PLAIN" "$PID_PLAIN" "${ARGS[@]}"); echo "$script plain $r" | tee -a "$RESULTS" >&2
     r=$(run_pgbench "$PG" "" "${ARGS[@]}"); echo "$script direct $r" | tee -a "$RESULTS" >&2
@@ -70,7 +78,7 @@ echo "Statements across 4 shards vs one database: $CLIENTS clients, ${SECS}s run
 echo
 echo "| script | 4 shards via usher: TPS / latency ms | one database via usher | direct | latency ratio 4 shards / direct |"
 echo "| --- | --- | --- | --- | --- |"
-for script in count top grouped update insert; do
+for script in count top grouped avg lessons update insert pipeline; do
   ls=$(median "$script" sharded 4); ld=$(median "$script" direct 4)
   printf '| %s | %s / %s | %s / %s | %s / %s | %.2f |\n' "$script" "$(median "$script" sharded 3)" "$ls" \
     "$(median "$script" plain 3)" "$(median "$script" plain 4)" "$(median "$script" direct 3)" "$ld" \
