@@ -153,3 +153,61 @@ async fn a_pipeline_across_shards_runs_as_one_transaction() {
         0
     );
 }
+
+/// A simple Query of several statements (what psycopg2's `execute_batch` sends: the
+/// statements joined by `;`), each of one shard, runs as the one implicit transaction
+/// Postgres makes of it: the same frames, the same rows, all or nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_of_statements_across_shards_runs_as_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let general = format!(
+        "instance_name = \"p2\"\ntwo_phase_log = \"{}\"",
+        dir.path().join("2pc.log").display()
+    );
+    let b = load("xqpipe", "xqpipeplain", MAP, &general).await;
+    topology().primary.psql(
+        &b.plain_db,
+        "GRANT ALL ON ALL TABLES IN SCHEMA public TO trust_user",
+    );
+    let fams = spread(&b.s);
+    let insert = |f: u32, j: u32, name: &str, grade: &str| {
+        format!(
+            "INSERT INTO children (id, family_id, name, grade) VALUES ('{}', '{}', '{name}', {grade})",
+            child(f, j),
+            family(f)
+        )
+    };
+    let mut sql: Vec<String> = fams.iter().map(|f| insert(*f, 50, "batch", "2")).collect();
+    sql.insert(
+        1,
+        format!(
+            "SELECT name, grade FROM children WHERE family_id = '{}' ORDER BY id",
+            family(fams[1])
+        ),
+    );
+    let q = |sql: &[String]| {
+        let mut body = sql.join("; ").into_bytes();
+        body.push(0);
+        frame(b'Q', &body)
+    };
+    let tags = same_pipeline(&b, &q(&sql)).await;
+    assert_eq!(
+        tags.iter().filter(|t| **t == b'C').count(),
+        sql.len(),
+        "every statement answered: {tags:?}"
+    );
+    // A failing statement in the middle (a duplicate key): nothing of the batch kept.
+    let sql: Vec<String> = fams
+        .iter()
+        .enumerate()
+        .map(|(j, f)| insert(*f, if j == 1 { 50 } else { 51 }, "failed", "3"))
+        .collect();
+    let tags = same_pipeline(&b, &q(&sql)).await;
+    assert_eq!(tags.iter().filter(|t| **t == b'E').count(), 1, "{tags:?}");
+    let left: usize = per_shard(&b.s, "SELECT count(*) FROM children WHERE name = 'failed'")
+        .iter()
+        .flatten()
+        .map(|n| n.trim().parse::<usize>().unwrap())
+        .sum();
+    assert_eq!(left, 0);
+}

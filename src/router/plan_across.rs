@@ -22,7 +22,7 @@ pub(super) fn fanout_of(
     why: ShardError,
 ) -> Result<Choice, ShardError> {
     let body = batch.body();
-    let Some(class) = single_statement(batch, facts) else {
+    let Some(class) = single_statement(batch, facts).filter(|c| c.statements <= 1) else {
         // Several statements, each of one shard: a pipeline across shards.
         return super::pipeline::pipeline_of(batch, facts, map, &why).map(Choice::Pipeline);
     };

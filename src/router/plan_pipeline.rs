@@ -17,6 +17,9 @@ pub struct Pipeline {
     pub segments: Vec<usize>,
     /// Whether each segment's statement writes.
     pub writes: Vec<bool>,
+    /// For a simple Query of several statements (what psycopg2's `execute_batch` sends):
+    /// each statement's text, one segment each.
+    pub statements: Option<Vec<String>>,
 }
 
 impl Pipeline {
@@ -53,6 +56,11 @@ pub fn pipeline_of(
     why: &ShardError,
 ) -> Result<Pipeline, ShardError> {
     let body = batch.body();
+    if let [q] = body {
+        if q.tag == b'Q' && facts.held.is_none() {
+            return query_pipeline(q, facts, map, why);
+        }
+    }
     let executes = body.iter().filter(|s| s.tag == b'E').count();
     if facts.held.is_some()
         || !batch.ends_in_sync()
@@ -67,6 +75,7 @@ pub fn pipeline_of(
     let mut pipeline = Pipeline {
         segments: Vec::with_capacity(executes),
         writes: Vec::with_capacity(executes),
+        statements: None,
     };
     let mut bind: Option<&Statement> = None;
     for s in body {
@@ -93,6 +102,65 @@ pub fn pipeline_of(
         });
     }
     Ok(pipeline)
+}
+
+/// A simple Query of several statements, each a plain statement of one shard, as one
+/// pipeline (Postgres runs such a string as one implicit transaction too).
+fn query_pipeline(
+    q: &Statement,
+    facts: &Facts,
+    map: &crate::config::Sharding,
+    why: &ShardError,
+) -> Result<Pipeline, ShardError> {
+    let (Some(sql), Some(class)) = (q.sql.as_deref(), q.class.as_deref()) else {
+        return Err(why.clone());
+    };
+    let Ok(text) = std::str::from_utf8(sql) else {
+        return Err(why.clone());
+    };
+    let texts = pg_query::split_with_parser(text).map_err(|_| why.clone())?;
+    if class.parse_error || texts.len() < 2 || texts.len() != class.shard.len() {
+        return Err(why.clone());
+    }
+    let shards = facts.db.shards.len();
+    let mut pipeline = Pipeline {
+        segments: Vec::with_capacity(texts.len()),
+        writes: Vec::with_capacity(texts.len()),
+        statements: Some(texts.iter().map(|t| t.to_string()).collect()),
+    };
+    for (text, f) in texts.iter().zip(&class.shard) {
+        if !plain_statement(text.as_bytes()) || class.shard_hint.is_some() {
+            return Err(why.clone());
+        }
+        let mut values = super::super::shard::values::QueryValues::with_spans(sql, q.spans.clone());
+        let shard = match shard::place(std::slice::from_ref(f), map, shards, &mut values) {
+            Ok(Placement::Shard(s)) => s,
+            Ok(
+                Placement::Unlisted | Placement::NoTable | Placement::Unbound | Placement::AnyShard,
+            ) => map.default_shard,
+            _ => return Err(why.clone()),
+        };
+        pipeline.segments.push(shard);
+        // A statement that is not a plain read counts as a write (on its shard).
+        pipeline.writes.push(!starts_with_select(text));
+    }
+    if pipeline.shards().len() < 2 {
+        return Err(why.clone());
+    }
+    if pipeline.writing_shards() > 1 && !map.two_phase_commit {
+        return Err(ShardError::NoTwoPhase {
+            why: Box::new(why.clone()),
+        });
+    }
+    Ok(pipeline)
+}
+
+/// The statement is a SELECT or VALUES (after blanks, comments and parentheses) without a
+/// locking clause usher would have to look for: a read.
+fn starts_with_select(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    let word = first_word(lower.as_bytes());
+    matches!(word.as_slice(), b"select" | b"values") && !lower.contains(" for ")
 }
 
 /// The shard one execution runs on and whether it writes, when it is a plain statement
@@ -129,6 +197,15 @@ fn segment_shard(
 /// The statement starts with SELECT, INSERT, UPDATE, DELETE, WITH or VALUES (after blanks,
 /// comments and parentheses): no transaction control, session state or utility command.
 fn plain_statement(sql: &[u8]) -> bool {
+    matches!(
+        first_word(sql).as_slice(),
+        b"select" | b"insert" | b"update" | b"delete" | b"with" | b"values"
+    )
+}
+
+/// The first word of `sql` (lower case), after blanks, comments and parentheses; empty when
+/// a comment does not end.
+fn first_word(sql: &[u8]) -> Vec<u8> {
     let mut rest = sql;
     loop {
         rest = rest.trim_ascii_start();
@@ -140,7 +217,7 @@ fn plain_statement(sql: &[u8]) -> bool {
             rest = r.get(end..).unwrap_or_default();
         } else if let Some(r) = rest.strip_prefix(b"/*") {
             let Some(end) = r.windows(2).position(|w| w == b"*/") else {
-                return false;
+                return Vec::new();
             };
             rest = r.get(end + 2..).unwrap_or_default();
         } else if let Some(r) = rest.strip_prefix(b"(") {
@@ -149,15 +226,10 @@ fn plain_statement(sql: &[u8]) -> bool {
             break;
         }
     }
-    let word: Vec<u8> = rest
-        .iter()
+    rest.iter()
         .take_while(|c| c.is_ascii_alphabetic())
         .map(u8::to_ascii_lowercase)
-        .collect();
-    matches!(
-        word.as_slice(),
-        b"select" | b"insert" | b"update" | b"delete" | b"with" | b"values"
-    )
+        .collect()
 }
 
 #[cfg(test)]

@@ -532,3 +532,24 @@ fn an_insert_without_columns_asks_where_the_key_stands_then_runs_on_its_shard() 
     };
     assert!(r.message.contains("without a column list"), "{}", r.message);
 }
+
+#[test]
+fn a_query_of_one_shard_statements_is_a_pipeline() {
+    let c = config();
+    let f = facts(&c.databases["twophase"]);
+    let map = c.databases["twophase"].sharding.as_ref().unwrap();
+    let shard = |k: i64| shard::hinted(&ShardHint::Key(k.to_string()), map, 3).unwrap();
+    let other = (2..100).find(|k| shard(*k) != shard(1)).unwrap();
+    let sql = format!(
+        "INSERT INTO families (id) VALUES (1); SELECT * FROM families WHERE id = {other}; UPDATE families SET name = 'x' WHERE id = {other}"
+    );
+    let Plan::Pipeline(p) = plan_of(&[stmt(b'Q', &sql)], &f) else {
+        panic!("a pipeline");
+    };
+    assert_eq!(p.segments, vec![shard(1), shard(other), shard(other)]);
+    assert_eq!(p.writes, vec![true, false, true]);
+    assert_eq!(p.statements.as_ref().map(Vec::len), Some(3));
+    // Transaction control inside the string keeps the refusal.
+    let sql = format!("BEGIN; INSERT INTO families (id) VALUES (1); INSERT INTO families (id) VALUES ({other}); COMMIT");
+    assert!(matches!(plan_of(&[stmt(b'Q', &sql)], &f), Plan::Refuse(_)));
+}

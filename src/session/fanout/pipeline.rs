@@ -56,6 +56,9 @@ fn streams(
     texts: &Texts,
 ) -> Result<Streams, Refusal> {
     let protocol = |e: crate::protocol::ProtocolError| ("08P01", format!("usher: {e}"));
+    if let Some(statements) = &plan.statements {
+        return Ok(query_streams(statements, plan, shards, texts));
+    }
     let mut out: Vec<BytesMut> = shards
         .iter()
         .map(|_| {
@@ -143,6 +146,40 @@ fn streams(
     Ok(Streams { bytes, injected })
 }
 
+/// A simple Query of several statements cut into each shard's: BEGIN, then one Query of
+/// its statements in order (each shard answers every statement, then ReadyForQuery).
+fn query_streams(
+    statements: &[String],
+    plan: &Pipeline,
+    shards: &[usize],
+    texts: &Texts,
+) -> Streams {
+    let mut sql: Vec<String> = vec![String::new(); shards.len()];
+    for (statement, shard) in statements.iter().zip(&plan.segments) {
+        let Some(at) = shards.iter().position(|s| s == shard) else {
+            continue;
+        };
+        let text = Bytes::copy_from_slice(statement.as_bytes());
+        if let Some(q) = sql.get_mut(at) {
+            q.push_str(&String::from_utf8_lossy(texts.of(&text)));
+            q.push_str(";\n");
+        }
+    }
+    let bytes = sql
+        .iter()
+        .map(|q| {
+            let mut b = BytesMut::new();
+            messages::query(&mut b, "BEGIN");
+            messages::query(&mut b, q);
+            b.freeze()
+        })
+        .collect();
+    Streams {
+        bytes,
+        injected: vec![Vec::new(); plan.segments.len()],
+    }
+}
+
 /// Makes a shard's unnamed statement (`held`) the client's statement `name`: the Parse it
 /// needs is added to `buf` (and flagged in `flags` as usher's) unless it holds it already.
 fn ensure(
@@ -206,7 +243,7 @@ impl Session {
     ) -> Result<Flow, SessionError> {
         self.wait_if_paused().await;
         let shards = plan.shards();
-        let texts = match self.pinned_texts(&frames).await {
+        let texts = match self.pinned_texts(&frames, plan.statements.as_deref()).await {
             Ok(t) => t,
             Err((code, message)) => {
                 self.answer_fanout_error(code, &message);
@@ -292,9 +329,17 @@ impl Session {
     /// One clock for the whole pipeline, as one database's one transaction has: each
     /// statement's `now()` and its kin, and the clock defaults of the columns an INSERT
     /// leaves out (read from the catalog), become the same constant.
-    async fn pinned_texts(&mut self, frames: &[Frame]) -> Result<Texts, Refusal> {
+    async fn pinned_texts(
+        &mut self,
+        frames: &[Frame],
+        statements: Option<&[String]>,
+    ) -> Result<Texts, Refusal> {
         let at = crate::router::clock::timestamp(std::time::SystemTime::now());
-        let mut originals: Vec<Bytes> = Vec::new();
+        let mut originals: Vec<Bytes> = statements
+            .unwrap_or_default()
+            .iter()
+            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+            .collect();
         for f in frames {
             let query = match f.tag {
                 b'P' => client::Parse::new(f)
