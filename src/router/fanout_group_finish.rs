@@ -3,12 +3,13 @@
 //! columns, ORDER BY (text sorted by the database's collation) — the shards return each
 //! partial group (the grouping values and the aggregate calls), usher combines equal
 //! groups, and one shard runs the client's select list, HAVING, ORDER BY, LIMIT and OFFSET
-//! over the combined groups, passed as a VALUES list of typed parameters:
+//! over the combined groups, passed as one typed array parameter per column (or, for a type
+//! without a known array type, as a VALUES list of parameters):
 //!
 //! ```sql
-//! SELECT g1 AS status, round(a1, 2) AS round
-//! FROM (VALUES ($1, $2, $3), ...) AS "usher groups"(g1, a1, a2)
-//! WHERE a2 > 5 ORDER BY g1 LIMIT 3
+//! SELECT c1 AS status, round(c2, 2) AS round
+//! FROM unnest($1, $2, $3) AS "usher groups"(c1, c2, c3)
+//! WHERE c3 > 5 ORDER BY c1 LIMIT 3
 //! ```
 
 use std::sync::Arc;
@@ -38,6 +39,43 @@ impl PartialEq for Template {
 impl Eq for Template {}
 
 impl Template {
+    /// The finishing statement over the combined groups passed as one array parameter per
+    /// column (`$1..$columns`, unnested side by side): any number of groups.
+    pub fn sql_arrays(&self, columns: usize) -> Result<String, String> {
+        let node = |n: NodeEnum| protobuf::Node { node: Some(n) };
+        let args = (1..=columns)
+            .map(|number| {
+                node(NodeEnum::ParamRef(protobuf::ParamRef {
+                    number: i32::try_from(number).unwrap_or(i32::MAX),
+                    location: -1,
+                }))
+            })
+            .collect();
+        let unnest = protobuf::FuncCall {
+            funcname: vec![node(NodeEnum::String(protobuf::String {
+                sval: "unnest".into(),
+            }))],
+            args,
+            funcformat: protobuf::CoercionForm::CoerceExplicitCall as i32,
+            location: -1,
+            ..Default::default()
+        };
+        let from = protobuf::RangeFunction {
+            functions: vec![node(NodeEnum::List(protobuf::List {
+                items: vec![
+                    node(NodeEnum::FuncCall(Box::new(unnest))),
+                    protobuf::Node { node: None },
+                ],
+            }))],
+            alias: Some(alias(columns)),
+            ..Default::default()
+        };
+        let mut s = (*self.0).clone();
+        s.from_clause = vec![node(NodeEnum::RangeFunction(from))];
+        pg_query::deparse(&statement(s), pg_query::DeparseOptions::default())
+            .map_err(|e| format!("usher: the finishing statement could not be written: {e}"))
+    }
+
     /// The finishing statement over `rows` combined groups of `columns` values each,
     /// numbered `$1..` row by row.
     pub fn sql(&self, rows: usize, columns: usize) -> Result<String, String> {
@@ -86,16 +124,7 @@ impl Template {
         let from = protobuf::RangeSubselect {
             lateral: false,
             subquery: Some(Box::new(node(NodeEnum::SelectStmt(Box::new(groups))))),
-            alias: Some(protobuf::Alias {
-                aliasname: GROUPS.into(),
-                colnames: (0..columns)
-                    .map(|i| {
-                        node(NodeEnum::String(protobuf::String {
-                            sval: format!("c{}", i + 1),
-                        }))
-                    })
-                    .collect(),
-            }),
+            alias: Some(alias(columns)),
         };
         let mut s = (*self.0).clone();
         s.from_clause = vec![node(NodeEnum::RangeSubselect(Box::new(from)))];
@@ -316,6 +345,20 @@ pub fn finish_groups(
     })
 }
 
+/// `"usher groups"(c1, ..., cN)`.
+fn alias(columns: usize) -> protobuf::Alias {
+    protobuf::Alias {
+        aliasname: GROUPS.into(),
+        colnames: (0..columns)
+            .map(|i| protobuf::Node {
+                node: Some(NodeEnum::String(protobuf::String {
+                    sval: format!("c{}", i + 1),
+                })),
+            })
+            .collect(),
+    }
+}
+
 fn target(name: String, val: protobuf::Node) -> protobuf::Node {
     protobuf::Node {
         node: Some(NodeEnum::ResTarget(Box::new(protobuf::ResTarget {
@@ -371,6 +414,10 @@ mod tests {
         let none = f.template.sql(0, 3).unwrap();
         assert!(none.contains("LIMIT 0"), "{none}");
         assert!(f.template.sql(30_000, 3).is_err());
+        assert_eq!(
+            f.template.sql_arrays(3).unwrap(),
+            "SELECT c1 AS status, round(c2, 2) AS mean FROM unnest($1, $2, $3) \"usher groups\"(c1, c2, c3) WHERE c3 > 5 ORDER BY lower(c1) DESC, mean LIMIT 3"
+        );
         // The same aggregate twice is computed once; GROUP BY a position is its item.
         let f = of("SELECT count(*), lesson_id FROM p GROUP BY 2 HAVING count(*) > 1").unwrap();
         assert_eq!(f.columns, vec![None, Some(Aggregate::Count)]);

@@ -266,17 +266,26 @@ impl Session {
             match regroup::regroup(columns, &fields, &partials, &group_order) {
                 Ok(rows) if merge.finish_groups.is_some() => {
                     let visible = fields.get(..columns.len()).unwrap_or_default();
-                    let finished = match &merge.finish_groups {
-                        Some(t) => t
-                            .sql(rows.len(), visible.len())
-                            .map_err(|e| messages::error_response("ERROR", "54000", &e, None)),
-                        None => Err(lost(0, "no finishing statement")),
-                    };
-                    let done = match finished {
-                        Ok(sql) => {
-                            finish::run(parts, &sql, visible, &rows, &batch.result_formats).await
-                        }
-                        Err(e) => Err(e),
+                    // One array per column where every type has one (any number of
+                    // groups); else a VALUES list of parameters.
+                    let arrays: Option<Vec<u32>> = visible
+                        .iter()
+                        .map(|f| finish::array_type(f.type_oid))
+                        .collect();
+                    let formats = &batch.result_formats;
+                    let done = match (&merge.finish_groups, arrays) {
+                        (None, _) => Err(lost(0, "no finishing statement")),
+                        (Some(t), Some(arrays)) => match t.sql_arrays(visible.len()) {
+                            Ok(sql) => {
+                                finish::run_arrays(parts, &sql, visible, &arrays, &rows, formats)
+                                    .await
+                            }
+                            Err(e) => Err(lost(0, &e)),
+                        },
+                        (Some(t), None) => match t.sql(rows.len(), visible.len()) {
+                            Ok(sql) => finish::run(parts, &sql, visible, &rows, formats).await,
+                            Err(e) => Err(messages::error_response("ERROR", "54000", &e, None)),
+                        },
                     };
                     match done {
                         Ok(done) => {
