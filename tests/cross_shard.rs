@@ -140,6 +140,12 @@ async fn aggregates_across_shards_combine_as_one_database() {
         "SELECT count(*) / (count(*) - count(*)) FROM children".into(),
         "SELECT count(*) + 1 FROM children OFFSET 1".into(),
         "SELECT coalesce(sum(score), -1) FROM user_progress WHERE false".into(),
+        // DISTINCT aggregates (and min/max beside them): finished over the distinct rows.
+        "SELECT count(DISTINCT child_id), count(DISTINCT lesson_id) FROM user_progress".into(),
+        "SELECT count(DISTINCT grade) FILTER (WHERE grade > 3), max(name) FROM children".into(),
+        "SELECT count(DISTINCT family_id) FROM children WHERE grade > 100".into(),
+        "SELECT string_agg(DISTINCT status, ',' ORDER BY status) FROM user_progress".into(),
+        "SELECT count(DISTINCT lesson_id) * 2 AS twice, sum(DISTINCT lesson_id) FROM user_progress WHERE status = 'completed'".into(),
     ] {
         same(&b, &sql, true).await;
     }
@@ -199,7 +205,7 @@ async fn what_cannot_merge_exactly_is_refused() {
             "aggregate function stddev()",
         ),
         (
-            "SELECT count(DISTINCT grade) * 2 FROM children",
+            "SELECT count(DISTINCT grade), count(*) FROM children",
             "aggregate function count()",
         ),
         (

@@ -255,9 +255,26 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
         aggregate_list(&s.target_list)
     };
     // Expressions over aggregates: the shards compute the aggregates, one shard the rest.
+    // Or, when every aggregate ignores duplicates (count(DISTINCT x), ...), Postgres finishes
+    // them over the distinct rows.
+    let mut distinct = None;
+    let mut distinct_calls = Vec::new();
     let finish = match aggregates {
         None if !grouped && calls_aggregates(parsed) => {
-            Some(super::fanout_finish::finish_of(parsed, s)?)
+            match super::fanout_finish::finish_of(parsed, s) {
+                Ok(f) => Some(f),
+                Err(why) => match super::fanout_group_finish::finish_distinct(
+                    parsed,
+                    s,
+                    &mut distinct_calls,
+                ) {
+                    Ok(g) => {
+                        distinct = Some(g);
+                        None
+                    }
+                    Err(_) => return Err(why),
+                },
+            }
         }
         _ => None,
     };
@@ -288,13 +305,32 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
     let base = finish.as_ref().map_or(parsed, |f| &f.shard_tree);
     let augmented = super::fanout_aggregate::with_avg_partials(base);
     let shard_tree = augmented.as_ref().unwrap_or(base);
-    let mut regroup = grouped.then(|| {
-        // HAVING, expressions and ORDER BY are finished by Postgres over the combined groups.
-        let plain = s.having_clause.is_none() && s.sort_clause.is_empty();
-        match super::fanout_regroup::regroup(shard_tree, augmented.is_some(), s, &mut combined) {
-            Ok(r) if plain => Ok(r),
-            _ => super::fanout_regroup::finished(parsed, s, &mut combined),
-        }
+    combined.extend(distinct_calls);
+    let distinct = match distinct {
+        Some(g) => Some(
+            pg_query::deparse(&g.shard_tree, pg_query::DeparseOptions::default())
+                .map(|sql| super::fanout_regroup::Regroup {
+                    columns: g.columns,
+                    shard_sql: Some(sql),
+                    finish: Some(g.template),
+                })
+                .map_err(|e| {
+                    format!("DISTINCT aggregates (the shards' query could not be written: {e})")
+                }),
+        ),
+        None => None,
+    };
+    let mut regroup = distinct.or_else(|| {
+        grouped.then(|| {
+            // HAVING, expressions and ORDER BY are finished by Postgres over the combined
+            // groups.
+            let plain = s.having_clause.is_none() && s.sort_clause.is_empty();
+            match super::fanout_regroup::regroup(shard_tree, augmented.is_some(), s, &mut combined)
+            {
+                Ok(r) if plain => Ok(r),
+                _ => super::fanout_regroup::finished(parsed, s, &mut combined),
+            }
+        })
     });
     if let Some(Ok(r)) = &regroup {
         // `ORDER BY count(*)` sorts by an output column the regrouping combines.

@@ -146,7 +146,12 @@ pub fn rewrite(
         items.iter_mut().try_for_each(|n| rewrite(n, f))
     };
     match node.node.as_mut() {
-        Some(NodeEnum::FuncCall(c)) => list(&mut c.args),
+        Some(NodeEnum::FuncCall(c)) => {
+            c.args.iter_mut().try_for_each(|n| rewrite(n, f))?;
+            one(&mut c.agg_filter, f)?;
+            c.agg_order.iter_mut().try_for_each(|n| rewrite(n, f))
+        }
+        Some(NodeEnum::SortBy(b)) => one(&mut b.node, f),
         Some(NodeEnum::AExpr(e)) => {
             let mut both: Vec<&mut protobuf::Node> = Vec::new();
             both.extend(e.lexpr.as_deref_mut());

@@ -99,11 +99,11 @@ fn what_cannot_merge_exactly_is_named() {
             "aggregate function stddev()",
         ),
         (
-            "SELECT avg(DISTINCT grade) FROM children",
+            "SELECT avg(DISTINCT grade), sum(grade) FROM children",
             "aggregate function avg()",
         ),
         (
-            "SELECT count(DISTINCT grade) FROM children",
+            "SELECT count(DISTINCT grade), count(*) FROM children",
             "aggregate function count()",
         ),
         (

@@ -78,6 +78,9 @@ pub(super) fn fanout_of(
                     _ => return Err(refuse(e)),
                 },
             }
+        } else if matches!(&merge.regroup, Some(Ok(r)) if r.finish.is_some()) {
+            // DISTINCT aggregates: finished over the distinct rows.
+            regroup = true;
         }
     }
     Ok(Choice::Fanout(class, regroup))
