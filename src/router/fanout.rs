@@ -263,17 +263,15 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
         None if !grouped && calls_aggregates(parsed) => {
             match super::fanout_finish::finish_of(parsed, s) {
                 Ok(f) => Some(f),
-                Err(why) => match super::fanout_group_finish::finish_distinct(
-                    parsed,
-                    s,
-                    &mut distinct_calls,
-                ) {
-                    Ok(g) => {
-                        distinct = Some(g);
-                        None
+                Err(why) => {
+                    match super::fanout_distinct::finish_distinct(parsed, s, &mut distinct_calls) {
+                        Ok(g) => {
+                            distinct = Some(g);
+                            None
+                        }
+                        Err(_) => return Err(why),
                     }
-                    Err(_) => return Err(why),
-                },
+                }
             }
         }
         _ => None,

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod fanout;
 pub mod fanout_aggregate;
 pub mod fanout_copy;
+pub mod fanout_distinct;
 pub mod fanout_finish;
 pub mod fanout_group;
 pub mod fanout_group_finish;
