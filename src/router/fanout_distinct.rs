@@ -7,12 +7,12 @@
 
 use std::sync::Arc;
 
-use pg_query::protobuf::{self, a_const::Val};
+use pg_query::protobuf;
 use pg_query::NodeEnum;
 
 use super::fanout::same_expr;
 use super::fanout_finish::{colname, rewrite, Step};
-use super::fanout_group_finish::{target, GroupFinish, Template};
+use super::fanout_group_finish::{grouped_shard_tree, GroupFinish, Template};
 
 /// Aggregates whose result over a set of rows is their result over its distinct rows.
 const DUPLICATE_BLIND: &[&str] = &["min", "max", "bool_and", "bool_or", "every"];
@@ -161,34 +161,7 @@ pub fn finish_distinct(
         ..Default::default()
     };
     // The shards: the distinct values of those columns.
-    let mut shard = s.clone();
-    shard.target_list = items
-        .iter()
-        .cloned()
-        .map(|i| target(String::new(), i))
-        .collect();
-    shard.group_clause = (1..=items.len())
-        .map(|i| protobuf::Node {
-            node: Some(NodeEnum::AConst(protobuf::AConst {
-                isnull: false,
-                val: Some(Val::Ival(protobuf::Integer {
-                    ival: i32::try_from(i).unwrap_or(i32::MAX),
-                })),
-                location: -1,
-            })),
-        })
-        .collect();
-    shard.having_clause = None;
-    shard.sort_clause.clear();
-    shard.limit_count = None;
-    shard.limit_offset = None;
-    shard.limit_option = protobuf::LimitOption::Default as i32;
-    let mut shard_tree = parsed.clone();
-    if let Some(raw) = shard_tree.stmts.first_mut() {
-        raw.stmt = Some(Box::new(protobuf::Node {
-            node: Some(NodeEnum::SelectStmt(Box::new(shard))),
-        }));
-    }
+    let shard_tree = grouped_shard_tree(parsed, s, items.clone(), items.len());
     combined.extend(locations);
     Ok(GroupFinish {
         columns: vec![None; items.len()],

@@ -300,21 +300,38 @@ pub fn finish_groups(
         op: protobuf::SetOperation::SetopNone as i32,
         ..Default::default()
     };
-    let mut shard = s.clone();
-    shard.target_list = groups
+    let outputs: Vec<protobuf::Node> = groups
         .iter()
         .cloned()
-        .map(|g| target(String::new(), g))
-        .chain(calls.iter().map(|(_, f)| {
-            target(
-                String::new(),
-                protobuf::Node {
-                    node: Some(NodeEnum::FuncCall(Box::new(f.clone()))),
-                },
-            )
+        .chain(calls.iter().map(|(_, f)| protobuf::Node {
+            node: Some(NodeEnum::FuncCall(Box::new(f.clone()))),
         }))
         .collect();
-    shard.group_clause = (1..=groups.len())
+    let shard_tree = grouped_shard_tree(parsed, s, outputs, groups.len());
+    Ok(GroupFinish {
+        columns: std::iter::repeat_n(None, groups.len())
+            .chain(calls.iter().map(|(k, _)| Some(*k)))
+            .collect(),
+        shard_tree,
+        template: Template(Arc::new(template)),
+    })
+}
+
+/// The statement the shards run for a finished grouping: `s` with `outputs` as its select
+/// list, grouped by the first `grouped` of them (by position), without HAVING, ORDER BY,
+/// LIMIT or OFFSET (which the finishing statement applies).
+pub(super) fn grouped_shard_tree(
+    parsed: &protobuf::ParseResult,
+    s: &protobuf::SelectStmt,
+    outputs: Vec<protobuf::Node>,
+    grouped: usize,
+) -> protobuf::ParseResult {
+    let mut shard = s.clone();
+    shard.target_list = outputs
+        .into_iter()
+        .map(|o| target(String::new(), o))
+        .collect();
+    shard.group_clause = (1..=grouped)
         .map(|i| protobuf::Node {
             node: Some(NodeEnum::AConst(protobuf::AConst {
                 isnull: false,
@@ -336,13 +353,7 @@ pub fn finish_groups(
             node: Some(NodeEnum::SelectStmt(Box::new(shard))),
         }));
     }
-    Ok(GroupFinish {
-        columns: std::iter::repeat_n(None, groups.len())
-            .chain(calls.iter().map(|(k, _)| Some(*k)))
-            .collect(),
-        shard_tree,
-        template: Template(Arc::new(template)),
-    })
+    shard_tree
 }
 
 /// `"usher groups"(c1, ..., cN)`.
@@ -360,7 +371,7 @@ fn alias(columns: usize) -> protobuf::Alias {
 }
 
 /// A select-list item `val AS name` (no alias when `name` is empty).
-pub(super) fn target(name: String, val: protobuf::Node) -> protobuf::Node {
+fn target(name: String, val: protobuf::Node) -> protobuf::Node {
     protobuf::Node {
         node: Some(NodeEnum::ResTarget(Box::new(protobuf::ResTarget {
             name,

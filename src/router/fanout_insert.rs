@@ -115,33 +115,16 @@ pub fn pin_clock_defaults(
     defaults: &[ColumnDefault],
     at: &str,
 ) -> Result<Vec<(String, Node)>, String> {
-    let parsed = pg_query::parse(sql, pg_query::ParserOptions::default())
-        .map_err(|e| format!("a statement usher could not parse ({e})"))?;
-    let Some(NodeEnum::InsertStmt(insert)) = parsed
-        .protobuf
-        .stmts
-        .first()
-        .and_then(|r| r.stmt.as_ref())
-        .and_then(|n| n.node.as_ref())
-    else {
+    let Some(listed) = listed_columns(sql)? else {
         return Ok(Vec::new());
     };
-    let listed: Vec<&str> = insert
-        .cols
-        .iter()
-        .filter_map(|c| match &c.node {
-            Some(NodeEnum::ResTarget(t)) => Some(t.name.as_str()),
-            _ => None,
-        })
-        .collect();
     let mut out = Vec::new();
     for d in defaults {
         let Some(expr) = &d.expr else { continue };
-        if listed.contains(&d.column.as_str()) {
+        if listed.contains(&d.column) {
             continue;
         }
-        let select = format!("SELECT {expr}");
-        let Some(pinned) = super::clock::pin(&select, at)? else {
+        let Some(value) = pinned_clock(&d.column, expr, at)? else {
             continue;
         };
         if listed.is_empty() {
@@ -150,10 +133,6 @@ pub fn pin_clock_defaults(
                 d.column
             ));
         }
-        let tree = pg_query::parse(&pinned, pg_query::ParserOptions::default())
-            .map_err(|e| format!("column {}'s default {expr} ({e})", d.column))?;
-        let value = first_target(&tree.protobuf)
-            .ok_or_else(|| format!("column {}'s default {expr}", d.column))?;
         out.push((d.column.clone(), value));
     }
     Ok(out)
@@ -173,6 +152,18 @@ pub struct Defaults {
 /// once per transaction, pinned to the time `at`; an error names a default that would differ
 /// from shard to shard.
 pub fn pin_defaults(sql: &str, defaults: &[ColumnDefault], at: &str) -> Result<Defaults, String> {
+    let listed = listed_columns(sql)?.ok_or("a statement that is not one INSERT")?;
+    if listed.is_empty() {
+        // Which columns the rows leave to their defaults would take the table's column
+        // order, and each shard's statement a column list of its own.
+        return Err("an INSERT without a column list (list the columns)".into());
+    }
+    pinned_defaults(defaults, &listed, at)
+}
+
+/// The column list of the INSERT `sql` (empty when it has none); `None` when `sql` is not
+/// one INSERT.
+fn listed_columns(sql: &str) -> Result<Option<Vec<String>>, String> {
     let parsed = pg_query::parse(sql, pg_query::ParserOptions::default())
         .map_err(|e| format!("a statement usher could not parse ({e})"))?;
     let Some(NodeEnum::InsertStmt(insert)) = parsed
@@ -182,22 +173,31 @@ pub fn pin_defaults(sql: &str, defaults: &[ColumnDefault], at: &str) -> Result<D
         .and_then(|r| r.stmt.as_ref())
         .and_then(|n| n.node.as_ref())
     else {
-        return Err("a statement that is not one INSERT".into());
+        return Ok(None);
     };
-    if insert.cols.is_empty() {
-        // Which columns the rows leave to their defaults would take the table's column
-        // order, and each shard's statement a column list of its own.
-        return Err("an INSERT without a column list (list the columns)".into());
-    }
-    let listed: Vec<String> = insert
-        .cols
-        .iter()
-        .filter_map(|c| match &c.node {
-            Some(NodeEnum::ResTarget(t)) => Some(t.name.clone()),
-            _ => None,
-        })
-        .collect();
-    pinned_defaults(defaults, &listed, at)
+    Ok(Some(
+        insert
+            .cols
+            .iter()
+            .filter_map(|c| match &c.node {
+                Some(NodeEnum::ResTarget(t)) => Some(t.name.clone()),
+                _ => None,
+            })
+            .collect(),
+    ))
+}
+
+/// Column `column`'s default `expr` with its clock calls pinned to `at`, as an expression;
+/// `None` when it reads no clock.
+fn pinned_clock(column: &str, expr: &str, at: &str) -> Result<Option<Node>, String> {
+    let Some(pinned) = super::clock::pin(&format!("SELECT {expr}"), at)? else {
+        return Ok(None);
+    };
+    let tree = pg_query::parse(&pinned, pg_query::ParserOptions::default())
+        .map_err(|e| format!("column {column}'s default {expr} ({e})"))?;
+    first_target(&tree.protobuf)
+        .map(Some)
+        .ok_or_else(|| format!("column {column}'s default {expr}"))
 }
 
 /// The INSERT `sql` for `shard`, whose rows are those `rows` (the shard of each VALUES row,
@@ -302,13 +302,9 @@ fn pinned_defaults(
                 out.functions.push(f);
             }
         }
-        let Some(pinned) = super::clock::pin(&select, at)? else {
+        let Some(value) = pinned_clock(&d.column, expr, at)? else {
             continue;
         };
-        let tree = pg_query::parse(&pinned, pg_query::ParserOptions::default())
-            .map_err(|e| format!("column {}'s default {expr} ({e})", d.column))?;
-        let value = first_target(&tree.protobuf)
-            .ok_or_else(|| format!("column {}'s default {expr}", d.column))?;
         out.columns.push((d.column.clone(), value));
     }
     Ok(out)
