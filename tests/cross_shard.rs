@@ -186,7 +186,7 @@ async fn groups_by_the_key_are_whole_on_one_shard() {
     }
     for (sql, named) in [
         ("SELECT grade, stddev(grade) FROM children GROUP BY grade", "without the sharding key"),
-        ("SELECT DISTINCT grade FROM children", "without the sharding key"),
+        ("SELECT DISTINCT ON (grade) grade, id FROM children ORDER BY grade, id", "without the sharding key"),
         (
             "SELECT f.id, count(c.id) FROM families f LEFT JOIN children c ON c.family_id = f.id GROUP BY f.id",
             "outer join",
@@ -212,7 +212,10 @@ async fn what_cannot_merge_exactly_is_refused() {
             "SELECT id, name FROM children ORDER BY name, id",
             "type text",
         ),
-        ("SELECT DISTINCT grade FROM children", "DISTINCT"),
+        (
+            "SELECT DISTINCT ON (grade) grade, id FROM children ORDER BY grade, id",
+            "DISTINCT",
+        ),
         (
             "SELECT c.id FROM children c JOIN user_progress p ON p.child_id = c.id",
             "not on their sharding keys",
@@ -326,6 +329,7 @@ async fn partial_groups_combine_as_one_database() {
         "SELECT c.grade, p.status, count(*), bool_or(p.score > 50) FROM children c JOIN user_progress p ON p.family_id = c.family_id AND p.child_id = c.id GROUP BY c.grade, p.status",
         "SELECT count(*), lesson_id FROM user_progress WHERE status = 'completed' GROUP BY 2",
         "SELECT grade, count(*) FROM children WHERE grade > 100 GROUP BY grade",
+        "SELECT DISTINCT status, lesson_id FROM user_progress",
         "SELECT status, avg(score), count(*), avg(lesson_id) FROM user_progress GROUP BY status",
         "SELECT c.grade, avg(p.score) FROM children c JOIN user_progress p ON p.family_id = c.family_id AND p.child_id = c.id GROUP BY c.grade",
     ] {
@@ -348,6 +352,9 @@ async fn partial_groups_combine_as_one_database() {
         "SELECT status, sum(score) / count(*) FROM user_progress GROUP BY status ORDER BY 1",
         // bytea has no array type usher knows: the groups go as a VALUES list instead.
         "SELECT status, max(status::bytea) FROM user_progress GROUP BY status HAVING count(*) > 0 ORDER BY 1",
+        // DISTINCT without the key: a grouping by the whole select list.
+        "SELECT DISTINCT grade FROM children ORDER BY grade NULLS FIRST",
+        "SELECT DISTINCT lower(name) AS n, grade FROM children ORDER BY n, grade LIMIT 7",
     ] {
         same(&b, sql, true).await;
     }

@@ -318,15 +318,20 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
         ),
         None => None,
     };
+    // A plain SELECT DISTINCT without aggregates is a grouping by its whole select list.
+    let as_grouped = (!grouped && aggregates.is_none() && finish.is_none())
+        .then(|| distinct_as_grouping(s))
+        .flatten();
     let mut regroup = distinct.or_else(|| {
-        grouped.then(|| {
+        let g = as_grouped.as_ref().unwrap_or(s);
+        (grouped || as_grouped.is_some()).then(|| {
             // HAVING, expressions and ORDER BY are finished by Postgres over the combined
             // groups.
-            let plain = s.having_clause.is_none() && s.sort_clause.is_empty();
-            match super::fanout_regroup::regroup(shard_tree, augmented.is_some(), s, &mut combined)
+            let plain = g.having_clause.is_none() && g.sort_clause.is_empty();
+            match super::fanout_regroup::regroup(shard_tree, augmented.is_some(), g, &mut combined)
             {
                 Ok(r) if plain => Ok(r),
-                _ => super::fanout_regroup::finished(parsed, s, &mut combined),
+                _ => super::fanout_regroup::finished(parsed, g, &mut combined),
             }
         })
     });
@@ -455,6 +460,39 @@ fn merge_of(parsed: &protobuf::ParseResult, s: &protobuf::SelectStmt) -> Result<
         finish_groups: None,
         unsorted,
     })
+}
+
+/// `SELECT DISTINCT list ...` (not DISTINCT ON) as `SELECT list ... GROUP BY 1, ..., n`:
+/// the same rows, which the regrouping can combine across shards.
+fn distinct_as_grouping(s: &protobuf::SelectStmt) -> Option<protobuf::SelectStmt> {
+    if !matches!(s.distinct_clause.as_slice(), [d] if d.node.is_none()) {
+        return None;
+    }
+    // `*` would have to be expanded to be grouped by.
+    let star = s.target_list.iter().any(|t| match t.node.as_ref() {
+        Some(NodeEnum::ResTarget(r)) => matches!(
+            r.val.as_deref().and_then(|v| v.node.as_ref()),
+            Some(NodeEnum::ColumnRef(c)) if c.fields.iter().any(|f| matches!(f.node, Some(NodeEnum::AStar(_))))
+        ),
+        _ => false,
+    });
+    if star {
+        return None;
+    }
+    let mut g = s.clone();
+    g.distinct_clause.clear();
+    g.group_clause = (1..=s.target_list.len())
+        .map(|i| protobuf::Node {
+            node: Some(NodeEnum::AConst(protobuf::AConst {
+                isnull: false,
+                val: Some(pg_query::protobuf::a_const::Val::Ival(protobuf::Integer {
+                    ival: i32::try_from(i).unwrap_or(i32::MAX),
+                })),
+                location: -1,
+            })),
+        })
+        .collect();
+    Some(g)
 }
 
 /// Whether the statement, which has no subquery, calls a built-in aggregate (outside a

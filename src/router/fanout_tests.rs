@@ -212,3 +212,21 @@ fn expressions_over_aggregates_are_finished_over_the_combined_values() {
         Shape::Refused(r) if r.contains("LIMIT or OFFSET given as a parameter")
     ));
 }
+
+#[test]
+fn a_plain_distinct_regroups_by_its_select_list() {
+    let m = merge("SELECT DISTINCT grade, name FROM children");
+    let Some(Ok(r)) = &m.regroup else {
+        panic!("a regrouping: {:?}", m.regroup);
+    };
+    assert_eq!(r.columns, vec![None, None]);
+    assert!(r.finish.is_none(), "no ORDER BY: combined as they are");
+    let m = merge("SELECT DISTINCT lower(name) FROM children ORDER BY 1");
+    assert!(matches!(&m.regroup, Some(Ok(r)) if r.finish.is_some()));
+    for sql in [
+        "SELECT DISTINCT * FROM children",
+        "SELECT DISTINCT ON (grade) grade, name FROM children ORDER BY grade, name",
+    ] {
+        assert!(merge(sql).regroup.is_none(), "{sql}");
+    }
+}
