@@ -422,7 +422,7 @@ async fn joins_errors_pinning_hints_and_ddl() {
     }
     // Every refusal, with its SQLSTATE and the table named.
     for (sql, code, words) in [
-        ("SELECT DISTINCT grade FROM children".to_string(), "0A000", "DISTINCT"),
+        ("SELECT DISTINCT ON (grade) grade, id FROM children ORDER BY grade, id".to_string(), "0A000", "DISTINCT"),
         (format!("INSERT INTO families (id, name) VALUES ('{at}', 'x'), ('{bt}', 'y')"), "0A000", "different shards"),
         (format!("UPDATE children SET family_id = '{bt}' WHERE family_id = '{at}'"), "0A000", "different shards"),
         ("UPDATE children SET family_id = gen_random_uuid() WHERE id = '00000000-0000-0000-0000-000000000000' AND family_id = '00000000-0000-0000-0000-000000000000'".to_string(), "0A000", "literal or a parameter"),
