@@ -1,5 +1,6 @@
 //! usher killed with SIGKILL in the middle of writes across shards, over and over: each
-//! time, at a random moment (before, between or after the prepares and the commits), the
+//! time, at a chosen moment (every other round the moment a part is seen prepared, the
+//! others at varied times before, between or after the prepares and the commits), the
 //! process is killed while a client runs two-phase-commit UPDATEs of two families on
 //! different shards, then started again on the same decision log. Afterwards no prepared
 //! transaction is left on any shard, each UPDATE is all or nothing (both families carry the
@@ -104,6 +105,10 @@ async fn sigkill_during_two_phase_commits_leaves_every_write_all_or_nothing() {
     };
     let mut committed_somewhere = 0;
     let mut in_doubt = 0;
+    // Watches the shards' server for prepared parts (every shard database is on it).
+    let watcher = connect(topology().primary.port, "app", &s.shards[0])
+        .await
+        .unwrap();
     for round in 0..20u64 {
         let mut usher = start(&file, port).await;
         let client = connect(port, "app", s.db).await.unwrap();
@@ -119,8 +124,27 @@ async fn sigkill_during_two_phase_commits_leaves_every_write_all_or_nothing() {
             }
             0
         });
-        // A different moment of the commit each round.
-        tokio::time::sleep(Duration::from_millis(40 + round * 17 % 90)).await;
+        if round % 2 == 0 {
+            // A different moment of the commit each round.
+            tokio::time::sleep(Duration::from_millis(40 + round * 17 % 90)).await;
+        } else {
+            // The moment a part is prepared, before its COMMIT PREPARED (or after 2 s).
+            let deadline = Instant::now() + Duration::from_secs(2);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            while Instant::now() < deadline {
+                let prepared = watcher
+                    .query_one(
+                        "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'usher:crash:%'",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get::<_, i64>(0);
+                if prepared > 0 {
+                    break;
+                }
+            }
+        }
         usher.kill().unwrap();
         usher.wait().unwrap();
         let done = writer.await.unwrap();
