@@ -8,8 +8,8 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::{lost, Part, MAX_FRAME};
-use crate::protocol::{frame::split_frame, messages, server, Frame};
+use super::{end_or_aside, lost, unexpected, Part};
+use crate::protocol::{messages, server, Frame};
 use crate::router::fanout::Merge;
 use crate::router::fanout_copy::CopyOut;
 use crate::router::plan::Fanout;
@@ -88,14 +88,8 @@ impl Session {
         loop {
             for (i, p) in parts.iter_mut().enumerate() {
                 while !p.ready {
-                    let frame = match split_frame(&mut p.lease.conn().rbuf, MAX_FRAME) {
-                        Ok(Some(f)) => f,
-                        Ok(None) => break,
-                        Err(e) => {
-                            error.get_or_insert_with(|| lost(i, &e.to_string()));
-                            p.broken();
-                            break;
-                        }
+                    let Some(frame) = p.next_frame(i, &mut error) else {
+                        break;
                     };
                     match frame.tag {
                         // ParseComplete, BindComplete (extended protocol): once.
@@ -165,27 +159,12 @@ impl Session {
                                 }
                             }
                         }
-                        b'E' => {
-                            p.rows_done = true;
-                            error.get_or_insert(frame.raw);
-                        }
-                        b'Z' => {
-                            p.rows_done = true;
-                            p.ready = true;
-                            if frame.body() != b"I" {
-                                p.discard = true;
+                        _ => {
+                            if let Some(f) =
+                                end_or_aside(&mut self.client_out, p, frame, &mut error, true)
+                            {
+                                unexpected(p, i, f.tag, &mut error, "a COPY");
                             }
-                        }
-                        b'N' | b'A' => self.client_out.push(frame.raw),
-                        b'S' => {}
-                        other => {
-                            error.get_or_insert_with(|| {
-                                lost(
-                                    i,
-                                    &format!("unexpected message {:?} in a COPY", other as char),
-                                )
-                            });
-                            p.broken();
                         }
                     }
                 }

@@ -30,7 +30,7 @@ use super::{Flow, Session, SessionError};
 use crate::error::Failure;
 use crate::frontend::cancel::{send_cancel, CancelTarget};
 use crate::pool::Lease;
-use crate::protocol::{messages, Frame};
+use crate::protocol::{frame::split_frame, messages, Frame};
 use crate::router::fanout::Shape;
 use crate::router::plan::{Fanout, Run};
 
@@ -70,6 +70,62 @@ impl Part {
         self.ready = true;
         self.rows_done = true;
     }
+
+    /// The next whole frame its server sent, if one is buffered; a malformed one breaks the
+    /// part (shard `i`'s failure becomes the client's `error`).
+    fn next_frame(&mut self, i: usize, error: &mut Option<Bytes>) -> Option<Frame> {
+        match split_frame(&mut self.lease.conn().rbuf, MAX_FRAME) {
+            Ok(f) => f,
+            Err(e) => {
+                error.get_or_insert_with(|| lost(i, &e.to_string()));
+                self.broken();
+                None
+            }
+        }
+    }
+}
+
+/// What ends or accompanies a part's answer alike in every statement across shards:
+/// ErrorResponse (the first is the client's), ReadyForQuery (`idle`: anything but 'I' means
+/// the server is mid-transaction and is not reused), notices and notifications (the
+/// client's), ParameterStatus (ignored). Returns the frame when it is none of these, for the
+/// caller to handle (or to call [`unexpected`]).
+fn end_or_aside(
+    client_out: &mut Vec<Bytes>,
+    p: &mut Part,
+    frame: Frame,
+    error: &mut Option<Bytes>,
+    idle: bool,
+) -> Option<Frame> {
+    match frame.tag {
+        b'E' => {
+            p.rows_done = true;
+            error.get_or_insert(frame.raw);
+        }
+        b'Z' => {
+            p.rows_done = true;
+            p.ready = true;
+            if idle && frame.body() != b"I" {
+                p.discard = true;
+            }
+        }
+        b'N' | b'A' => client_out.push(frame.raw),
+        b'S' => {}
+        _ => return Some(frame),
+    }
+    None
+}
+
+/// Shard `i` sent `tag`, which has no place in a `what`: the client's error, and the part
+/// is closed.
+fn unexpected(p: &mut Part, i: usize, tag: u8, error: &mut Option<Bytes>, what: &str) {
+    error.get_or_insert_with(|| {
+        lost(
+            i,
+            &format!("unexpected message {:?} in {what}", tag as char),
+        )
+    });
+    p.broken();
 }
 
 impl Session {

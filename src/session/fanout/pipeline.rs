@@ -14,9 +14,9 @@
 use bytes::{Bytes, BytesMut};
 
 use super::control::rollback;
-use super::{lost, Part, MAX_FRAME};
+use super::{lost, unexpected, Part};
 use crate::error::Failure;
-use crate::protocol::{client, extended, frame::split_frame, messages, Frame};
+use crate::protocol::{client, extended, messages, Frame};
 use crate::router::plan::Pipeline;
 use crate::session::prepared::ClientStatements;
 use crate::session::{Flow, Session, SessionError};
@@ -428,14 +428,8 @@ impl Session {
                     continue;
                 };
                 while !p.ready {
-                    let frame = match split_frame(&mut p.lease.conn().rbuf, MAX_FRAME) {
-                        Ok(Some(f)) => f,
-                        Ok(None) => break,
-                        Err(e) => {
-                            error.get_or_insert_with(|| lost(i, &e.to_string()));
-                            p.broken();
-                            break;
-                        }
+                    let Some(frame) = p.next_frame(i, error) else {
+                        break;
                     };
                     match frame.tag {
                         b'C' | b'N' if !a.begun => {}
@@ -474,18 +468,7 @@ impl Session {
                                 *cur += 1;
                             }
                         }
-                        other => {
-                            error.get_or_insert_with(|| {
-                                lost(
-                                    i,
-                                    &format!(
-                                        "unexpected message {:?} in a pipeline",
-                                        other as char
-                                    ),
-                                )
-                            });
-                            p.broken();
-                        }
+                        other => unexpected(p, i, other, error, "a pipeline"),
                     }
                 }
             }

@@ -8,8 +8,8 @@ use bytes::{Bytes, BytesMut};
 
 use super::finish::{self, Header};
 use super::merge::{sort_columns, Window};
-use super::{aggregate, batch, compare::Column, lost, regroup, Part, MAX_FRAME};
-use crate::protocol::{frame::split_frame, messages, Frame};
+use super::{aggregate, batch, compare::Column, end_or_aside, lost, regroup, unexpected, Part};
+use crate::protocol::{messages, Frame};
 use crate::router::fanout::Merge;
 use crate::session::{Session, SessionError};
 
@@ -50,16 +50,8 @@ impl Session {
         loop {
             for (i, p) in parts.iter_mut().enumerate() {
                 while !p.ready && p.head.is_none() {
-                    let frame = match split_frame(&mut p.lease.conn().rbuf, MAX_FRAME) {
-                        Ok(Some(f)) => f,
-                        Ok(None) => break,
-                        Err(e) => {
-                            error.get_or_insert_with(|| lost(i, &e.to_string()));
-                            p.discard = true;
-                            p.ready = true;
-                            p.rows_done = true;
-                            break;
-                        }
+                    let Some(frame) = p.next_frame(i, &mut error) else {
+                        break;
                     };
                     match frame.tag {
                         b'1' | b'2' | b't' | b'T' | b'n' if p.header_seen < batch.header_frames => {
@@ -180,28 +172,12 @@ impl Session {
                         b'C' => {
                             p.rows_done = true;
                         }
-                        b'E' => {
-                            p.rows_done = true;
-                            error.get_or_insert(frame.raw);
-                        }
-                        b'Z' => {
-                            p.rows_done = true;
-                            p.ready = true;
-                            if frame.body() != b"I" {
-                                p.discard = true;
+                        _ => {
+                            if let Some(f) =
+                                end_or_aside(&mut self.client_out, p, frame, &mut error, true)
+                            {
+                                unexpected(p, i, f.tag, &mut error, "a read");
                             }
-                        }
-                        b'N' | b'A' => self.client_out.push(frame.raw),
-                        b'S' => {}
-                        other => {
-                            error.get_or_insert_with(|| {
-                                lost(
-                                    i,
-                                    &format!("unexpected message {:?} in a read", other as char),
-                                )
-                            });
-                            p.discard = true;
-                            p.rows_done = true;
                         }
                     }
                 }

@@ -14,8 +14,8 @@ use crate::error::Failure;
 
 use super::control::{everywhere, everywhere_some, rollback, Answer};
 use super::order::Order;
-use super::{lost, Part, MAX_FRAME};
-use crate::protocol::{frame::split_frame, messages, server};
+use super::{end_or_aside, lost, unexpected, Part};
+use crate::protocol::{messages, server};
 use crate::router::fanout::Merge;
 use crate::router::plan::FanoutWrite;
 use crate::session::{Flow, Session, SessionError};
@@ -198,14 +198,8 @@ impl Session {
         loop {
             for (i, p) in parts.iter_mut().enumerate() {
                 while !p.ready {
-                    let frame = match split_frame(&mut p.lease.conn().rbuf, MAX_FRAME) {
-                        Ok(Some(f)) => f,
-                        Ok(None) => break,
-                        Err(e) => {
-                            error.get_or_insert_with(|| lost(i, &e.to_string()));
-                            p.broken();
-                            break;
-                        }
+                    let Some(frame) = p.next_frame(i, &mut error) else {
+                        break;
                     };
                     let started = begun.get(i).copied().unwrap_or(true);
                     match frame.tag {
@@ -264,24 +258,13 @@ impl Session {
                                 }
                             }
                         }
-                        b'E' => {
-                            p.rows_done = true;
-                            error.get_or_insert(frame.raw);
-                        }
-                        b'Z' => {
-                            p.rows_done = true;
-                            p.ready = true;
-                        }
-                        b'N' | b'A' => self.client_out.push(frame.raw),
-                        b'S' => {}
-                        other => {
-                            error.get_or_insert_with(|| {
-                                lost(
-                                    i,
-                                    &format!("unexpected message {:?} in a write", other as char),
-                                )
-                            });
-                            p.broken();
+                        // Inside BEGIN: ReadyForQuery says 'T', and the part goes on.
+                        _ => {
+                            if let Some(f) =
+                                end_or_aside(&mut self.client_out, p, frame, &mut error, false)
+                            {
+                                unexpected(p, i, f.tag, &mut error, "a write");
+                            }
                         }
                     }
                 }
