@@ -137,6 +137,8 @@ pub const NO_DATA: &[u8] = &[b'n', 0, 0, 0, 4];
 pub const NO_PARAMETERS: &[u8] = &[b't', 0, 0, 0, 6, 0, 0];
 /// Sync (frontend).
 pub const SYNC: &[u8] = &[b'S', 0, 0, 0, 4];
+/// CopyDone.
+pub const COPY_DONE: &[u8] = &[b'c', 0, 0, 0, 4];
 /// Execute of the unnamed portal, all rows (frontend).
 pub const EXECUTE_UNNAMED: &[u8] = &[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0];
 /// Terminate (frontend), for writing without a buffer.
@@ -199,6 +201,15 @@ impl std::fmt::Display for ErrorFields {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}: {}", self.severity, self.code, self.message)
     }
+}
+
+/// A CopyData message with `body`.
+pub fn copy_data(body: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len() + 5);
+    out.put_u8(b'd');
+    out.put_u32(u32::try_from(body.len() + 4).unwrap_or(u32::MAX));
+    out.put_slice(body);
+    out.freeze()
 }
 
 #[cfg(test)]

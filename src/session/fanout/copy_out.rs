@@ -6,7 +6,7 @@
 //! the last; then one CopyDone and `COPY n` with every shard's rows. An error on any shard
 //! is the client's error and the other shards are cancelled.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::{end_or_aside, lost, unexpected, Part};
 use crate::protocol::{messages, server, Frame};
@@ -19,19 +19,6 @@ use crate::session::{Flow, Session, SessionError};
 const BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// The binary COPY trailer: a field count of -1.
 const BINARY_TRAILER: &[u8] = &[0xff, 0xff];
-
-/// A CopyData message with `body`.
-fn copy_data(body: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(body.len() + 5);
-    out.extend_from_slice(b"d");
-    out.extend_from_slice(
-        &u32::try_from(body.len() + 4)
-            .unwrap_or(u32::MAX)
-            .to_be_bytes(),
-    );
-    out.extend_from_slice(body);
-    out.freeze()
-}
 
 impl Session {
     /// Runs the COPY TO in `frames` on every shard and streams one COPY to the client.
@@ -112,7 +99,7 @@ impl Session {
                                 response_sent = true;
                                 self.client_out.push(frame.raw);
                                 if copy.binary {
-                                    self.client_out.push(copy_data(BINARY_HEADER));
+                                    self.client_out.push(messages::copy_data(BINARY_HEADER));
                                 }
                             }
                         }
@@ -135,7 +122,7 @@ impl Session {
                                 if body.is_empty() || body == BINARY_TRAILER {
                                     continue;
                                 }
-                                self.client_out.push(copy_data(body));
+                                self.client_out.push(messages::copy_data(body));
                             } else if is_first && copy.header {
                                 if !std::mem::replace(&mut header_sent, true) {
                                     self.client_out.push(frame.raw);
@@ -178,26 +165,14 @@ impl Session {
             self.flush_client().await?;
             self.read_some(parts, &mut error, deadline).await;
         }
-        match error {
-            Some(e) => {
-                self.stats.errors.inc();
-                self.client_out.push(e);
+        if error.is_none() {
+            if copy.binary {
+                self.client_out.push(messages::copy_data(BINARY_TRAILER));
             }
-            None => {
-                if copy.binary {
-                    self.client_out.push(copy_data(BINARY_TRAILER));
-                }
-                self.client_out
-                    .push(Bytes::from_static(&[b'c', 0, 0, 0, 4]));
-                let mut out = BytesMut::new();
-                messages::command_complete(&mut out, format!("COPY {rows}").as_bytes());
-                self.client_out.push(out.freeze());
-            }
+            self.client_out
+                .push(Bytes::from_static(messages::COPY_DONE));
         }
-        let mut out = BytesMut::new();
-        messages::ready_for_query(&mut out, b'I');
-        self.client_out.push(out.freeze());
-        self.txn_status = b'I';
-        self.flush_client().await
+        let tag = format!("COPY {rows}");
+        self.end_answer(error, Some(tag.as_bytes())).await
     }
 }

@@ -332,6 +332,32 @@ impl Session {
         }
     }
 
+    /// Ends the client's answer to a statement across shards: its `error` (counted), or
+    /// CommandComplete with `tag` when it has one, then ReadyForQuery outside a transaction.
+    async fn end_answer(
+        &mut self,
+        error: Option<Bytes>,
+        tag: Option<&[u8]>,
+    ) -> Result<(), SessionError> {
+        match (error, tag) {
+            (Some(e), _) => {
+                self.stats.errors.inc();
+                self.client_out.push(e);
+            }
+            (None, Some(tag)) => {
+                let mut out = BytesMut::new();
+                messages::command_complete(&mut out, tag);
+                self.client_out.push(out.freeze());
+            }
+            (None, None) => {}
+        }
+        let mut out = BytesMut::new();
+        messages::ready_for_query(&mut out, b'I');
+        self.client_out.push(out.freeze());
+        self.txn_status = b'I';
+        self.flush_client().await
+    }
+
     /// Answers the client's fan-out with an error and ReadyForQuery.
     fn answer_fanout_error(&mut self, code: &str, message: &str) {
         self.stats.errors.inc();

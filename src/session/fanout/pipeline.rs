@@ -314,15 +314,7 @@ impl Session {
         }
         self.release_parts(parts);
         self.set_state(crate::stats::CLIENT_IDLE);
-        if let Some(e) = error {
-            self.stats.errors.inc();
-            self.client_out.push(e);
-        }
-        let mut out = BytesMut::new();
-        messages::ready_for_query(&mut out, b'I');
-        self.client_out.push(out.freeze());
-        self.txn_status = b'I';
-        self.flush_client().await?;
+        self.end_answer(error, None).await?;
         Ok(Flow::Continue)
     }
 

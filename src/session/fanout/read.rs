@@ -4,7 +4,7 @@
 //! statement run where the answer needs one, LIMIT and OFFSET applied, and one
 //! CommandComplete and ReadyForQuery to end it.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::finish::{self, Header};
 use super::merge::{sort_columns, Window};
@@ -297,19 +297,8 @@ impl Session {
                 }
             }
         }
-        match error {
-            Some(e) => self.client_out.push(e),
-            None => {
-                let mut out = BytesMut::new();
-                messages::command_complete(&mut out, format!("SELECT {}", window.sent).as_bytes());
-                self.client_out.push(out.freeze());
-            }
-        }
-        let mut out = BytesMut::new();
-        messages::ready_for_query(&mut out, b'I');
-        self.client_out.push(out.freeze());
-        self.txn_status = b'I';
-        self.flush_client().await
+        let tag = format!("SELECT {}", window.sent);
+        self.end_answer(error, Some(tag.as_bytes())).await
     }
 
     /// Sends the held frames before the rows, the descriptions the finishing statement's

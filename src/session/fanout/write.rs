@@ -142,25 +142,10 @@ impl Session {
                 "the client went away during a write across shards",
             ));
         }
-        match error {
-            Some(e) => {
-                self.stats.errors.inc();
-                self.client_out.push(e);
-            }
-            None => {
-                let verb = count.verb.unwrap_or_else(|| Bytes::from_static(b"UPDATE"));
-                let mut tag = verb.to_vec();
-                tag.extend_from_slice(format!(" {}", count.rows).as_bytes());
-                let mut out = BytesMut::new();
-                messages::command_complete(&mut out, &tag);
-                self.client_out.push(out.freeze());
-            }
-        }
-        let mut out = BytesMut::new();
-        messages::ready_for_query(&mut out, b'I');
-        self.client_out.push(out.freeze());
-        self.txn_status = b'I';
-        self.flush_client().await?;
+        let verb = count.verb.unwrap_or_else(|| Bytes::from_static(b"UPDATE"));
+        let mut tag = verb.to_vec();
+        tag.extend_from_slice(format!(" {}", count.rows).as_bytes());
+        self.end_answer(error, Some(&tag)).await?;
         Ok(Flow::Continue)
     }
 
