@@ -12,21 +12,12 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::learning::family;
+use common::learning::{family, TWO_PHASE_MAP};
 use common::sharded::*;
 use common::*;
 
-const MAP: &str = r#"hasher = "xxh3"
-key_type = "uuid"
-default_shard = 0
-two_phase_commit = true
-tables = [
-  { name = "families", column = "id" },
-  { name = "children", column = "family_id" },
-  { name = "user_progress", column = "family_id" },
-]
-global_tables = ["lessons"]
-"#;
+/// The learning platform's shard map, committing across shards.
+const MAP: &str = TWO_PHASE_MAP;
 
 /// Starts the usher binary on `config` and waits until it takes connections.
 async fn start(config: &std::path::Path, port: u16) -> Child {

@@ -13,17 +13,8 @@ use common::sharded::*;
 use common::wire::*;
 use common::*;
 
-const MAP: &str = r#"hasher = "xxh3"
-key_type = "uuid"
-default_shard = 0
-two_phase_commit = true
-tables = [
-  { name = "families", column = "id" },
-  { name = "children", column = "family_id" },
-  { name = "user_progress", column = "family_id" },
-]
-global_tables = ["lessons"]
-"#;
+/// The learning platform's shard map, committing across shards.
+const MAP: &str = TWO_PHASE_MAP;
 
 const INSERT: &str = "INSERT INTO children (id, family_id, name, grade) VALUES ($1, $2, $3, $4)";
 

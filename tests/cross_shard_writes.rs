@@ -11,17 +11,8 @@ use common::learning::*;
 use common::sharded::*;
 use common::*;
 
-const MAP: &str = r#"hasher = "xxh3"
-key_type = "uuid"
-default_shard = 0
-two_phase_commit = true
-tables = [
-  { name = "families", column = "id" },
-  { name = "children", column = "family_id" },
-  { name = "user_progress", column = "family_id" },
-]
-global_tables = ["lessons"]
-"#;
+/// The learning platform's shard map, committing across shards.
+const MAP: &str = TWO_PHASE_MAP;
 
 /// `[general]` lines naming this test's instance and decision log.
 fn general(instance: &str, log: &std::path::Path) -> String {

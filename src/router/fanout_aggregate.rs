@@ -154,12 +154,7 @@ pub fn with_avg_partials(parsed: &protobuf::ParseResult) -> Option<protobuf::Par
         return None;
     }
     let mut tree = parsed.clone();
-    if let Some(NodeEnum::SelectStmt(s)) = tree
-        .stmts
-        .first_mut()
-        .and_then(|r| r.stmt.as_mut())
-        .and_then(|n| n.node.as_mut())
-    {
+    if let Some(s) = super::fanout_sort::first_select_mut(&mut tree) {
         s.target_list.extend(extra);
     }
     Some(tree)

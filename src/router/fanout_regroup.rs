@@ -157,12 +157,7 @@ fn func_name(f: &protobuf::FuncCall) -> String {
 /// The statement without LIMIT and OFFSET, deparsed.
 fn without_window(parsed: &protobuf::ParseResult) -> Result<String, String> {
     let mut tree = parsed.clone();
-    let Some(NodeEnum::SelectStmt(s)) = tree
-        .stmts
-        .first_mut()
-        .and_then(|r| r.stmt.as_mut())
-        .and_then(|n| n.node.as_mut())
-    else {
+    let Some(s) = super::fanout_sort::first_select_mut(&mut tree) else {
         return Err("LIMIT".into());
     };
     s.limit_count = None;

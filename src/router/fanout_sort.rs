@@ -176,12 +176,7 @@ pub(super) fn without_offset(
     offset: Count,
 ) -> Result<String, String> {
     let mut tree = parsed.clone();
-    let Some(NodeEnum::SelectStmt(s)) = tree
-        .stmts
-        .first_mut()
-        .and_then(|r| r.stmt.as_mut())
-        .and_then(|n| n.node.as_mut())
-    else {
+    let Some(s) = first_select_mut(&mut tree) else {
         return Err("OFFSET".into());
     };
     let node = |n: NodeEnum| Box::new(protobuf::Node { node: Some(n) });
@@ -237,4 +232,17 @@ pub(super) fn without_offset(
     };
     pg_query::deparse(&tree, pg_query::DeparseOptions::default())
         .map_err(|e| format!("OFFSET (the shards' query could not be written: {e})"))
+}
+
+/// The SELECT that is the first statement of `tree`, to rewrite in place.
+pub fn first_select_mut(tree: &mut protobuf::ParseResult) -> Option<&mut protobuf::SelectStmt> {
+    match tree
+        .stmts
+        .first_mut()
+        .and_then(|r| r.stmt.as_mut())
+        .and_then(|n| n.node.as_mut())
+    {
+        Some(NodeEnum::SelectStmt(s)) => Some(s),
+        _ => None,
+    }
 }

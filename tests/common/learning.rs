@@ -193,3 +193,17 @@ pub fn code(e: &tokio_postgres::Error) -> String {
     e.code()
         .map_or_else(|| e.to_string(), |c| c.code().to_string())
 }
+
+/// The learning platform's shard map (uuid family keys, lessons global) with
+/// `two_phase_commit = true`: what the tests of writes across shards run on.
+pub const TWO_PHASE_MAP: &str = r#"hasher = "xxh3"
+key_type = "uuid"
+default_shard = 0
+two_phase_commit = true
+tables = [
+  { name = "families", column = "id" },
+  { name = "children", column = "family_id" },
+  { name = "user_progress", column = "family_id" },
+]
+global_tables = ["lessons"]
+"#;
