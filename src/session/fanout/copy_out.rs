@@ -37,16 +37,18 @@ impl Session {
         };
         let shards: Vec<usize> = (0..self.db.shards.len()).collect();
         let Some(mut parts) = self
-            .checkout_parts(&shards, plan.primary, plan.split)
+            .checkout_parts(
+                &shards,
+                plan.primary,
+                plan.split,
+                crate::stats::RouteOutcome::Fanout,
+            )
             .await?
         else {
             return Ok(Flow::Continue);
         };
-        self.stats.route(crate::stats::RouteOutcome::Fanout);
-        self.set_state(crate::stats::CLIENT_ACTIVE);
         let result = self.stream_copy(&mut parts, &batch, copy).await;
         self.release_parts(parts);
-        self.set_state(crate::stats::CLIENT_IDLE);
         result?;
         Ok(Flow::Continue)
     }

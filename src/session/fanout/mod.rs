@@ -162,27 +162,31 @@ impl Session {
         };
         let shards: Vec<usize> = (0..self.db.shards.len()).collect();
         let Some(mut parts) = self
-            .checkout_parts(&shards, plan.primary, plan.split)
+            .checkout_parts(
+                &shards,
+                plan.primary,
+                plan.split,
+                crate::stats::RouteOutcome::Fanout,
+            )
             .await?
         else {
             return Ok(Flow::Continue);
         };
-        self.stats.route(crate::stats::RouteOutcome::Fanout);
-        self.set_state(crate::stats::CLIENT_ACTIVE);
         let result = self.merge_parts(&mut parts, &batch, merge).await;
         self.release_parts(parts);
-        self.set_state(crate::stats::CLIENT_IDLE);
         result?;
         Ok(Flow::Continue)
     }
 
-    /// A server of each of `shards`; `None` when one cannot be had (the client got the
-    /// error, and the servers already taken went back).
+    /// A server of each of `shards`, the route counted as `outcome` and the client active;
+    /// `None` when one cannot be had (the client got the error, and the servers already
+    /// taken went back).
     async fn checkout_parts(
         &mut self,
         shards: &[usize],
         primary: bool,
         split: bool,
+        outcome: crate::stats::RouteOutcome,
     ) -> Result<Option<Vec<Part>>, SessionError> {
         let mut parts = Vec::with_capacity(shards.len());
         for &shard in shards {
@@ -208,13 +212,16 @@ impl Session {
                 }
             })
             .collect();
+        self.stats.route(outcome);
+        self.set_state(crate::stats::CLIENT_ACTIVE);
         Ok(Some(parts))
     }
 
     /// Returns the parts that ended cleanly to their pools; the others are closed. The
-    /// client's cancel requests no longer go to them.
+    /// client's cancel requests no longer go to them, and the client is idle again.
     fn release_parts(&self, parts: Vec<Part>) {
         self.login.cancel_slot.lock().across.clear();
+        self.set_state(crate::stats::CLIENT_IDLE);
         for p in parts {
             if p.ready && !p.discard {
                 p.lease.release();

@@ -277,15 +277,14 @@ impl Session {
             true => Some(gate.lock().await),
             false => None,
         };
-        let Some(mut parts) = self.checkout_parts(&shards, true, false).await? else {
-            return Ok(Flow::Continue);
-        };
-        self.stats.route(if plan.writes.contains(&true) {
+        let outcome = if plan.writes.contains(&true) {
             crate::stats::RouteOutcome::FanoutWrite
         } else {
             crate::stats::RouteOutcome::Fanout
-        });
-        self.set_state(crate::stats::CLIENT_ACTIVE);
+        };
+        let Some(mut parts) = self.checkout_parts(&shards, true, false, outcome).await? else {
+            return Ok(Flow::Continue);
+        };
         let mut error = None;
         let answers = self
             .gather(&mut parts, &streams.bytes, &plan, &shards, &mut error)
@@ -313,7 +312,6 @@ impl Session {
             rollback(&mut parts).await;
         }
         self.release_parts(parts);
-        self.set_state(crate::stats::CLIENT_IDLE);
         self.end_answer(error, None).await?;
         Ok(Flow::Continue)
     }

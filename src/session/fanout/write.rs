@@ -99,11 +99,13 @@ impl Session {
         };
         let gate = coordinator.gate(&self.db_name);
         let _turn = gate.lock().await;
-        let Some(mut parts) = self.checkout_parts(&plan.shards, true, false).await? else {
+        let outcome = crate::stats::RouteOutcome::FanoutWrite;
+        let Some(mut parts) = self
+            .checkout_parts(&plan.shards, true, false, outcome)
+            .await?
+        else {
             return Ok(Flow::Continue);
         };
-        self.stats.route(crate::stats::RouteOutcome::FanoutWrite);
-        self.set_state(crate::stats::CLIENT_ACTIVE);
         let bytes: Vec<Bytes> = batches
             .iter()
             .map(|b| {
@@ -136,7 +138,6 @@ impl Session {
             rollback(&mut parts).await;
         }
         self.release_parts(parts);
-        self.set_state(crate::stats::CLIENT_IDLE);
         if client_gone {
             return Err(SessionError::Internal(
                 "the client went away during a write across shards",
