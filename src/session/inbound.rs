@@ -157,9 +157,20 @@ impl Session {
                 _ => {}
             }
             let mut plan = self.plan_now(request, None);
-            if let Plan::CheckColumns(table) = plan {
+            if let Plan::CheckColumns(check) = plan {
                 // Rare (a table's first INSERT without a column list): boxed, as below.
-                Box::pin(self.learn_key_position(table)).await;
+                let table = check.table.clone();
+                if let Err(why) = Box::pin(self.learn_key_position(check)).await {
+                    // Not recorded: the next such INSERT asks again.
+                    let e = messages::error_response(
+                        "ERROR",
+                        "58000",
+                        &format!("usher: could not read the columns of table {table:?} for an INSERT without a column list: {why}"),
+                        None,
+                    );
+                    self.refuse_in_held_transaction(frame.tag, e);
+                    return Ok(Flow::Continue);
+                }
                 plan = self.plan_now(request, None);
             }
             let plan = match plan {
@@ -206,7 +217,7 @@ impl Session {
                     let e = messages::error_response(
                         "ERROR",
                         "XX000",
-                        "usher: internal error: function volatility unresolved",
+                        "usher: internal error: a catalog lookup the plan needs is unresolved",
                         None,
                     );
                     self.refuse_in_held_transaction(frame.tag, e);

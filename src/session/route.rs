@@ -143,12 +143,13 @@ impl Session {
     }
 
     /// Learns from the catalog where `check.table`'s key column stands (for an INSERT
-    /// without a column list); a failed lookup is recorded as unknown, so the INSERT is
-    /// refused naming the table rather than looked up again for every statement.
+    /// without a column list). A table without that column is recorded as such, so its
+    /// INSERTs are refused naming it rather than looked up every time; a lookup that failed
+    /// is the error, and nothing is recorded.
     pub(super) fn learn_key_position(
         &self,
         check: router::plan::CheckColumns,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
         let positions = self.db.sharding.as_ref().map(|m| m.key_positions.clone());
         let (app, config, name) = (
             self.app.clone(),
@@ -157,19 +158,13 @@ impl Session {
         );
         async move {
             let Some(positions) = positions else {
-                return;
+                return Ok(());
             };
-            let position = match app
+            let position = app
                 .key_position(&config, &name, &check.table, &check.column)
-                .await
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(table = %check.table, error = %e, "could not read the table's columns");
-                    None
-                }
-            };
+                .await?;
             positions.set(&check.table, position);
+            Ok(())
         }
     }
 

@@ -343,17 +343,7 @@ fn place_one(
         };
         let st: &ShardedTable = r.table;
         let (table, column) = names(r);
-        let pos = match &ins.columns {
-            Some(cols) => match cols.iter().position(|c| *c == column) {
-                Some(pos) => pos,
-                None => return Err(ShardError::MissingKey { table, column }),
-            },
-            // No column list: the key's place in the table, once the catalog told it.
-            None => match map.key_positions.get(&st.name) {
-                Some(Some(pos)) => pos,
-                _ => return Err(ShardError::InsertColumns { table, column }),
-            },
-        };
+        let pos = key_in_row(ins, map, st)?;
         let Some(rows) = &ins.rows else {
             return Err(ShardError::KeyNotValue { table, column });
         };
@@ -443,6 +433,27 @@ fn place_one(
     }
 }
 
+/// Where the key column `st.column` stands in each row of the INSERT `ins`: its place in
+/// the column list, or without one its place in the table, once the catalog told it
+/// (`Sharding::key_positions`).
+fn key_in_row(
+    ins: &facts::InsertFacts,
+    map: &Sharding,
+    st: &ShardedTable,
+) -> Result<usize, ShardError> {
+    let (table, column) = (st.name.clone(), st.column.clone());
+    match &ins.columns {
+        Some(cols) => cols
+            .iter()
+            .position(|c| *c == column)
+            .ok_or(ShardError::MissingKey { table, column }),
+        None => match map.key_positions.get(&st.name) {
+            Some(Some(pos)) => Ok(pos),
+            _ => Err(ShardError::InsertColumns { table, column }),
+        },
+    }
+}
+
 /// The shard of each row of the one multi-row INSERT in `f`, in order: the rows of a
 /// `VALUES` list whose keys are literals or bound parameters. `Ok(None)` when `f` is not
 /// such an INSERT into a sharded table (or a parameter is not bound yet).
@@ -462,16 +473,7 @@ pub fn insert_rows(
         return Ok(None);
     };
     let (table, column) = (st.name.clone(), st.column.clone());
-    let pos = match &ins.columns {
-        Some(cols) => match cols.iter().position(|c| *c == column) {
-            Some(pos) => pos,
-            None => return Err(ShardError::MissingKey { table, column }),
-        },
-        None => match map.key_positions.get(&st.name) {
-            Some(Some(pos)) => pos,
-            _ => return Err(ShardError::InsertColumns { table, column }),
-        },
-    };
+    let pos = key_in_row(ins, map, st)?;
     let Some(rows) = &ins.rows else {
         return Ok(None);
     };
