@@ -82,10 +82,21 @@ pub struct Sharding {
     /// writes are refused with 0A000.
     #[serde(default)]
     pub two_phase_commit: bool,
+    /// How long a write across shards waits for its turn: writes that span shards (an
+    /// UPDATE or DELETE across shards, a transaction block that writes on two shards) take
+    /// turns per database so that two of them cannot deadlock across shards, where no shard's
+    /// deadlock detector sees the cycle. One that waits longer fails with 40P01
+    /// (`deadlock detected`), which drivers and ORMs retry. Default `"5s"`.
+    #[serde(default = "default_two_phase_lock_timeout")]
+    pub two_phase_lock_timeout: super::ConfigDuration,
     /// Not read from the file: where each sharded table's key column stands in the table's
     /// column order, learned from the catalog for INSERTs without a column list.
     #[serde(skip)]
     pub key_positions: KeyPositions,
+}
+
+fn default_two_phase_lock_timeout() -> super::ConfigDuration {
+    super::ConfigDuration::secs(5)
 }
 
 /// The position of each sharded table's key column among its columns (by config table
@@ -240,6 +251,7 @@ mod tests {
             global_tables: global.iter().map(|s| s.to_string()).collect(),
             key_positions: KeyPositions::default(),
             two_phase_commit: false,
+            two_phase_lock_timeout: crate::config::ConfigDuration::secs(5),
         }
     }
 

@@ -20,8 +20,18 @@ fn cstr(out: &mut BytesMut, s: &str) {
 
 /// ErrorResponse with severity, SQLSTATE and message (and an optional detail).
 pub fn error_response(severity: &str, code: &str, text: &str, detail: Option<&str>) -> Bytes {
+    report(b'E', severity, code, text, detail)
+}
+
+/// NoticeResponse (a WARNING, NOTICE, ...) with SQLSTATE `code`.
+pub fn notice_response(severity: &str, code: &str, text: &str) -> Bytes {
+    report(b'N', severity, code, text, None)
+}
+
+/// An ErrorResponse or NoticeResponse (`tag`).
+fn report(tag: u8, severity: &str, code: &str, text: &str, detail: Option<&str>) -> Bytes {
     let mut out = BytesMut::new();
-    message(&mut out, b'E', |b| {
+    message(&mut out, tag, |b| {
         b.put_u8(b'S');
         cstr(b, severity);
         b.put_u8(b'V');

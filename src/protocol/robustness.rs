@@ -69,6 +69,7 @@ fn shard_placement_never_panics() {
         }],
         global_tables: vec!["lessons".into()],
         two_phase_commit: false,
+        two_phase_lock_timeout: crate::config::ConfigDuration::secs(5),
         key_positions: Default::default(),
     };
     let seeds = [

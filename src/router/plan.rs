@@ -554,9 +554,12 @@ pub fn writes(
 mod across;
 #[path = "plan_pipeline.rs"]
 mod pipeline;
+#[path = "plan_spanning.rs"]
+mod spanning;
 pub use across::draws_per_call;
 use across::{fanout_of, global_write_of};
 pub use pipeline::Pipeline;
+pub use spanning::{plan_within, Within};
 
 #[cfg(test)]
 #[path = "plan_tests.rs"]

@@ -24,7 +24,7 @@ pub(super) fn fanout_of(
     let body = batch.body();
     let Some(class) = single_statement(batch, facts).filter(|c| c.statements <= 1) else {
         // Several statements, each of one shard: a pipeline across shards.
-        return super::pipeline::pipeline_of(batch, facts, map, &why).map(Choice::Pipeline);
+        return super::pipeline::pipeline_of(batch, facts, map, &why, false).map(Choice::Pipeline);
     };
     let refuse = |construct: String| ShardError::NotMergeable {
         why: Box::new(why.clone()),

@@ -49,22 +49,29 @@ impl Pipeline {
 /// The pipeline `batch` is, when every execution in it is a plain statement of one shard
 /// and it runs outside a transaction block; otherwise the error `why` that made one shard
 /// impossible. Writing on several shards needs `two_phase_commit`.
+///
+/// `within` a transaction across shards (see `plan_spanning`) one statement, one shard, or
+/// no execution at all (a Parse and Describe) is a pipeline too, a Flush may end it, and
+/// whether its writes need two-phase commit is the session's to judge (it knows which shards
+/// the transaction wrote on already).
 pub fn pipeline_of(
     batch: &Batch,
     facts: &Facts,
     map: &crate::config::Sharding,
     why: &ShardError,
+    within: bool,
 ) -> Result<Pipeline, ShardError> {
     let body = batch.body();
     if let [q] = body {
-        if q.tag == b'Q' && facts.held.is_none() {
-            return query_pipeline(q, facts, map, why);
+        if q.tag == b'Q' && (within || facts.held.is_none()) {
+            return query_pipeline(q, facts, map, why, within);
         }
     }
     let executes = body.iter().filter(|s| s.tag == b'E').count();
-    if facts.held.is_some()
-        || !batch.ends_in_sync()
-        || executes < 2
+    let least = if within { 0 } else { 2 };
+    if (facts.held.is_some() && !within)
+        || !(batch.ends_in_sync() || within && batch.complete)
+        || executes < least
         || !body
             .iter()
             .all(|s| matches!(s.tag, b'P' | b'B' | b'D' | b'E'))
@@ -93,7 +100,13 @@ pub fn pipeline_of(
             _ => {}
         }
     }
-    if bind.is_some() || pipeline.shards().len() < 2 {
+    if bind.is_some() {
+        return Err(why.clone());
+    }
+    if within {
+        return Ok(pipeline);
+    }
+    if pipeline.shards().len() < 2 {
         return Err(why.clone());
     }
     if pipeline.writing_shards() > 1 && !map.two_phase_commit {
@@ -111,6 +124,7 @@ fn query_pipeline(
     facts: &Facts,
     map: &crate::config::Sharding,
     why: &ShardError,
+    within: bool,
 ) -> Result<Pipeline, ShardError> {
     let (Some(sql), Some(class)) = (q.sql.as_deref(), q.class.as_deref()) else {
         return Err(why.clone());
@@ -119,7 +133,8 @@ fn query_pipeline(
         return Err(why.clone());
     };
     let texts = pg_query::split_with_parser(text).map_err(|_| why.clone())?;
-    if class.parse_error || texts.len() < 2 || texts.len() != class.shard.len() {
+    let least = if within { 1 } else { 2 };
+    if class.parse_error || texts.len() < least || texts.len() != class.shard.len() {
         return Err(why.clone());
     }
     let shards = facts.db.shards.len();
@@ -143,6 +158,9 @@ fn query_pipeline(
         pipeline.segments.push(shard);
         // A statement that is not a plain read counts as a write (on its shard).
         pipeline.writes.push(!starts_with_select(text));
+    }
+    if within {
+        return Ok(pipeline);
     }
     if pipeline.shards().len() < 2 {
         return Err(why.clone());

@@ -144,7 +144,7 @@ impl Session {
             // Its messages in order, until it is done or must wait.
             let mut flow = Ok(Flow::Continue);
             while let Some(frame) = request.current() {
-                let step = if self.needs_async(frame) {
+                let step = if self.needs_async(&request, frame) {
                     let frame = frame.clone();
                     self.on_client_frame(&mut request, frame).await
                 } else {

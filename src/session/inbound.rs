@@ -39,6 +39,16 @@ impl Session {
             }
             self.release().await;
         }
+        if matches!(self.txn, Txn::Across(_)) {
+            return Box::pin(self.run_spanning(request)).await;
+        }
+        if self.may_widen(request) && request.is_complete() && self.leaves_pin(request) {
+            // A request for other shards inside a transaction block: the transaction
+            // widens across shards, and the request runs there.
+            if Box::pin(self.widen()).await? {
+                return Box::pin(self.run_spanning(request)).await;
+            }
+        }
         if self.txn.is_attached() {
             return self.run_attached(request);
         }
@@ -47,10 +57,27 @@ impl Session {
 
     /// False when the message can be handled synchronously on the attached server.
     #[inline]
-    pub(super) fn needs_async(&self, frame: &Frame) -> bool {
+    pub(super) fn needs_async(&self, request: &Request, frame: &Frame) -> bool {
         !self.txn.is_attached()
             || (self.starts_session_transaction() && !matches!(frame.tag, b'S' | b'H'))
             || self.runs_behind_prepare_trip(frame)
+            || self.may_widen(request)
+    }
+
+    /// The request starts while the attached server of a sharded database is idle inside a
+    /// transaction block in transaction mode: if it names other shards, the transaction
+    /// may widen across shards before anything of it is sent.
+    #[inline]
+    fn may_widen(&self, request: &Request) -> bool {
+        self.sharded
+            && self.txn_status == b'T'
+            && request.position() == 0
+            && self.mode == PoolMode::Transaction
+            && self.txn.is_attached()
+            && self.txn.held().is_none()
+            && self.tracker.is_idle()
+            && self.pass.is_none()
+            && self.server_out.is_empty()
     }
 
     /// The request's current message on the attached server, when [`Session::needs_async`]
@@ -182,6 +209,17 @@ impl Session {
                 }
                 plan => plan,
             };
+            if let Plan::Refuse(r) = &plan {
+                // A transaction usher holds the BEGIN of, whose first statement needs
+                // several shards: it runs as a transaction across shards.
+                if r.rejected
+                    && self.sharded
+                    && self.mode == PoolMode::Transaction
+                    && self.span_from_held()
+                {
+                    return Box::pin(self.run_spanning(request)).await;
+                }
+            }
             match plan {
                 Plan::Wait => return Ok(Flow::Wait),
                 Plan::Local(control) => {

@@ -229,6 +229,10 @@ impl Session {
     /// Cleanup when the client is gone: roll back, reset (session mode) and return the server,
     /// or close it when it is in the middle of something.
     pub(super) async fn finish(&mut self) {
+        if matches!(self.txn, Txn::Across(_)) {
+            self.finish_spanning().await;
+            return;
+        }
         let Some((mut lease, _)) = self.txn.detach() else {
             return;
         };

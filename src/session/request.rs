@@ -162,9 +162,21 @@ impl Request {
     }
 
     /// The request ended (or is too large to wait for).
-    #[cfg(test)]
+    #[inline]
     pub fn is_complete(&self) -> bool {
         self.complete
+    }
+
+    /// How many messages it holds.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// The type of message `i`.
+    #[inline]
+    pub fn tag(&self, i: usize) -> Option<u8> {
+        self.frames.get(i).map(|f| f.tag)
     }
 
     /// Index of the message to process next.

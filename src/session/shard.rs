@@ -14,6 +14,20 @@ use crate::router::plan;
 use crate::router::shard::{self, Placement, ShardError};
 use crate::server::quote_literal;
 
+/// Where a statement belongs, seen from a pinned transaction.
+enum Verdict {
+    /// On the pinned shard (or anywhere).
+    Here,
+    /// On this other shard.
+    Elsewhere(usize),
+    /// It names a sharded table without its key.
+    Keyless,
+    /// DDL: every shard.
+    Broadcast,
+    /// Its key is wrong (or names several shards).
+    Error(ShardError),
+}
+
 /// What to do with a statement arriving inside a pinned transaction.
 pub(super) enum PinCheck {
     /// Run it on the attached server.
@@ -30,37 +44,76 @@ pub(super) enum PinCheck {
 }
 
 impl Session {
-    /// Checks the request's current Query or Bind, arriving while a server of a sharded
-    /// database is attached.
-    pub(super) fn check_pinned(&self, request: &mut Request) -> PinCheck {
+    /// Where statement `i` of the request belongs, seen from the shard the transaction is
+    /// pinned to.
+    fn verdict(&self, request: &mut Request, i: usize) -> Verdict {
         let db = &*self.db;
         let Some(map) = &db.sharding else {
-            return PinCheck::Run;
+            return Verdict::Here;
         };
         let pinned = self.route.attached_shard;
         let shards = db.shards.len();
-        let in_flight = !self.tracker.unsynced && !self.tracker.is_idle();
-        let i = request.position();
         let Some(statement) = request.statement(i, &self.lookup()) else {
-            return PinCheck::Run;
+            return Verdict::Here;
         };
         let placed = match plan::placement(std::slice::from_ref(statement), map, shards) {
             (_, Some(h)) => shard::hinted(&h, map, shards).map(Placement::Shard),
             (p, None) => p,
         };
-        let other = match placed {
-            Ok(Placement::Shard(s)) if s == pinned => return PinCheck::Run,
-            Ok(Placement::Shard(s)) => s,
-            Ok(Placement::Unlisted) if pinned != map.default_shard => map.default_shard,
-            Ok(Placement::Broadcast) if in_flight => return PinCheck::Defer,
-            Ok(Placement::Broadcast) => {
+        match placed {
+            Ok(Placement::Shard(s)) if s == pinned => Verdict::Here,
+            Ok(Placement::Shard(s)) => Verdict::Elsewhere(s),
+            Ok(Placement::Unlisted) if pinned != map.default_shard => {
+                Verdict::Elsewhere(map.default_shard)
+            }
+            Ok(Placement::Broadcast) => Verdict::Broadcast,
+            Ok(_) => Verdict::Here,
+            Err(ShardError::MissingKey { .. }) => Verdict::Keyless,
+            Err(e) => Verdict::Error(e),
+        }
+    }
+
+    /// The request (whole, nothing of it sent yet) names a shard other than the pinned one,
+    /// or a sharded table without its key: inside a transaction block it widens to a
+    /// transaction across shards (see `fanout::spanning`).
+    pub(super) fn leaves_pin(&self, request: &mut Request) -> bool {
+        (0..request.len()).any(|i| {
+            request.tag(i).is_some_and(|t| matches!(t, b'Q' | b'B'))
+                && matches!(
+                    self.verdict(request, i),
+                    Verdict::Elsewhere(_) | Verdict::Keyless | Verdict::Error(_)
+                )
+        })
+    }
+
+    /// Checks the request's current Query or Bind, arriving while a server of a sharded
+    /// database is attached.
+    pub(super) fn check_pinned(&self, request: &mut Request) -> PinCheck {
+        let pinned = self.route.attached_shard;
+        let in_flight = !self.tracker.unsynced && !self.tracker.is_idle();
+        let i = request.position();
+        let other = match self.verdict(request, i) {
+            Verdict::Here => return PinCheck::Run,
+            Verdict::Elsewhere(s) => s,
+            Verdict::Broadcast if in_flight => return PinCheck::Defer,
+            Verdict::Broadcast => {
                 return PinCheck::Reject("0A000", format!("usher: this transaction runs on shard {pinned}; DDL runs on every shard and must be sent outside a transaction block (or with /* usher: shard=N */ to run it on one shard)"));
             }
-            Ok(_) => return PinCheck::Run,
-            // Inside a pinned transaction a statement without a key runs where the transaction is.
-            Err(ShardError::MissingKey { .. }) => return PinCheck::Run,
-            Err(_) if in_flight => return PinCheck::Defer,
-            Err(e) => return PinCheck::Reject(e.sqlstate(), e.to_string()),
+            // Without a key: outside a transaction block (the statements of one batch) and
+            // in session mode it runs where the session is; inside a transaction block in
+            // transaction mode it would see one shard's rows of a table split over all of
+            // them, so it is refused when the transaction could not run across shards.
+            Verdict::Keyless
+                if self.mode != crate::config::PoolMode::Transaction || self.txn_status != b'T' =>
+            {
+                return PinCheck::Run
+            }
+            Verdict::Keyless if in_flight => return PinCheck::Defer,
+            Verdict::Keyless => {
+                return PinCheck::Reject("0A000", format!("usher: this transaction runs on shard {pinned}, and this statement names a sharded table without its key, so on shard {pinned} it would see only that shard's rows; it runs across shards inside a transaction that started on a primary at READ COMMITTED when the statements before it were answered (send it in its own request)"));
+            }
+            Verdict::Error(_) if in_flight => return PinCheck::Defer,
+            Verdict::Error(e) => return PinCheck::Reject(e.sqlstate(), e.to_string()),
         };
         if self.only_prepared() {
             return PinCheck::Move;
@@ -70,7 +123,7 @@ impl Session {
         }
         PinCheck::Reject(
             "0A000",
-            format!("usher: this transaction is pinned to shard {pinned}, but this statement belongs to shard {other}; a transaction runs on one shard (COMMIT or ROLLBACK, then start a new one)"),
+            format!("usher: this transaction is pinned to shard {pinned}, but this statement belongs to shard {other}; a transaction runs across shards only when it started on a primary at READ COMMITTED in transaction mode and the statement comes in a request of its own (COMMIT or ROLLBACK, then start a new one)"),
         )
     }
 

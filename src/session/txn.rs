@@ -3,6 +3,9 @@
 //! held transaction). The server connection lives inside the attached state, so a step that
 //! needs it either has it or gets `None`; there is no "attached" flag to keep in step.
 //!
+//! A transaction across shards holds its servers in its own state (`Across`), with none
+//! of them "the" attached server: the session runs each of its requests itself.
+//!
 //! The transaction status the client last saw in a ReadyForQuery ('I', 'T', 'E') is kept
 //! beside it by the session: it is protocol state, reported as is.
 
@@ -33,6 +36,10 @@ pub(super) enum Txn {
     },
     /// On a server.
     Attached(Attached),
+    /// A transaction block whose statements named several shards: a server of each shard
+    /// concerned, each in its own transaction, committed together (see
+    /// `fanout::spanning`).
+    Across(Box<super::fanout::spanning::Spanning>),
 }
 
 /// A transaction on a server.
@@ -69,7 +76,7 @@ impl Txn {
         match self {
             Txn::Held { begin, .. } => Some(begin),
             Txn::Attached(a) => a.held.as_deref(),
-            Txn::Idle => None,
+            Txn::Idle | Txn::Across(_) => None,
         }
     }
 
@@ -93,7 +100,7 @@ impl Txn {
         let held = match std::mem::replace(self, Txn::Idle) {
             Txn::Held { begin, .. } => Some(begin),
             Txn::Attached(a) => a.held,
-            Txn::Idle => None,
+            Txn::Idle | Txn::Across(_) => None,
         };
         *self = Txn::Attached(Attached {
             lease,

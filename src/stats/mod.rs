@@ -35,11 +35,13 @@ pub enum RouteOutcome {
     Fanout,
     /// One write run on several shards and committed with two-phase commit.
     FanoutWrite,
+    /// A transaction block that widened to several shards (counted once, when it widens).
+    Spanning,
 }
 
 impl RouteOutcome {
     /// Every outcome, in declaration order (the index of each is `outcome as usize`).
-    pub const ALL: [RouteOutcome; 7] = [
+    pub const ALL: [RouteOutcome; 8] = [
         RouteOutcome::Primary,
         RouteOutcome::Replica,
         RouteOutcome::Fallback,
@@ -47,6 +49,7 @@ impl RouteOutcome {
         RouteOutcome::Rejected,
         RouteOutcome::Fanout,
         RouteOutcome::FanoutWrite,
+        RouteOutcome::Spanning,
     ];
 
     fn label(self) -> &'static str {
@@ -58,6 +61,7 @@ impl RouteOutcome {
             RouteOutcome::Rejected => "rejected",
             RouteOutcome::Fanout => "fanout",
             RouteOutcome::FanoutWrite => "fanout_write",
+            RouteOutcome::Spanning => "spanning",
         }
     }
 }

@@ -22,6 +22,7 @@ fn map() -> Sharding {
         ],
         global_tables: vec!["lessons".into()],
         two_phase_commit: false,
+        two_phase_lock_timeout: crate::config::ConfigDuration::secs(5),
         key_positions: Default::default(),
     }
 }

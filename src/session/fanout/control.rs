@@ -9,7 +9,8 @@ use crate::protocol::messages;
 
 /// How one part answered a control statement.
 pub(super) enum Answer {
-    /// CommandComplete and ReadyForQuery 'I'.
+    /// CommandComplete and ReadyForQuery 'I' (or 'T' for a part in a transaction across
+    /// shards: its BEGIN).
     Ok,
     /// The server's ErrorResponse.
     Error(Bytes),
@@ -36,6 +37,7 @@ pub(super) async fn everywhere_some(
 ) -> Vec<Option<Answer>> {
     let runs = parts.iter_mut().enumerate().map(|(i, p)| {
         let wanted = which.get(i).copied().unwrap_or(false) && p.ready && !p.discard;
+        let settled = p.settled();
         let mut query = BytesMut::new();
         messages::query(&mut query, &sql(i));
         async move {
@@ -48,7 +50,7 @@ pub(super) async fn everywhere_some(
                     let error = frames.iter().find(|f| f.tag == b'E').map(|f| f.raw.clone());
                     let idle = frames
                         .last()
-                        .is_some_and(|f| f.tag == b'Z' && f.body() == b"I");
+                        .is_some_and(|f| f.tag == b'Z' && f.body() == settled);
                     match error {
                         Some(e) => Answer::Error(e),
                         None if idle => Answer::Ok,

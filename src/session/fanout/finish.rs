@@ -118,7 +118,7 @@ async fn exchange(
             b'E' => {
                 error.get_or_insert(f.raw);
             }
-            b'Z' if f.body() != b"I" => part.discard = true,
+            b'Z' if f.body() != part.settled() => part.discard = true,
             _ => {}
         }
     }

@@ -22,6 +22,8 @@ mod order;
 mod pipeline;
 mod read;
 pub mod regroup;
+pub(in crate::session) mod spanning;
+mod spanning_run;
 mod write;
 
 use bytes::{Bytes, BytesMut};
@@ -50,6 +52,9 @@ struct Part {
     ready: bool,
     /// It may not go back to the pool (cancelled, or broken).
     discard: bool,
+    /// It is a shard's part of a transaction across shards (see `spanning`): its
+    /// ReadyForQuery says 'T' between statements, and that is not a reason to close it.
+    in_txn: bool,
 }
 
 impl Part {
@@ -61,6 +66,27 @@ impl Part {
             rows_done: false,
             ready: false,
             discard: false,
+            in_txn: false,
+        }
+    }
+
+    /// Ready for the next statement of its transaction (a broken part stays broken).
+    fn reset(&mut self) {
+        self.header_seen = 0;
+        self.head = None;
+        if !self.discard {
+            self.rows_done = false;
+            self.ready = false;
+        }
+    }
+
+    /// The ReadyForQuery status it ends a statement with when all went well: 'I', or 'T'
+    /// inside a transaction across shards.
+    fn settled(&self) -> &'static [u8] {
+        if self.in_txn {
+            b"T"
+        } else {
+            b"I"
         }
     }
 
@@ -105,7 +131,7 @@ fn end_or_aside(
         b'Z' => {
             p.rows_done = true;
             p.ready = true;
-            if idle && frame.body() != b"I" {
+            if idle && frame.body() != p.settled() {
                 p.discard = true;
             }
         }
@@ -201,7 +227,14 @@ impl Session {
                 }
             }
         }
-        // A cancel request from the client now reaches every shard's server.
+        self.target_parts(&mut parts);
+        self.stats.route(outcome);
+        self.set_state(crate::stats::CLIENT_ACTIVE);
+        Ok(Some(parts))
+    }
+
+    /// A cancel request from the client now reaches every part's server.
+    fn target_parts(&self, parts: &mut [Part]) {
         self.login.cancel_slot.lock().across = parts
             .iter_mut()
             .map(|p| {
@@ -212,9 +245,6 @@ impl Session {
                 }
             })
             .collect();
-        self.stats.route(outcome);
-        self.set_state(crate::stats::CLIENT_ACTIVE);
-        Ok(Some(parts))
     }
 
     /// Returns the parts that ended cleanly to their pools; the others are closed. The
@@ -340,12 +370,17 @@ impl Session {
     }
 
     /// Ends the client's answer to a statement across shards: its `error` (counted), or
-    /// CommandComplete with `tag` when it has one, then ReadyForQuery outside a transaction.
+    /// CommandComplete with `tag` when it has one, then ReadyForQuery: 'I' outside a
+    /// transaction, else where the transaction across shards stands (an error aborts it).
     async fn end_answer(
         &mut self,
         error: Option<Bytes>,
         tag: Option<&[u8]>,
     ) -> Result<(), SessionError> {
+        let status = self.status_after(error.is_some());
+        if let (Some(e), b'E') = (&error, status) {
+            tracing::debug!(client = self.id, error = ?crate::protocol::server::error_fields(e.get(5..).unwrap_or_default()), "a statement of a transaction across shards failed");
+        }
         match (error, tag) {
             (Some(e), _) => {
                 self.stats.errors.inc();
@@ -359,9 +394,9 @@ impl Session {
             (None, None) => {}
         }
         let mut out = BytesMut::new();
-        messages::ready_for_query(&mut out, b'I');
+        messages::ready_for_query(&mut out, status);
         self.client_out.push(out.freeze());
-        self.txn_status = b'I';
+        self.txn_status = status;
         self.flush_client().await
     }
 
@@ -370,9 +405,28 @@ impl Session {
         self.stats.errors.inc();
         self.client_out
             .push(messages::error_response("ERROR", code, message, None));
+        let status = self.status_after(true);
         let mut out = BytesMut::new();
-        messages::ready_for_query(&mut out, b'I');
+        messages::ready_for_query(&mut out, status);
         self.client_out.push(out.freeze());
+        self.txn_status = status;
+    }
+
+    /// The ReadyForQuery status after a statement across shards: 'I' outside a
+    /// transaction; inside one across shards 'T', or 'E' once a statement failed (`failed`
+    /// aborts it here).
+    fn status_after(&mut self, failed: bool) -> u8 {
+        match &mut self.txn {
+            crate::session::txn::Txn::Across(span) => {
+                span.aborted |= failed;
+                if span.aborted {
+                    b'E'
+                } else {
+                    b'T'
+                }
+            }
+            _ => b'I',
+        }
     }
 }
 

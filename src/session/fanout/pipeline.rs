@@ -26,11 +26,11 @@ use crate::session::{Flow, Session, SessionError};
 const MAX_HELD: usize = 64 << 20;
 
 /// What each shard is sent, and which ParseCompletes are usher's own.
-struct Streams {
+pub(super) struct Streams {
     /// The bytes for each shard (in `Pipeline::shards` order), BEGIN and Sync included.
-    bytes: Vec<Bytes>,
+    pub bytes: Vec<Bytes>,
     /// For each segment, in order: for each Parse sent in it, whether usher added it.
-    injected: Vec<Vec<bool>>,
+    pub injected: Vec<Vec<bool>>,
 }
 
 /// Why the pipeline cannot run: an error for the client (SQLSTATE, message).
@@ -39,7 +39,7 @@ type Refusal = (&'static str, String);
 /// The text each shard runs for a client's statement text, where they differ: clock calls
 /// and clock defaults pinned to the pipeline's one time.
 #[derive(Default)]
-struct Texts(std::collections::HashMap<Bytes, Bytes>);
+pub(super) struct Texts(std::collections::HashMap<Bytes, Bytes>);
 
 impl Texts {
     fn of<'a>(&'a self, query: &'a Bytes) -> &'a [u8] {
@@ -48,22 +48,28 @@ impl Texts {
 }
 
 /// Cuts `frames` into each shard's messages.
-fn streams(
+///
+/// With `begin` each shard's messages start with BEGIN (the pipeline's own transaction);
+/// without, they run in the transaction the shard is in (one across shards).
+pub(super) fn streams(
     frames: &[Frame],
     plan: &Pipeline,
     shards: &[usize],
     stmts: &ClientStatements,
     texts: &Texts,
+    begin: bool,
 ) -> Result<Streams, Refusal> {
     let protocol = |e: crate::protocol::ProtocolError| ("08P01", format!("usher: {e}"));
     if let Some(statements) = &plan.statements {
-        return Ok(query_streams(statements, plan, shards, texts));
+        return Ok(query_streams(statements, plan, shards, texts, begin));
     }
     let mut out: Vec<BytesMut> = shards
         .iter()
         .map(|_| {
             let mut b = BytesMut::new();
-            messages::query(&mut b, "BEGIN");
+            if begin {
+                messages::query(&mut b, "BEGIN");
+            }
             b
         })
         .collect();
@@ -153,6 +159,7 @@ fn query_streams(
     plan: &Pipeline,
     shards: &[usize],
     texts: &Texts,
+    begin: bool,
 ) -> Streams {
     let mut sql: Vec<String> = vec![String::new(); shards.len()];
     for (statement, shard) in statements.iter().zip(&plan.segments) {
@@ -169,7 +176,9 @@ fn query_streams(
         .iter()
         .map(|q| {
             let mut b = BytesMut::new();
-            messages::query(&mut b, "BEGIN");
+            if begin {
+                messages::query(&mut b, "BEGIN");
+            }
             messages::query(&mut b, q);
             b.freeze()
         })
@@ -224,7 +233,7 @@ fn not_run(construct: &str) -> Refusal {
 
 /// What one shard answered, cut by segment.
 #[derive(Default)]
-struct Answers {
+pub(super) struct Answers {
     /// It answered BEGIN.
     begun: bool,
     /// The frames of each of its segments, in order.
@@ -243,14 +252,18 @@ impl Session {
     ) -> Result<Flow, SessionError> {
         self.wait_if_paused().await;
         let shards = plan.shards();
-        let texts = match self.pinned_texts(&frames, plan.statements.as_deref()).await {
+        let at = crate::router::clock::timestamp(std::time::SystemTime::now());
+        let texts = match self
+            .pinned_texts(&frames, plan.statements.as_deref(), &at)
+            .await
+        {
             Ok(t) => t,
             Err((code, message)) => {
                 self.answer_fanout_error(code, &message);
                 return Ok(Flow::Continue);
             }
         };
-        let streams = match streams(&frames, &plan, &shards, &self.stmts, &texts) {
+        let streams = match streams(&frames, &plan, &shards, &self.stmts, &texts, true) {
             Ok(s) => s,
             Err((code, message)) => {
                 self.answer_fanout_error(code, &message);
@@ -319,12 +332,12 @@ impl Session {
     /// One clock for the whole pipeline, as one database's one transaction has: each
     /// statement's `now()` and its kin, and the clock defaults of the columns an INSERT
     /// leaves out (read from the catalog), become the same constant.
-    async fn pinned_texts(
+    pub(super) async fn pinned_texts(
         &mut self,
         frames: &[Frame],
         statements: Option<&[String]>,
+        at: &str,
     ) -> Result<Texts, Refusal> {
-        let at = crate::router::clock::timestamp(std::time::SystemTime::now());
         let mut originals: Vec<Bytes> = statements
             .unwrap_or_default()
             .iter()
@@ -357,7 +370,7 @@ impl Session {
             let Ok(sql) = std::str::from_utf8(&original) else {
                 continue;
             };
-            let mut text = crate::router::clock::pin(sql, &at)
+            let mut text = crate::router::clock::pin(sql, at)
                 .map_err(refuse)?
                 .unwrap_or_else(|| sql.to_string());
             if let Some((schema, table)) = crate::router::fanout_insert::insert_table(&text) {
@@ -371,9 +384,8 @@ impl Session {
                             format!("usher: could not read the column defaults of {table:?} for a pipeline across shards: {e}"),
                         )
                     })?;
-                let pinned =
-                    crate::router::fanout_insert::pin_clock_defaults(&text, &defaults, &at)
-                        .map_err(refuse)?;
+                let pinned = crate::router::fanout_insert::pin_clock_defaults(&text, &defaults, at)
+                    .map_err(refuse)?;
                 if !pinned.is_empty() {
                     text = crate::router::fanout_insert::with_defaults(&text, &pinned)
                         .map_err(refuse)?;
@@ -387,7 +399,8 @@ impl Session {
     }
 
     /// Sends each part its stream and holds every answer until each part reached its Sync.
-    async fn gather(
+    /// A part in a transaction across shards is sent no BEGIN (see [`streams`]).
+    pub(super) async fn gather(
         &mut self,
         parts: &mut [Part],
         bytes: &[Bytes],
@@ -397,7 +410,9 @@ impl Session {
     ) -> Vec<Answers> {
         let mut answers: Vec<Answers> = shards
             .iter()
-            .map(|s| Answers {
+            .zip(parts.iter())
+            .map(|(s, p)| Answers {
+                begun: p.in_txn,
                 segments: vec![Vec::new(); plan.segments.iter().filter(|x| *x == s).count()],
                 ..Answers::default()
             })
@@ -472,7 +487,7 @@ impl Session {
 
     /// Relays the held answers segment by segment in the client's order, up to the first
     /// error in that order, which is returned.
-    fn relay(
+    pub(super) fn relay(
         &mut self,
         plan: &Pipeline,
         shards: &[usize],

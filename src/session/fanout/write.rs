@@ -22,9 +22,18 @@ use crate::session::{Flow, Session, SessionError};
 
 /// The rows the shards' statements touched, by command (`UPDATE`, `DELETE`).
 #[derive(Default)]
-struct Count {
+pub(super) struct Count {
     verb: Option<Bytes>,
     rows: u64,
+}
+
+impl Count {
+    /// The client's command tag: the verb and every shard's rows (`UPDATE 42`).
+    pub(super) fn tag(&self) -> Vec<u8> {
+        let mut tag = self.verb.as_deref().unwrap_or(b"UPDATE").to_vec();
+        tag.extend_from_slice(format!(" {}", self.rows).as_bytes());
+        tag
+    }
 }
 
 impl Session {
@@ -38,55 +47,8 @@ impl Session {
         self.wait_if_paused().await;
         // One clock for every shard: now() and its kin become the same constant.
         let at = crate::router::clock::timestamp(std::time::SystemTime::now());
-        let text = super::batch::statement_text(&frames, &self.stmts);
-        let pinned = match text
-            .as_deref()
-            .map(|sql| crate::router::clock::pin(sql, &at))
-        {
-            Some(Ok(pinned)) => pinned,
-            Some(Err(why)) => {
-                self.answer_fanout_error(
-                    "0A000",
-                    &format!("usher: a write across shards with {why}"),
-                );
-                return Ok(Flow::Continue);
-            }
-            None => None,
-        };
-        let built = match &plan.rows {
-            Some(rows) => {
-                let sql = pinned.or(text).unwrap_or_default();
-                self.insert_batches(&plan, rows, &frames, &sql, &at).await
-            }
-            None if plan.global
-                && plan.class.fanout == Some(crate::router::fanout::Shape::Insert) =>
-            {
-                let sql = pinned.or(text).unwrap_or_default();
-                match self.global_insert_sql(&plan, &sql, &at).await {
-                    Ok(sql) => {
-                        let merge = Merge {
-                            shard_sql: Some(sql),
-                            ..Merge::default()
-                        };
-                        super::batch::build(&frames, &merge, &self.stmts).map(|b| (vec![b], false))
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            None => {
-                let merge = Merge {
-                    shard_sql: pinned,
-                    ..Merge::default()
-                };
-                super::batch::build(&frames, &merge, &self.stmts).map(|b| (vec![b], false))
-            }
-        };
-        let (batches, returning) = match built {
-            Ok(b) => b,
-            Err((code, message)) => {
-                self.answer_fanout_error(code, &message);
-                return Ok(Flow::Continue);
-            }
+        let Some((batches, returning)) = self.write_batches(&plan, &frames, &at).await else {
+            return Ok(Flow::Continue);
         };
         let coordinator = self.app.twophase.clone();
         let log_path = self.snap().config.general.two_phase_log.clone();
@@ -143,17 +105,77 @@ impl Session {
                 "the client went away during a write across shards",
             ));
         }
-        let verb = count.verb.unwrap_or_else(|| Bytes::from_static(b"UPDATE"));
-        let mut tag = verb.to_vec();
-        tag.extend_from_slice(format!(" {}", count.rows).as_bytes());
+        let tag = count.tag();
         self.end_answer(error, Some(&tag)).await?;
         Ok(Flow::Continue)
     }
 
-    /// Sends BEGIN and the statement to every part and relays the answers: the frames before
+    /// Each shard's messages for the write in `frames`, with `now()` and its kin pinned to
+    /// `at`, and whether RETURNING rows come back in VALUES order; `None` when the client
+    /// got an error instead.
+    pub(super) async fn write_batches(
+        &mut self,
+        plan: &FanoutWrite,
+        frames: &[crate::protocol::Frame],
+        at: &str,
+    ) -> Option<(Vec<super::batch::ShardBatch>, bool)> {
+        let text = super::batch::statement_text(frames, &self.stmts);
+        let pinned = match text
+            .as_deref()
+            .map(|sql| crate::router::clock::pin(sql, at))
+        {
+            Some(Ok(pinned)) => pinned,
+            Some(Err(why)) => {
+                self.answer_fanout_error(
+                    "0A000",
+                    &format!("usher: a write across shards with {why}"),
+                );
+                return None;
+            }
+            None => None,
+        };
+        let built = match &plan.rows {
+            Some(rows) => {
+                let sql = pinned.or(text).unwrap_or_default();
+                self.insert_batches(plan, rows, frames, &sql, at).await
+            }
+            None if plan.global
+                && plan.class.fanout == Some(crate::router::fanout::Shape::Insert) =>
+            {
+                let sql = pinned.or(text).unwrap_or_default();
+                match self.global_insert_sql(plan, &sql, at).await {
+                    Ok(sql) => {
+                        let merge = Merge {
+                            shard_sql: Some(sql),
+                            ..Merge::default()
+                        };
+                        super::batch::build(frames, &merge, &self.stmts).map(|b| (vec![b], false))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            None => {
+                let merge = Merge {
+                    shard_sql: pinned,
+                    ..Merge::default()
+                };
+                super::batch::build(frames, &merge, &self.stmts).map(|b| (vec![b], false))
+            }
+        };
+        match built {
+            Ok(b) => Some(b),
+            Err((code, message)) => {
+                self.answer_fanout_error(code, &message);
+                None
+            }
+        }
+    }
+
+    /// Sends BEGIN (unless a part is in a transaction already) and the statement to every
+    /// part and relays the answers: the frames before
     /// the rows once, RETURNING rows as they come, and the first error. Returns the error,
     /// the rows counted, and whether the client stopped taking bytes.
-    async fn run_parts(
+    pub(super) async fn run_parts(
         &mut self,
         parts: &mut [Part],
         bytes: &[Bytes],
@@ -166,7 +188,8 @@ impl Session {
         let mut error: Option<Bytes> = None;
         let mut count = Count::default();
         let mut client_gone = false;
-        let mut begun = vec![false; parts.len()];
+        // A part in a transaction across shards is sent no BEGIN.
+        let mut begun: Vec<bool> = parts.iter().map(|p| p.in_txn).collect();
         let deadline = self.fanout_deadline();
         // Under `order`: each part's RETURNING rows, put in the VALUES order at the end.
         let mut held: Vec<Vec<Bytes>> = vec![Vec::new(); parts.len()];

@@ -1,0 +1,279 @@
+//! Transaction blocks that span shards (`BEGIN`, statements for two families, `COMMIT`),
+//! judged against one plain database running the same statements: every answer (rows, tags,
+//! errors) the same, the rows left afterwards the same, all or nothing on every shard, its
+//! own writes visible to its reads on every shard, and no prepared transaction left behind.
+
+mod common;
+
+use common::learning::*;
+use common::sharded::*;
+
+/// `[general]` lines naming this test's instance and decision log.
+fn general(instance: &str, log: &std::path::Path) -> String {
+    format!(
+        "instance_name = \"{instance}\"\ntwo_phase_log = \"{}\"",
+        log.display()
+    )
+}
+
+/// Every row of the family tables, sorted, through `c`.
+async fn contents(c: &tokio_postgres::Client) -> Vec<Simple> {
+    let mut out = Vec::new();
+    for sql in [
+        "SELECT id, family_id, name, grade, birth_date, deleted_at FROM children",
+        "SELECT id, family_id, child_id, lesson_id, status, score, completed_at FROM user_progress",
+        "SELECT id, name FROM families",
+    ] {
+        let mut r = simple(c, sql).await;
+        if let Ok(r) = &mut r {
+            r.1.sort();
+        }
+        out.push(r);
+    }
+    out
+}
+
+/// Runs each statement through usher and on the plain database, one simple Query each:
+/// the same answers (rows sorted where the statement does not order them).
+async fn same_steps(b: &Both, steps: &[&str]) -> Vec<Simple> {
+    let mut answers = Vec::new();
+    for sql in steps {
+        let (mut u, mut p) = (simple(&b.usher, sql).await, simple(&b.plain, sql).await);
+        if !sql.contains("ORDER BY") {
+            for r in [&mut u, &mut p].into_iter().flatten() {
+                r.1.sort();
+            }
+        }
+        assert_eq!(u, p, "{sql}");
+        answers.push(u);
+    }
+    answers
+}
+
+/// Families on shards 0, 1 and 2.
+fn three_families(config: &str) -> (String, String, String) {
+    let on = |shard: usize| {
+        (0..120)
+            .map(family)
+            .find(|f| shard_of(config, None, f) == shard)
+            .unwrap()
+    };
+    (on(0), on(1), on(2))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_across_shards_answers_as_one_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("2pc.log");
+    let b = load("xtxn", "xtplain", TWO_PHASE_MAP, &general("t1", &log)).await;
+    let (f0, f1, f2) = three_families(&b.s.config);
+    // Commit: writes on three shards, reads by key and without one see them.
+    let steps = [
+        "BEGIN".to_string(),
+        format!("UPDATE children SET grade = grade + 1 WHERE family_id = '{f0}' RETURNING name, grade"),
+        format!("UPDATE children SET name = name || ' (moved)' WHERE family_id = '{f1}'"),
+        format!("SELECT name, grade FROM children WHERE family_id = '{f0}' ORDER BY name"),
+        "SELECT count(*), sum(grade) FROM children WHERE name LIKE '%(moved)'".to_string(),
+        format!("INSERT INTO children (id, family_id, name, grade) VALUES ('00000000-0000-4000-b000-000000000001', '{f2}', 'new', 3)"),
+        "SELECT id, name FROM children WHERE grade = 3 ORDER BY id LIMIT 5".to_string(),
+        "UPDATE children SET deleted_at = timestamptz '2026-06-01 00:00:00+00' WHERE grade = 12".to_string(),
+        "BEGIN".to_string(),
+        "COMMIT".to_string(),
+    ];
+    let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
+    same_steps(&b, &steps).await;
+    assert_eq!(contents(&b.usher).await, contents(&b.plain).await);
+    assert!(prepared_left(&b.s).is_empty());
+
+    // Rollback: nothing of it stays, on any shard.
+    let before = contents(&b.usher).await;
+    let steps = [
+        "BEGIN".to_string(),
+        format!("DELETE FROM user_progress WHERE family_id = '{f2}'"),
+        format!("UPDATE children SET grade = 0 WHERE family_id = '{f0}'"),
+        "DELETE FROM user_progress WHERE status = 'completed'".to_string(),
+        "SELECT count(*) FROM user_progress".to_string(),
+        "ROLLBACK".to_string(),
+    ];
+    let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
+    same_steps(&b, &steps).await;
+    assert_eq!(contents(&b.usher).await, before);
+
+    // An error on one shard aborts the whole transaction: 25P02 until its end, COMMIT
+    // answers ROLLBACK, and no shard keeps anything.
+    let steps = [
+        "BEGIN".to_string(),
+        format!("UPDATE children SET grade = 5 WHERE family_id = '{f0}'"),
+        format!("UPDATE children SET grade = 99 WHERE family_id = '{f1}'"),
+        format!("SELECT count(*) FROM children WHERE family_id = '{f0}'"),
+        "COMMIT".to_string(),
+    ];
+    let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
+    let answers = same_steps(&b, &steps).await;
+    assert_eq!(answers[2].as_ref().unwrap_err(), "23514");
+    assert_eq!(answers[3].as_ref().unwrap_err(), "25P02");
+    assert_eq!(contents(&b.usher).await, before);
+    assert!(prepared_left(&b.s).is_empty());
+
+    // The extended protocol (tokio-postgres prepares, binds binary parameters, and runs
+    // everything inside its transaction).
+    let mut seen = Vec::new();
+    for client in [&b.usher, &b.plain] {
+        client.batch_execute("BEGIN").await.unwrap();
+        let moved = client
+            .execute(
+                "UPDATE children SET grade = grade + $1 WHERE family_id = $2::text::uuid",
+                &[&1i16, &f1],
+            )
+            .await
+            .unwrap();
+        let moved2 = client
+            .execute(
+                "UPDATE children SET grade = grade + $1 WHERE family_id = $2::text::uuid",
+                &[&1i16, &f2],
+            )
+            .await
+            .unwrap();
+        let total: i64 = client
+            .query_one("SELECT count(*) FROM children WHERE grade > $1", &[&4i16])
+            .await
+            .unwrap()
+            .get(0);
+        client.batch_execute("COMMIT").await.unwrap();
+        seen.push((moved, moved2, total));
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert_eq!(contents(&b.usher).await, contents(&b.plain).await);
+    assert!(prepared_left(&b.s).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_transactions_across_shards_match_one_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("2pc.log");
+    let mut b = load("xtxe", "xteplain", TWO_PHASE_MAP, &general("t2", &log)).await;
+    let (f0, f1, _) = three_families(&b.s.config);
+    let mut answers = Vec::new();
+    for client in [&mut b.usher, &mut b.plain] {
+        let tx = client.transaction().await.unwrap();
+        let stmt = tx
+            .prepare("UPDATE children SET grade = grade + $1 WHERE family_id = $2::text::uuid RETURNING name")
+            .await
+            .unwrap();
+        let mut a: Vec<String> = Vec::new();
+        for f in [&f0, &f1] {
+            for row in tx.query(&stmt, &[&2i16, f]).await.unwrap() {
+                a.push(row.get(0));
+            }
+        }
+        let n: i64 = tx
+            .query_one("SELECT count(*) FROM children WHERE grade >= $1", &[&2i16])
+            .await
+            .unwrap()
+            .get(0);
+        a.push(n.to_string());
+        let names: Vec<String> = tx
+            .query(
+                "SELECT name, id FROM children WHERE family_id IN ($1::text::uuid, $2::text::uuid) ORDER BY id",
+                &[&f0, &f1],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        a.extend(names);
+        tx.commit().await.unwrap();
+        answers.push(a);
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(contents(&b.usher).await, contents(&b.plain).await);
+    assert!(prepared_left(&b.s).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_span_shards_is_refused_and_aborts_the_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("2pc.log");
+    let b = load("xtxr", "xtrplain", TWO_PHASE_MAP, &general("t3", &log)).await;
+    let (f0, f1, _) = three_families(&b.s.config);
+    let before = contents(&b.usher).await;
+    // A statement that would change one shard's part only.
+    for refused in [
+        "SET LOCAL statement_timeout = '5s'",
+        "SAVEPOINT a",
+        "LOCK children",
+    ] {
+        b.usher.batch_execute("BEGIN").await.unwrap();
+        b.usher
+            .batch_execute(&format!(
+                "UPDATE children SET grade = 1 WHERE family_id = '{f0}'"
+            ))
+            .await
+            .unwrap();
+        b.usher
+            .batch_execute(&format!(
+                "UPDATE children SET grade = 1 WHERE family_id = '{f1}'"
+            ))
+            .await
+            .unwrap();
+        let e = b.usher.batch_execute(refused).await.unwrap_err();
+        assert_eq!(code(&e), "0A000", "{refused}: {e}");
+        let e = b.usher.batch_execute("SELECT 1").await.unwrap_err();
+        assert_eq!(code(&e), "25P02");
+        let end = simple(&b.usher, "COMMIT").await.unwrap();
+        assert_eq!(end.2, 0);
+        assert_eq!(contents(&b.usher).await, before);
+    }
+    // REPEATABLE READ: every shard's own snapshot is not one database's.
+    b.usher
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    b.usher
+        .batch_execute(&format!("SELECT * FROM children WHERE family_id = '{f0}'"))
+        .await
+        .unwrap();
+    let e = b
+        .usher
+        .batch_execute(&format!("SELECT * FROM children WHERE family_id = '{f1}'"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "0A000", "{e}");
+    b.usher.batch_execute("ROLLBACK").await.unwrap();
+    assert!(prepared_left(&b.s).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_two_phase_commit_a_transaction_reads_across_shards_and_writes_on_one() {
+    let map = TWO_PHASE_MAP.replace("two_phase_commit = true", "two_phase_commit = false");
+    let b = load("xtxn1", "xt1plain", &map, "").await;
+    let (f0, f1, _) = three_families(&b.s.config);
+    let steps = [
+        "BEGIN".to_string(),
+        format!("UPDATE children SET grade = 2 WHERE family_id = '{f0}'"),
+        format!("SELECT name FROM children WHERE family_id = '{f1}' ORDER BY name"),
+        "SELECT count(*) FROM children WHERE grade = 2".to_string(),
+        "COMMIT".to_string(),
+    ];
+    let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
+    same_steps(&b, &steps).await;
+    assert_eq!(contents(&b.usher).await, contents(&b.plain).await);
+    b.usher.batch_execute("BEGIN").await.unwrap();
+    b.usher
+        .batch_execute(&format!(
+            "UPDATE children SET grade = 3 WHERE family_id = '{f0}'"
+        ))
+        .await
+        .unwrap();
+    let e = b
+        .usher
+        .batch_execute(&format!(
+            "UPDATE children SET grade = 3 WHERE family_id = '{f1}'"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "0A000", "{e}");
+    b.usher.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(contents(&b.usher).await, contents(&b.plain).await);
+}
