@@ -435,7 +435,9 @@ async fn joins_errors_pinning_hints_and_ddl() {
         assert_eq!(got, code, "{sql}: {message}");
         assert!(message.contains(words), "{sql}: {message}");
     }
-    // A transaction is pinned to its first key's shard; another shard's key aborts it.
+    // A transaction starts on its first key's shard; another shard's key widens it across
+    // shards (tests/cross_shard_txn.rs), and without two_phase_commit a second shard's
+    // write is refused and aborts it.
     client.batch_execute("BEGIN").await.unwrap();
     client
         .query("SELECT * FROM families WHERE id = $1", &[&a])
@@ -448,8 +450,17 @@ async fn joins_errors_pinning_hints_and_ddl() {
         )
         .await
         .unwrap();
-    let e = client
+    let other = client
         .query("SELECT * FROM families WHERE id = $1", &[&b])
+        .await
+        .unwrap();
+    assert_eq!(other.len(), 1);
+    client
+        .execute("UPDATE families SET name = name WHERE id = $1", &[&a])
+        .await
+        .unwrap();
+    let e = client
+        .execute("UPDATE families SET name = name WHERE id = $1", &[&b])
         .await
         .unwrap_err();
     assert_eq!(e.as_db_error().unwrap().code().code(), "0A000", "{e}");
@@ -457,18 +468,47 @@ async fn joins_errors_pinning_hints_and_ddl() {
         e.as_db_error()
             .unwrap()
             .message()
-            .contains("pinned to shard"),
+            .contains("two_phase_commit"),
         "{e:?}"
     );
     let (code, _) = sqlstate(&client, "SELECT 1").await;
     assert_eq!(code, "25P02", "aborted like Postgres");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    // At REPEATABLE READ each shard's snapshot would not be one database's: refused.
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    client
+        .query("SELECT * FROM families WHERE id = $1", &[&a])
+        .await
+        .unwrap();
+    let e = client
+        .query("SELECT * FROM families WHERE id = $1", &[&b])
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_db_error()
+            .unwrap()
+            .message()
+            .contains("pinned to shard"),
+        "{e:?}"
+    );
     client.batch_execute("ROLLBACK").await.unwrap();
     let (code, message) = sqlstate(&client, &format!("BEGIN; SELECT * FROM families WHERE id = '{at}'; SELECT * FROM families WHERE id = '{bt}'; COMMIT")).await;
     assert_eq!(code, "0A000", "{message}");
     client.batch_execute("ROLLBACK").await.ok();
     // A refused first statement leaves the held-back transaction aborted too.
     client.batch_execute("BEGIN").await.unwrap();
-    assert_eq!(sqlstate(&client, "SELECT * FROM children").await.0, "0A000");
+    assert_eq!(
+        sqlstate(
+            &client,
+            "SELECT DISTINCT ON (grade) grade, id FROM children ORDER BY grade, id"
+        )
+        .await
+        .0,
+        "0A000"
+    );
     assert_eq!(sqlstate(&client, "SELECT 1").await.0, "25P02");
     client.batch_execute("ROLLBACK").await.unwrap();
     // Hints and session settings.
