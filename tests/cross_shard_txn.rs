@@ -277,3 +277,52 @@ async fn without_two_phase_commit_a_transaction_reads_across_shards_and_writes_o
     b.usher.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(contents(&b.usher).await, contents(&b.plain).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clock_and_a_keyless_first_statement() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("2pc.log");
+    let b = load("xtxc", "xtcplain", TWO_PHASE_MAP, &general("t4", &log)).await;
+    let (f0, f1, f2) = three_families(&b.s.config);
+    // A transaction whose first statement needs every shard starts across shards at once.
+    let steps = [
+        "BEGIN".to_string(),
+        "SELECT count(*), min(grade), max(grade) FROM children".to_string(),
+        format!("UPDATE children SET grade = 0 WHERE family_id = '{f0}'"),
+        format!("DELETE FROM user_progress WHERE family_id = '{f1}'"),
+        "SELECT count(*) FROM user_progress".to_string(),
+        "COMMIT".to_string(),
+    ];
+    let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
+    same_steps(&b, &steps).await;
+    assert_eq!(contents(&b.usher).await, contents(&b.plain).await);
+    // now() is the transaction's start on every shard, as in one database, also for the
+    // clock defaults of the rows it inserts.
+    let c = &b.usher;
+    c.batch_execute("BEGIN").await.unwrap();
+    let first = simple(
+        c,
+        &format!("SELECT now()::text FROM families WHERE id = '{f0}'"),
+    )
+    .await
+    .unwrap();
+    let other = simple(
+        c,
+        &format!("SELECT now()::text FROM families WHERE id = '{f2}'"),
+    )
+    .await
+    .unwrap();
+    c.batch_execute(&format!("INSERT INTO families (id, name) VALUES ('00000000-0000-4000-9000-000000000001', 'x'); UPDATE families SET name = 'y' WHERE id = '{f1}'"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(first.1, other.1);
+    let stored = simple(
+        c,
+        "SELECT created_at::text FROM families WHERE id = '00000000-0000-4000-9000-000000000001'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(stored.1, first.1);
+    assert!(prepared_left(&b.s).is_empty());
+}

@@ -399,11 +399,17 @@ async fn writes_that_cannot_run_exactly_are_refused() {
     let before = per_shard(&s, "SELECT id, grade FROM children ORDER BY id");
     assert!(before.iter().filter(|rows| !rows.is_empty()).count() >= 1);
     c.batch_execute("BEGIN").await.unwrap();
-    let n = c.execute("UPDATE children SET grade = 1", &[]).await.unwrap();
+    let n = c
+        .execute("UPDATE children SET grade = 1", &[])
+        .await
+        .unwrap();
     let total: usize = before.iter().map(Vec::len).sum();
     assert_eq!((n as usize, total), (2, 2));
     c.batch_execute("ROLLBACK").await.unwrap();
-    assert_eq!(per_shard(&s, "SELECT id, grade FROM children ORDER BY id"), before);
+    assert_eq!(
+        per_shard(&s, "SELECT id, grade FROM children ORDER BY id"),
+        before
+    );
     c.batch_execute("UPDATE children SET grade = 1")
         .await
         .unwrap();

@@ -214,7 +214,7 @@ fn segment_shard(
 
 /// The statement starts with SELECT, INSERT, UPDATE, DELETE, WITH or VALUES (after blanks,
 /// comments and parentheses): no transaction control, session state or utility command.
-fn plain_statement(sql: &[u8]) -> bool {
+pub(super) fn plain_statement(sql: &[u8]) -> bool {
     matches!(
         first_word(sql).as_slice(),
         b"select" | b"insert" | b"update" | b"delete" | b"with" | b"values"

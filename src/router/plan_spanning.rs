@@ -7,7 +7,7 @@
 //! and ROLLBACK: SET, SAVEPOINT, LOCK, DDL and the like would change one shard's part of
 //! the transaction and not the others', so they are refused with 0A000 naming them.
 
-use super::pipeline::{pipeline_of, Pipeline};
+use super::pipeline::{pipeline_of, plain_statement, Pipeline};
 use super::{control_batch, plan, Batch, Control, Facts, Plan, Refusal};
 use crate::router::shard::ShardError;
 
@@ -75,6 +75,10 @@ pub fn plan_within(batch: &Batch, facts: &Facts) -> Within {
     if let Ok(p) = pipeline_of(batch, &outside, map, &why, true) {
         return Within::Segments(p);
     }
+    let sql = batch.statements.iter().find_map(|s| s.sql.as_deref());
+    if sql.is_some_and(|q| !plain_statement(q)) {
+        return Within::Plan(one_shard_only(batch));
+    }
     match plan(batch, &outside) {
         p @ (Plan::Fanout(_)
         | Plan::FanoutWrite(_)
@@ -83,13 +87,16 @@ pub fn plan_within(batch: &Batch, facts: &Facts) -> Within {
         | Plan::CheckColumns(_)
         | Plan::Wait) => Within::Plan(p),
         Plan::Pipeline(p) => Within::Segments(p),
-        Plan::Run(_) | Plan::Local(_) | Plan::Broadcast => {
-            let word = first_word(batch);
-            Within::Plan(refused(&format!(
-                "{word}, which would change one shard's part of it and not the others'"
-            )))
-        }
+        Plan::Run(_) | Plan::Local(_) | Plan::Broadcast => Within::Plan(one_shard_only(batch)),
     }
+}
+
+/// The refusal of a statement that would run in one shard's part of the transaction only.
+fn one_shard_only(batch: &Batch) -> Plan {
+    let word = first_word(batch);
+    refused(&format!(
+        "{word}, which would change one shard's part of it and not the others'"
+    ))
 }
 
 /// The first word of the batch's first statement, upper case, to name it in a refusal.

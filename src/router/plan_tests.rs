@@ -553,3 +553,90 @@ fn a_query_of_one_shard_statements_is_a_pipeline() {
     let sql = format!("BEGIN; INSERT INTO families (id) VALUES (1); INSERT INTO families (id) VALUES ({other}); COMMIT");
     assert!(matches!(plan_of(&[stmt(b'Q', &sql)], &f), Plan::Refuse(_)));
 }
+
+/// Plans `statements` inside a transaction across shards.
+fn within_of(statements: &[Statement], facts: &Facts) -> Within {
+    plan_within(
+        &Batch {
+            statements,
+            complete: true,
+        },
+        facts,
+    )
+}
+
+#[test]
+fn inside_a_transaction_across_shards() {
+    let c = config();
+    let f = facts(&c.databases["twophase"]);
+    let map = c.databases["twophase"].sharding.as_ref().unwrap();
+    let shard = |k: i64| shard::hinted(&ShardHint::Key(k.to_string()), map, 3).unwrap();
+    // One keyed statement: one segment on its shard (a single one is a pipeline here).
+    let Within::Segments(p) = within_of(
+        &[stmt(b'Q', "UPDATE families SET name = 'x' WHERE id = 7")],
+        &f,
+    ) else {
+        panic!("segments");
+    };
+    assert_eq!((p.segments, p.writes), (vec![shard(7)], vec![true]));
+    // A Parse and Describe only: no segment, any member answers.
+    let Within::Segments(p) = within_of(
+        &[
+            stmt(b'P', "SELECT * FROM families WHERE id = $1"),
+            tag(b'D'),
+            tag(b'S'),
+        ],
+        &f,
+    ) else {
+        panic!("segments");
+    };
+    assert!(p.segments.is_empty());
+    // Without a key: across shards, as outside a transaction.
+    assert!(matches!(
+        within_of(&[stmt(b'Q', "SELECT count(*) FROM families")], &f),
+        Within::Plan(Plan::Fanout(_))
+    ));
+    assert!(matches!(
+        within_of(&[stmt(b'Q', "UPDATE families SET name = 'x'")], &f),
+        Within::Plan(Plan::FanoutWrite(_))
+    ));
+    // The end, a second BEGIN, and closes.
+    let Within::End(end) = within_of(&[stmt(b'Q', "commit")], &f) else {
+        panic!("end");
+    };
+    assert_eq!(end.tag, b"COMMIT");
+    let Within::End(end) = within_of(&[stmt(b'Q', "ABORT")], &f) else {
+        panic!("end");
+    };
+    assert_eq!(end.tag, b"ROLLBACK");
+    assert!(matches!(
+        within_of(&[stmt(b'Q', "BEGIN")], &f),
+        Within::Begin(_)
+    ));
+    assert_eq!(within_of(&[tag(b'C'), tag(b'S')], &f), Within::Close);
+    // What would change one shard's part only is refused, named.
+    for sql in [
+        "SAVEPOINT a",
+        "SET LOCAL work_mem = '1MB'",
+        "LOCK families",
+        "CREATE TABLE x (a int)",
+    ] {
+        let Within::Plan(Plan::Refuse(r)) = within_of(&[stmt(b'Q', sql)], &f) else {
+            panic!("{sql}: refused");
+        };
+        assert_eq!(r.sqlstate, "0A000", "{sql}");
+        let word = sql.split_whitespace().next().unwrap();
+        assert!(r.message.contains(word), "{sql}: {}", r.message);
+    }
+    // An incomplete request waits.
+    assert_eq!(
+        plan_within(
+            &Batch {
+                statements: &[stmt(b'P', "SELECT 1")],
+                complete: false,
+            },
+            &f
+        ),
+        Within::Wait
+    );
+}

@@ -123,7 +123,7 @@ impl Session {
         let conn = lease.conn();
         let rows = conn
             .control_query(
-                "SELECT pg_catalog.current_setting('transaction_isolation'), pg_catalog.current_setting('transaction_read_only'), pg_catalog.txid_current_if_assigned() IS NOT NULL, pg_catalog.now()::text",
+                "SELECT pg_catalog.current_setting('transaction_isolation'), pg_catalog.current_setting('transaction_read_only'), pg_catalog.txid_current_if_assigned() IS NOT NULL, pg_catalog.to_char(pg_catalog.now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
             )
             .await?;
         let row = rows.into_iter().next().unwrap_or_default();
