@@ -2,7 +2,8 @@
 //! time, at a chosen moment (every other round the moment a part is seen prepared, the
 //! others at varied times before, between or after the prepares and the commits), the
 //! process is killed while a client runs two-phase-commit UPDATEs of two families on
-//! different shards, then started again on the same decision log. Afterwards no prepared
+//! different shards (one UPDATE across shards, or a BEGIN ... COMMIT block updating each
+//! family in turn), then started again on the same decision log. Afterwards no prepared
 //! transaction is left on any shard, each UPDATE is all or nothing (both families carry the
 //! same value), and no acknowledged UPDATE is lost. Its own test binary: it starts and kills
 //! usher processes.
@@ -96,6 +97,8 @@ async fn sigkill_during_two_phase_commits_leaves_every_write_all_or_nothing() {
     };
     let mut committed_somewhere = 0;
     let mut in_doubt = 0;
+    // Of them, left by transaction blocks.
+    let mut in_doubt_blocks = 0;
     // Watches the shards' server for prepared parts (every shard database is on it).
     let watcher = connect(topology().primary.port, "app", &s.shards[0])
         .await
@@ -106,11 +109,24 @@ async fn sigkill_during_two_phase_commits_leaves_every_write_all_or_nothing() {
         let (ia, ib) = (a.clone(), b.clone());
         let writer = tokio::spawn(async move {
             for k in 0.. {
-                let sql = format!(
-                    "UPDATE families SET name = 'r{round}k{k}' WHERE id IN ('{ia}', '{ib}')"
-                );
-                if client.batch_execute(&sql).await.is_err() {
-                    return k;
+                // Half the rounds write with one UPDATE across shards, half with a
+                // transaction block that updates each family on its own shard.
+                let steps = if round % 4 < 2 {
+                    vec![format!(
+                        "UPDATE families SET name = 'r{round}k{k}' WHERE id IN ('{ia}', '{ib}')"
+                    )]
+                } else {
+                    vec![
+                        "BEGIN".to_string(),
+                        format!("UPDATE families SET name = 'r{round}k{k}' WHERE id = '{ia}'"),
+                        format!("UPDATE families SET name = 'r{round}k{k}' WHERE id = '{ib}'"),
+                        "COMMIT".to_string(),
+                    ]
+                };
+                for sql in &steps {
+                    if client.batch_execute(sql).await.is_err() {
+                        return k;
+                    }
                 }
             }
             0
@@ -141,7 +157,11 @@ async fn sigkill_during_two_phase_commits_leaves_every_write_all_or_nothing() {
         let done = writer.await.unwrap();
         committed_somewhere += done;
         // Parts the kill left prepared: what the restart must finish (by the log).
-        in_doubt += prepared_left(&s).len();
+        let left = prepared_left(&s).len();
+        in_doubt += left;
+        if round % 4 >= 2 {
+            in_doubt_blocks += left;
+        }
         // Started again on the same log, usher finishes what was in doubt.
         let mut usher = start(&file, port).await;
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -169,7 +189,7 @@ async fn sigkill_during_two_phase_commits_leaves_every_write_all_or_nothing() {
     }
     assert!(committed_somewhere > 0, "the writer committed some UPDATEs");
     eprintln!(
-        "{committed_somewhere} UPDATEs acknowledged, {in_doubt} parts left prepared by the kills"
+        "{committed_somewhere} UPDATEs acknowledged, {in_doubt} parts left prepared by the kills ({in_doubt_blocks} by transaction blocks)"
     );
     assert!(
         in_doubt > 0,
