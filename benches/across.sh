@@ -5,11 +5,14 @@
 # round. What it reports is the cost of spanning shards: latency of a fan-out read, a grouped
 # read, an expression over aggregates (finished by one shard), a GROUP BY without the key with
 # HAVING and ORDER BY (finished over the combined groups), a two-phase-commit UPDATE on two
-# shards, a 4-row INSERT split over the shards and a pipeline of two one-row INSERTs
-# (executemany) committed across shards.
-#   SECS=10 ROUNDS=3 CLIENTS=8 benches/across.sh
+# shards, a 4-row INSERT split over the shards, a pipeline of two one-row INSERTs
+# (executemany) committed across shards, and a transaction block on one family against the
+# same block writing a second family (widened across shards, two-phase commit).
+#   SECS=10 ROUNDS=3 CLIENTS=8 [SCRIPTS="txn1 txn2"] benches/across.sh
 cd "$(dirname "$0")/.."
 SECS=${SECS:-10}; ROUNDS=${ROUNDS:-3}; CLIENTS=${CLIENTS:-8}
+# Which scripts run (all by default), e.g. SCRIPTS="txn1 txn2".
+SCRIPTS=${SCRIPTS:-count top grouped avg lessons update insert pipeline txn1 txn2}
 source benches/lib.sh
 
 PG=$(free_port)
@@ -58,10 +61,16 @@ printf '\\set l random(1, 50)\nSELECT round(avg(score), 2), count(*) * 2 FROM be
 echo 'SELECT lesson_id, round(avg(score), 2) AS mean FROM bench_progress GROUP BY lesson_id HAVING count(*) > 10 ORDER BY mean DESC, lesson_id LIMIT 5;' > "$S/lessons.sql"
 printf '\\set a random(1, 10000)\n\\set b random(1, 10000)\n\\startpipeline\nINSERT INTO bench_inserts (family_id, child_no, lesson_id, score) VALUES (:a, 9, 1, 1);\nINSERT INTO bench_inserts (family_id, child_no, lesson_id, score) VALUES (:b, 9, 1, 1);\n\\endpipeline\n' > "$S/pipeline.sql"
 
+# A transaction block on one family, and the same block touching a second family (on
+# another shard three times in four): the cost of widening it across shards and committing
+# with two-phase commit, against the one-shard transaction.
+printf '\\set a random(1, 10000)\nBEGIN;\nUPDATE bench_families SET seen = now() WHERE id = :a;\nSELECT count(*) FROM bench_progress WHERE family_id = :a;\nUPDATE bench_families SET seen = now() WHERE id = :a;\nCOMMIT;\n' > "$S/txn1.sql"
+printf '\\set a random(1, 10000)\n\\set b random(1, 10000)\nBEGIN;\nUPDATE bench_families SET seen = now() WHERE id = :a;\nSELECT count(*) FROM bench_progress WHERE family_id = :a;\nUPDATE bench_families SET seen = now() WHERE id = :b;\nCOMMIT;\n' > "$S/txn2.sql"
+
 RESULTS="$WORK/results"
 : > "$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
-  for script in count top grouped avg lessons update insert pipeline; do
+  for script in $SCRIPTS; do
     ARGS=(-f "$S/$script.sql" -c "$CLIENTS" -j 2 -T "$SECS")
     # pgbench pipelines need the extended protocol.
     [ "$script" = pipeline ] && ARGS+=(-M extended)
@@ -78,7 +87,7 @@ echo "Statements across 4 shards vs one database: $CLIENTS clients, ${SECS}s run
 echo
 echo "| script | 4 shards via usher: TPS / latency ms | one database via usher | direct | latency ratio 4 shards / direct |"
 echo "| --- | --- | --- | --- | --- |"
-for script in count top grouped avg lessons update insert pipeline; do
+for script in $SCRIPTS; do
   ls=$(median "$script" sharded 4); ld=$(median "$script" direct 4)
   printf '| %s | %s / %s | %s / %s | %s / %s | %.2f |\n' "$script" "$(median "$script" sharded 3)" "$ls" \
     "$(median "$script" plain 3)" "$(median "$script" plain 4)" "$(median "$script" direct 3)" "$ld" \

@@ -7,6 +7,7 @@ mod common;
 
 use common::learning::*;
 use common::sharded::*;
+use common::connect;
 
 /// `[general]` lines naming this test's instance and decision log.
 fn general(instance: &str, log: &std::path::Path) -> String {
@@ -324,5 +325,61 @@ async fn one_clock_and_a_keyless_first_statement() {
     .await
     .unwrap();
     assert_eq!(stored.1, first.1);
+    assert!(prepared_left(&b.s).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_across_shards_take_turns_and_a_long_wait_is_a_deadlock_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("2pc.log");
+    let map = format!("{TWO_PHASE_MAP}two_phase_lock_timeout = \"300ms\"\n");
+    let b = load("xtxl", "xtlplain", &map, &general("t5", &log)).await;
+    let (f0, f1, f2) = three_families(&b.s.config);
+    let other = connect(b.s.usher.port, "app", b.s.db).await.unwrap();
+    // A transaction writing on two shards holds the turn until it ends...
+    b.usher.batch_execute("BEGIN").await.unwrap();
+    for f in [&f0, &f1] {
+        b.usher
+            .batch_execute(&format!(
+                "UPDATE families SET name = 'held' WHERE id = '{f}'"
+            ))
+            .await
+            .unwrap();
+    }
+    // ... so another write across shards waits for it, and past two_phase_lock_timeout
+    // fails as a deadlock would, touching nothing.
+    let started = std::time::Instant::now();
+    let e = other
+        .batch_execute(&format!(
+            "UPDATE families SET name = 'other' WHERE id IN ('{f1}', '{f2}')"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "40P01", "{e}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    // A write on one shard does not wait.
+    other
+        .batch_execute(&format!(
+            "UPDATE families SET name = 'one' WHERE id = '{f2}'"
+        ))
+        .await
+        .unwrap();
+    b.usher.batch_execute("COMMIT").await.unwrap();
+    // Once it ended, the next one runs.
+    other
+        .batch_execute(&format!(
+            "UPDATE families SET name = 'other' WHERE id IN ('{f1}', '{f2}')"
+        ))
+        .await
+        .unwrap();
+    let names = simple(
+        &b.usher,
+        &format!("SELECT name FROM families WHERE id IN ('{f0}', '{f1}', '{f2}')"),
+    )
+    .await
+    .unwrap();
+    let mut got: Vec<String> = names.1.into_iter().map(|r| r[0].clone().unwrap()).collect();
+    got.sort();
+    assert_eq!(got, vec!["held", "other", "other"]);
     assert!(prepared_left(&b.s).is_empty());
 }

@@ -285,9 +285,14 @@ impl Session {
             None
         };
         // Writes on several shards take turns per database, so two cannot deadlock.
-        let gate = coordinator.gate(&self.db_name);
         let _turn = match two_phase {
-            true => Some(gate.lock().await),
+            true => match self.take_turn().await {
+                Ok(turn) => Some(turn),
+                Err((code, message)) => {
+                    self.answer_fanout_error(code, &message);
+                    return Ok(Flow::Continue);
+                }
+            },
             false => None,
         };
         let outcome = if plan.writes.contains(&true) {

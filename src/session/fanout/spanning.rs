@@ -419,7 +419,7 @@ impl Session {
 
     /// Before writing on `shards`: refused when that makes two writers in a database
     /// without two-phase commit; once two shards write, the database's turn of writes across
-    /// shards is taken (waiting at most `two_phase_lock_timeout`). The error, if any.
+    /// shards is taken (see [`Session::take_turn`]). The error, if any.
     pub(super) async fn before_writing(
         &mut self,
         shards: &[usize],
@@ -429,14 +429,6 @@ impl Session {
             .sharding
             .as_ref()
             .is_some_and(|m| m.two_phase_commit);
-        let wait = self
-            .db
-            .sharding
-            .as_ref()
-            .map_or(std::time::Duration::from_secs(5), |m| {
-                m.two_phase_lock_timeout.0
-            });
-        let gate = self.app.twophase.gate(&self.db_name);
         let span = self.spanning()?;
         if shards.is_empty() || span.writers_with(shards) < 2 || span.turn.is_some() {
             return Ok(None);
@@ -449,19 +441,45 @@ impl Session {
                 None,
             )));
         }
-        match tokio::time::timeout(wait, gate.lock_owned()).await {
+        match self.take_turn().await {
             Ok(turn) => {
                 self.spanning()?.turn = Some(turn);
                 Ok(None)
             }
-            Err(_) => {
-                self.app.metrics.timed_out("two_phase_lock_timeout");
-                Ok(Some(messages::error_response(
-                    "ERROR",
+            Err((code, message)) => Ok(Some(messages::error_response(
+                "ERROR", code, &message, None,
+            ))),
+        }
+    }
+
+    /// The database's turn of writes across shards: one at a time, so two cannot wait on
+    /// each other's rows on two shards (a deadlock no shard sees). Waiting longer than
+    /// `two_phase_lock_timeout` is the client's 40P01, as a deadlock is.
+    pub(super) fn take_turn(
+        &self,
+    ) -> impl std::future::Future<
+        Output = Result<tokio::sync::OwnedMutexGuard<()>, (&'static str, String)>,
+    > + Send
+           + 'static {
+        let wait = self
+            .db
+            .sharding
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(5), |m| {
+                m.two_phase_lock_timeout.0
+            });
+        let app = self.app.clone();
+        let gate = app.twophase.gate(&self.db_name);
+        async move {
+            match tokio::time::timeout(wait, gate.lock_owned()).await {
+                Ok(turn) => Ok(turn),
+                Err(_) => {
+                    app.metrics.timed_out("two_phase_lock_timeout");
+                    Err((
                     "40P01",
-                    &format!("deadlock detected (usher: this transaction waited {} ms for another transaction writing across shards of this database, two_phase_lock_timeout)", wait.as_millis()),
-                    None,
-                )))
+                    format!("deadlock detected (usher: this write waited {} ms for another write across shards of this database to finish; two_phase_lock_timeout)", wait.as_millis()),
+                ))
+                }
             }
         }
     }

@@ -59,8 +59,13 @@ impl Session {
                 return Ok(Flow::Continue);
             }
         };
-        let gate = coordinator.gate(&self.db_name);
-        let _turn = gate.lock().await;
+        let _turn = match self.take_turn().await {
+            Ok(turn) => turn,
+            Err((code, message)) => {
+                self.answer_fanout_error(code, &message);
+                return Ok(Flow::Continue);
+            }
+        };
         let outcome = crate::stats::RouteOutcome::FanoutWrite;
         let Some(mut parts) = self
             .checkout_parts(&plan.shards, true, false, outcome)
