@@ -5,9 +5,9 @@
 
 mod common;
 
+use common::connect;
 use common::learning::*;
 use common::sharded::*;
-use common::connect;
 
 /// `[general]` lines naming this test's instance and decision log.
 fn general(instance: &str, log: &std::path::Path) -> String {
@@ -329,57 +329,58 @@ async fn one_clock_and_a_keyless_first_statement() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_across_shards_take_turns_and_a_long_wait_is_a_deadlock_error() {
+async fn a_deadlock_across_shards_ends_in_one_transaction_and_the_other_commits() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("2pc.log");
     let map = format!("{TWO_PHASE_MAP}two_phase_lock_timeout = \"300ms\"\n");
     let b = load("xtxl", "xtlplain", &map, &general("t5", &log)).await;
-    let (f0, f1, f2) = three_families(&b.s.config);
+    let (f0, f1, _) = three_families(&b.s.config);
+    let a = connect(b.s.usher.port, "app", b.s.db).await.unwrap();
     let other = connect(b.s.usher.port, "app", b.s.db).await.unwrap();
-    // A transaction writing on two shards holds the turn until it ends...
-    b.usher.batch_execute("BEGIN").await.unwrap();
-    for f in [&f0, &f1] {
-        b.usher
-            .batch_execute(&format!(
-                "UPDATE families SET name = 'held' WHERE id = '{f}'"
-            ))
-            .await
-            .unwrap();
+    // A holds f0's row on one shard, B f1's on another; each then wants the other's: a
+    // cycle no shard sees.
+    for (c, f) in [(&a, &f0), (&other, &f1)] {
+        c.batch_execute("BEGIN").await.unwrap();
+        c.batch_execute(&format!(
+            "UPDATE families SET name = 'mine' WHERE id = '{f}'"
+        ))
+        .await
+        .unwrap();
     }
-    // ... so another write across shards waits for it, and past two_phase_lock_timeout
-    // fails as a deadlock would, touching nothing.
+    let a = std::sync::Arc::new(a);
+    let waiter = {
+        let (a, f1) = (a.clone(), f1.clone());
+        tokio::spawn(async move {
+            a.batch_execute(&format!("UPDATE families SET name = 'a' WHERE id = '{f1}'"))
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let started = std::time::Instant::now();
-    let e = other
-        .batch_execute(&format!(
-            "UPDATE families SET name = 'other' WHERE id IN ('{f1}', '{f2}')"
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), "40P01", "{e}");
-    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
-    // A write on one shard does not wait.
+    // B waits on A; A's wait, older, ends first (lock_timeout), A's transaction is rolled
+    // back on every shard at once, and B goes on.
     other
-        .batch_execute(&format!(
-            "UPDATE families SET name = 'one' WHERE id = '{f2}'"
-        ))
+        .batch_execute(&format!("UPDATE families SET name = 'b' WHERE id = '{f0}'"))
         .await
         .unwrap();
-    b.usher.batch_execute("COMMIT").await.unwrap();
-    // Once it ended, the next one runs.
-    other
-        .batch_execute(&format!(
-            "UPDATE families SET name = 'other' WHERE id IN ('{f1}', '{f2}')"
-        ))
-        .await
-        .unwrap();
-    let names = simple(
+    let e = waiter.await.unwrap().unwrap_err();
+    assert_eq!(code(&e), "55P03", "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    let e = a.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(code(&e), "25P02");
+    assert_eq!(simple(&a, "COMMIT").await.unwrap().2, 0);
+    other.batch_execute("COMMIT").await.unwrap();
+    let mut got: Vec<String> = simple(
         &b.usher,
-        &format!("SELECT name FROM families WHERE id IN ('{f0}', '{f1}', '{f2}')"),
+        &format!("SELECT name FROM families WHERE id IN ('{f0}', '{f1}')"),
     )
     .await
-    .unwrap();
-    let mut got: Vec<String> = names.1.into_iter().map(|r| r[0].clone().unwrap()).collect();
+    .unwrap()
+    .1
+    .into_iter()
+    .map(|r| r[0].clone().unwrap())
+    .collect();
     got.sort();
-    assert_eq!(got, vec!["held", "other", "other"]);
+    assert_eq!(got, vec!["b", "mine"]);
     assert!(prepared_left(&b.s).is_empty());
 }

@@ -82,11 +82,12 @@ pub struct Sharding {
     /// writes are refused with 0A000.
     #[serde(default)]
     pub two_phase_commit: bool,
-    /// How long a write across shards waits for its turn: writes that span shards (an
-    /// UPDATE or DELETE across shards, a transaction block that writes on two shards) take
-    /// turns per database so that two of them cannot deadlock across shards, where no shard's
-    /// deadlock detector sees the cycle. One that waits longer fails with 40P01
-    /// (`deadlock detected`), which drivers and ORMs retry. Default `"5s"`.
+    /// How long a write across shards waits, where no shard's deadlock detector would see
+    /// a cycle: a statement across shards that writes takes turns per database and fails
+    /// with 40P01 (`deadlock detected`) after waiting this long for its turn; each shard's
+    /// part of a transaction block across shards runs with this `lock_timeout` (unless the
+    /// client set one), so a deadlock between two of them ends with 55P03. Drivers and ORMs
+    /// retry both. Default `"5s"`.
     #[serde(default = "default_two_phase_lock_timeout")]
     pub two_phase_lock_timeout: super::ConfigDuration,
     /// Not read from the file: where each sharded table's key column stands in the table's

@@ -15,10 +15,12 @@
 //!
 //! An error aborts the whole transaction (25P02 until it ends, as Postgres). COMMIT commits
 //! every member: two-phase (the decision logged first, see `twophase`) when more than one
-//! wrote, one-phase otherwise; ROLLBACK rolls every member back. Once two shards write, the
-//! transaction holds the database's turn of writes across shards until it ends, so two such
-//! transactions cannot deadlock across shards; one that waits longer than
-//! `two_phase_lock_timeout` for the turn fails with 40P01 (retry it, as after a deadlock).
+//! wrote, one-phase otherwise; ROLLBACK rolls every member back. Two such transactions could
+//! wait on each other's rows on two shards, a deadlock no shard's detector sees; so every
+//! member runs with `lock_timeout` = `two_phase_lock_timeout` (unless the client set its
+//! own), and such a cycle ends with 55P03 in one of them (retry it, as after a deadlock).
+//! Transactions across shards thus run concurrently; only single statements across shards
+//! take turns (see `write`).
 //!
 //! Only READ COMMITTED transactions widen: every shard takes its own snapshot, which a
 //! REPEATABLE READ or SERIALIZABLE transaction would see as not one database's.
@@ -46,8 +48,6 @@ pub(in crate::session) struct Spanning {
     pub(super) at: String,
     /// A statement failed: only COMMIT (which rolls back) or ROLLBACK is accepted.
     pub aborted: bool,
-    /// The database's turn of writes across shards, once two shards wrote.
-    pub(super) turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Spanning {
@@ -59,7 +59,6 @@ impl Spanning {
             begin,
             at,
             aborted: false,
-            turn: None,
         }
     }
 
@@ -102,7 +101,7 @@ impl Session {
         if !read_committed(sql) || self.txn.aborted() {
             return false;
         }
-        let begin = String::from_utf8_lossy(sql).into_owned();
+        let begin = format!("{}; {}", String::from_utf8_lossy(sql), self.lock_bound());
         let at = crate::router::clock::timestamp(std::time::SystemTime::now());
         self.txn = Txn::Across(Box::new(Spanning::new(self.db.shards.len(), begin, at)));
         self.txn_status = b'T';
@@ -117,14 +116,15 @@ impl Session {
         if self.route.attached_role != Some(crate::router::Role::Primary) {
             return Ok(false);
         }
+        let bound = self.lock_bound();
         let Some(lease) = self.txn.lease() else {
             return Ok(false);
         };
         let conn = lease.conn();
         let rows = conn
-            .control_query(
-                "SELECT pg_catalog.current_setting('transaction_isolation'), pg_catalog.current_setting('transaction_read_only'), pg_catalog.txid_current_if_assigned() IS NOT NULL, pg_catalog.to_char(pg_catalog.now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
-            )
+            .control_query(&format!(
+                "{bound}SELECT pg_catalog.current_setting('transaction_isolation'), pg_catalog.current_setting('transaction_read_only'), pg_catalog.txid_current_if_assigned() IS NOT NULL, pg_catalog.to_char(pg_catalog.now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'"
+            ))
             .await?;
         let row = rows.into_iter().next().unwrap_or_default();
         let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
@@ -132,10 +132,16 @@ impl Session {
         let Some(begin) = joining_begin(&isolation, read_only == "on") else {
             return Ok(false);
         };
+        let begin = format!("{begin}; {bound}");
         if !self.params.to_read_back.is_empty() {
             let names = std::mem::take(&mut self.params.to_read_back);
             let values = conn.current_settings(&names).await?;
             self.params.on_read_back(&names, values, &mut conn.state);
+        }
+        if std::mem::take(&mut self.dropped_statements) {
+            // The client's DEALLOCATE ALL ran here: what usher recorded as prepared is gone.
+            conn.control_query("DEALLOCATE ALL").await?;
+            conn.state.prepared.clear();
         }
         let shard = self.route.attached_shard;
         let Some((mut lease, _)) = self.txn.detach() else {
@@ -146,6 +152,8 @@ impl Session {
             conn.state.prepared.pop(&name);
         }
         self.login.cancel_slot.lock().attached = None;
+        // Nothing of it may be replayed elsewhere now.
+        self.replay = None;
         let mut span = Spanning::new(self.db.shards.len(), begin, at);
         let mut part = Part::new(lease);
         part.in_txn = true;
@@ -192,6 +200,21 @@ impl Session {
             }
         };
         let frames = request.take_rest();
+        let flow = self.run_within(within, frames).await;
+        if matches!(&self.txn, Txn::Across(s) if s.aborted) {
+            // Aborted: nothing of it can commit, so every shard rolls back now and its locks
+            // go at once (the client still sees the transaction open until its end).
+            self.abort_members().await;
+        }
+        flow
+    }
+
+    /// Carries out the plan of a request inside the transaction.
+    async fn run_within(
+        &mut self,
+        within: Within,
+        frames: Vec<Frame>,
+    ) -> Result<Flow, SessionError> {
         let aborted = matches!(&self.txn, Txn::Across(s) if s.aborted);
         match within {
             Within::End(control) => self.end_spanning(control).await,
@@ -281,6 +304,10 @@ impl Session {
             self.client_out.push(e);
         }
         let status = self.status_after(failed);
+        if failed && !ready {
+            // As Postgres: after an error, what the client sends is skipped up to its Sync.
+            self.skip_until_sync = true;
+        }
         if ready {
             let mut out = BytesMut::new();
             messages::ready_for_query(&mut out, status);
@@ -418,8 +445,7 @@ impl Session {
     }
 
     /// Before writing on `shards`: refused when that makes two writers in a database
-    /// without two-phase commit; once two shards write, the database's turn of writes across
-    /// shards is taken (see [`Session::take_turn`]). The error, if any.
+    /// without two-phase commit. The error, if any.
     pub(super) async fn before_writing(
         &mut self,
         shards: &[usize],
@@ -430,37 +456,24 @@ impl Session {
             .as_ref()
             .is_some_and(|m| m.two_phase_commit);
         let span = self.spanning()?;
-        if shards.is_empty() || span.writers_with(shards) < 2 || span.turn.is_some() {
+        if two_phase || shards.is_empty() || span.writers_with(shards) < 2 {
             return Ok(None);
         }
-        if !two_phase {
-            return Ok(Some(messages::error_response(
-                "ERROR",
-                "0A000",
-                "usher: this transaction would write on more than one shard; a transaction that writes across shards needs two_phase_commit = true in the database's [sharding] section (and max_prepared_transactions > 0 on the shards)",
-                None,
-            )));
-        }
-        match self.take_turn().await {
-            Ok(turn) => {
-                self.spanning()?.turn = Some(turn);
-                Ok(None)
-            }
-            Err((code, message)) => Ok(Some(messages::error_response(
-                "ERROR", code, &message, None,
-            ))),
-        }
+        Ok(Some(messages::error_response(
+            "ERROR",
+            "0A000",
+            "usher: this transaction would write on more than one shard; a transaction that writes across shards needs two_phase_commit = true in the database's [sharding] section (and max_prepared_transactions > 0 on the shards)",
+            None,
+        )))
     }
 
-    /// The database's turn of writes across shards: one at a time, so two cannot wait on
-    /// each other's rows on two shards (a deadlock no shard sees). Waiting longer than
-    /// `two_phase_lock_timeout` is the client's 40P01, as a deadlock is.
-    pub(super) fn take_turn(
-        &self,
-    ) -> impl std::future::Future<
-        Output = Result<tokio::sync::OwnedMutexGuard<()>, (&'static str, String)>,
-    > + Send
-           + 'static {
+    /// The statement that bounds each lock wait of a shard's part of a transaction across
+    /// shards (`SET LOCAL lock_timeout ...; `), so a deadlock across shards ends; empty when
+    /// the client set a lock_timeout of its own, which then applies as it is.
+    fn lock_bound(&self) -> String {
+        if self.params.desired.contains_key("lock_timeout") {
+            return String::new();
+        }
         let wait = self
             .db
             .sharding
@@ -468,20 +481,7 @@ impl Session {
             .map_or(std::time::Duration::from_secs(5), |m| {
                 m.two_phase_lock_timeout.0
             });
-        let app = self.app.clone();
-        let gate = app.twophase.gate(&self.db_name);
-        async move {
-            match tokio::time::timeout(wait, gate.lock_owned()).await {
-                Ok(turn) => Ok(turn),
-                Err(_) => {
-                    app.metrics.timed_out("two_phase_lock_timeout");
-                    Err((
-                    "40P01",
-                    format!("deadlock detected (usher: this write waited {} ms for another write across shards of this database to finish; two_phase_lock_timeout)", wait.as_millis()),
-                ))
-                }
-            }
-        }
+        format!("SET LOCAL lock_timeout = '{}ms'; ", wait.as_millis().max(1))
     }
 }
 

@@ -219,7 +219,6 @@ impl Session {
             rollback(&mut writers.1).await;
             rollback(&mut readers.1).await;
         }
-        drop(span.turn);
         self.release_parts(writers.1.into_iter().chain(readers.1).collect());
         let tag: &'static [u8] = if commit { b"COMMIT" } else { b"ROLLBACK" };
         let control = Control { tag, ..control };
@@ -254,6 +253,30 @@ impl Session {
                 ))
             }
         }
+    }
+
+    /// Rolls every member of an aborted transaction across shards back and returns it to
+    /// its pool; the transaction stays (aborted, with no member) until the client ends it.
+    pub(super) async fn abort_members(&mut self) {
+        let Txn::Across(span) = &mut self.txn else {
+            return;
+        };
+        let mut parts: Vec<Part> = span
+            .members
+            .iter_mut()
+            .filter_map(Option::take)
+            .filter(|p| !p.discard)
+            .map(|mut p| {
+                p.in_txn = false;
+                p.ready = true;
+                p
+            })
+            .collect();
+        if parts.is_empty() {
+            return;
+        }
+        rollback(&mut parts).await;
+        self.release_parts(parts);
     }
 
     /// The client went away inside a transaction across shards: every member rolls back

@@ -115,6 +115,38 @@ impl Session {
         Ok(Flow::Continue)
     }
 
+    /// The database's turn of writes across shards: one at a time, so two cannot wait on
+    /// each other's rows on two shards (a deadlock no shard sees). Waiting longer than
+    /// `two_phase_lock_timeout` is the client's 40P01, as a deadlock is.
+    pub(super) fn take_turn(
+        &self,
+    ) -> impl std::future::Future<
+        Output = Result<tokio::sync::OwnedMutexGuard<()>, (&'static str, String)>,
+    > + Send
+           + 'static {
+        let wait = self
+            .db
+            .sharding
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(5), |m| {
+                m.two_phase_lock_timeout.0
+            });
+        let app = self.app.clone();
+        let gate = app.twophase.gate(&self.db_name);
+        async move {
+            match tokio::time::timeout(wait, gate.lock_owned()).await {
+                Ok(turn) => Ok(turn),
+                Err(_) => {
+                    app.metrics.timed_out("two_phase_lock_timeout");
+                    Err((
+                    "40P01",
+                    format!("deadlock detected (usher: this write waited {} ms for another write across shards of this database to finish; two_phase_lock_timeout)", wait.as_millis()),
+                ))
+                }
+            }
+        }
+    }
+
     /// Each shard's messages for the write in `frames`, with `now()` and its kin pinned to
     /// `at`, and whether RETURNING rows come back in VALUES order; `None` when the client
     /// got an error instead.
