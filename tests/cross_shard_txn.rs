@@ -5,9 +5,9 @@
 
 mod common;
 
-use common::connect;
 use common::learning::*;
 use common::sharded::*;
+use common::{connect, raw_login, topology};
 
 /// `[general]` lines naming this test's instance and decision log.
 fn general(instance: &str, log: &std::path::Path) -> String {
@@ -382,5 +382,90 @@ async fn a_deadlock_across_shards_ends_in_one_transaction_and_the_other_commits(
     .collect();
     got.sort();
     assert_eq!(got, vec!["b", "mine"]);
+    assert!(prepared_left(&b.s).is_empty());
+}
+
+/// A driver that prepares named statements with Parse, Describe and Flush before it binds
+/// them (asyncpg, node-postgres), inside a transaction that widens across shards: the frames
+/// usher answers are the plain database's, message for message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_statements_prepared_with_flush_inside_a_transaction_across_shards() {
+    use common::fake_server::frame;
+    use common::wire::*;
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("2pc.log");
+    let b = load("xtxp", "xtpplain", TWO_PHASE_MAP, &general("t6", &log)).await;
+    topology().primary.psql(
+        &b.plain_db,
+        "GRANT ALL ON ALL TABLES IN SCHEMA public TO trust_user",
+    );
+    let (f0, f1, f2) = three_families(&b.s.config);
+    let query = |sql: &str| frame(b'Q', format!("{sql}\0").as_bytes());
+    let prepare = |name: &str, sql: &str| {
+        let mut out = parse(name, sql);
+        out.extend(frame(b'D', format!("S{name}\0").as_bytes()));
+        out.extend(frame(b'H', b""));
+        out
+    };
+    let run = |name: &str, key: &str| {
+        let mut out = bind(name, &[key]);
+        out.extend(describe_execute());
+        out.extend(frame(b'S', b""));
+        out
+    };
+    let select = "SELECT id, name, grade FROM children WHERE family_id = $1 ORDER BY id";
+    let update = "UPDATE children SET grade = grade + 1 WHERE family_id = $1 RETURNING id, grade";
+    // (bytes, ends with a ReadyForQuery, else read up to this frame type)
+    let steps: Vec<(Vec<u8>, Option<u8>)> = vec![
+        (query("BEGIN"), None),
+        (
+            query(&format!(
+                "UPDATE children SET grade = 1 WHERE family_id = '{f0}'"
+            )),
+            None,
+        ),
+        (prepare("s1", select), Some(b'T')),
+        (run("s1", &f1), None),
+        (prepare("s2", update), Some(b'T')),
+        (run("s2", &f2), None),
+        (run("s1", &f2), None),
+        (run("s1", &f0), None),
+        (
+            {
+                let mut out = frame(b'C', b"Ss1\0");
+                out.extend(frame(b'S', b""));
+                out
+            },
+            None,
+        ),
+        (query("COMMIT"), None),
+    ];
+    let mut answers = Vec::new();
+    for (port, db) in [
+        (b.s.usher.port, b.s.db),
+        (topology().primary.port, b.plain_db.as_str()),
+    ] {
+        let mut s = raw_login(port, "trust_user", db).await;
+        let mut got = Vec::new();
+        for (bytes, until) in &steps {
+            s.write_all(bytes).await.unwrap();
+            let frames = match until {
+                Some(tag) => read_until_tag(&mut s, *tag).await,
+                None => read_readies(&mut s, 1).await,
+            };
+            got.push(
+                frames
+                    .into_iter()
+                    .map(|(t, body)| (t, if t == b'T' { untabled(&body) } else { body }))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        answers.push(got);
+    }
+    for (i, (u, p)) in answers[0].iter().zip(&answers[1]).enumerate() {
+        assert_eq!(u, p, "step {i}");
+    }
+    assert_eq!(contents(&b.usher).await, contents(&b.plain).await);
     assert!(prepared_left(&b.s).is_empty());
 }

@@ -75,7 +75,7 @@ impl Session {
             && self.mode == PoolMode::Transaction
             && self.txn.is_attached()
             && self.txn.held().is_none()
-            && self.tracker.is_idle()
+            && self.tracker.answered()
             && self.pass.is_none()
             && self.server_out.is_empty()
     }

@@ -91,6 +91,12 @@ impl Tracker {
         self.queue.is_empty() && !self.unsynced
     }
 
+    /// Everything sent was answered (the server may still wait for a Sync).
+    #[inline]
+    pub fn answered(&self) -> bool {
+        self.queue.is_empty()
+    }
+
     /// Records a message sent to the server (or answered locally, for `Expect::Local`).
     pub fn push(&mut self, expect: Expect) {
         if self.copy_in && expect == Expect::Sync {

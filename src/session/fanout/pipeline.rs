@@ -135,8 +135,9 @@ pub(super) fn streams(
                 buf.extend_from_slice(&f.raw);
                 segment += 1;
             }
-            // The Sync: each shard gets its own below.
-            b'S' => {}
+            // The Sync (or, inside a transaction across shards, a Flush): each shard gets a
+            // Sync of its own below.
+            b'S' | b'H' => {}
             other => {
                 return Err(not_run(&format!("message {:?}", other as char)));
             }

@@ -121,6 +121,15 @@ impl Session {
             return Ok(false);
         };
         let conn = lease.conn();
+        if self.tracker.unsynced {
+            // A Parse and Describe ended by a Flush (asyncpg, node-postgres) left the server
+            // waiting for a Sync: usher's own closes that step (the transaction stays open).
+            let frames = conn.exchange(messages::SYNC).await?;
+            if frames.iter().any(|f| f.tag == b'E') {
+                return Ok(false);
+            }
+            self.tracker.unsynced = false;
+        }
         let rows = conn
             .control_query(&format!(
                 "{bound}SELECT pg_catalog.current_setting('transaction_isolation'), pg_catalog.current_setting('transaction_read_only'), pg_catalog.txid_current_if_assigned() IS NOT NULL, pg_catalog.to_char(pg_catalog.now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'"
@@ -200,6 +209,7 @@ impl Session {
             }
         };
         let frames = request.take_rest();
+        tracing::debug!(client = self.id, plan = ?within, messages = frames.len(), "a request of a transaction across shards");
         let flow = self.run_within(within, frames).await;
         if matches!(&self.txn, Txn::Across(s) if s.aborted) {
             // Aborted: nothing of it can commit, so every shard rolls back now and its locks
