@@ -30,18 +30,14 @@ async fn same_pipeline(b: &Both, bytes: &[u8]) -> Vec<u8> {
 }
 
 async fn contents(c: &tokio_postgres::Client) -> Vec<Simple> {
-    let mut out = Vec::new();
-    for sql in [
-        "SELECT id, family_id, name, grade FROM children",
-        "SELECT id, name FROM families",
-    ] {
-        let mut r = simple(c, sql).await;
-        if let Ok(r) = &mut r {
-            r.1.sort();
-        }
-        out.push(r);
-    }
-    out
+    sorted_rows(
+        c,
+        &[
+            "SELECT id, family_id, name, grade FROM children",
+            "SELECT id, name FROM families",
+        ],
+    )
+    .await
 }
 
 /// Families of at least two different shards.

@@ -9,31 +9,6 @@ use common::learning::*;
 use common::sharded::*;
 use common::{connect, raw_login, topology};
 
-/// `[general]` lines naming this test's instance and decision log.
-fn general(instance: &str, log: &std::path::Path) -> String {
-    format!(
-        "instance_name = \"{instance}\"\ntwo_phase_log = \"{}\"",
-        log.display()
-    )
-}
-
-/// Every row of the family tables, sorted, through `c`.
-async fn contents(c: &tokio_postgres::Client) -> Vec<Simple> {
-    let mut out = Vec::new();
-    for sql in [
-        "SELECT id, family_id, name, grade, birth_date, deleted_at FROM children",
-        "SELECT id, family_id, child_id, lesson_id, status, score, completed_at FROM user_progress",
-        "SELECT id, name FROM families",
-    ] {
-        let mut r = simple(c, sql).await;
-        if let Ok(r) = &mut r {
-            r.1.sort();
-        }
-        out.push(r);
-    }
-    out
-}
-
 /// Runs each statement through usher and on the plain database, one simple Query each:
 /// the same answers (rows sorted where the statement does not order them).
 async fn same_steps(b: &Both, steps: &[&str]) -> Vec<Simple> {
@@ -66,7 +41,13 @@ fn three_families(config: &str) -> (String, String, String) {
 async fn a_transaction_across_shards_answers_as_one_database() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("2pc.log");
-    let b = load("xtxn", "xtplain", TWO_PHASE_MAP, &general("t1", &log)).await;
+    let b = load(
+        "xtxn",
+        "xtplain",
+        TWO_PHASE_MAP,
+        &two_phase_general("t1", &log),
+    )
+    .await;
     let (f0, f1, f2) = three_families(&b.s.config);
     // Commit: writes on three shards, reads by key and without one see them.
     let steps = [
@@ -152,7 +133,13 @@ async fn a_transaction_across_shards_answers_as_one_database() {
 async fn extended_protocol_transactions_across_shards_match_one_database() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("2pc.log");
-    let mut b = load("xtxe", "xteplain", TWO_PHASE_MAP, &general("t2", &log)).await;
+    let mut b = load(
+        "xtxe",
+        "xteplain",
+        TWO_PHASE_MAP,
+        &two_phase_general("t2", &log),
+    )
+    .await;
     let (f0, f1, _) = three_families(&b.s.config);
     let mut answers = Vec::new();
     for client in [&mut b.usher, &mut b.plain] {
@@ -196,7 +183,13 @@ async fn extended_protocol_transactions_across_shards_match_one_database() {
 async fn what_cannot_span_shards_is_refused_and_aborts_the_transaction() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("2pc.log");
-    let b = load("xtxr", "xtrplain", TWO_PHASE_MAP, &general("t3", &log)).await;
+    let b = load(
+        "xtxr",
+        "xtrplain",
+        TWO_PHASE_MAP,
+        &two_phase_general("t3", &log),
+    )
+    .await;
     let (f0, f1, _) = three_families(&b.s.config);
     let before = contents(&b.usher).await;
     // A statement that would change one shard's part only.
@@ -283,7 +276,13 @@ async fn without_two_phase_commit_a_transaction_reads_across_shards_and_writes_o
 async fn one_clock_and_a_keyless_first_statement() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("2pc.log");
-    let b = load("xtxc", "xtcplain", TWO_PHASE_MAP, &general("t4", &log)).await;
+    let b = load(
+        "xtxc",
+        "xtcplain",
+        TWO_PHASE_MAP,
+        &two_phase_general("t4", &log),
+    )
+    .await;
     let (f0, f1, f2) = three_families(&b.s.config);
     // A transaction whose first statement needs every shard starts across shards at once.
     let steps = [
@@ -333,7 +332,7 @@ async fn a_deadlock_across_shards_ends_in_one_transaction_and_the_other_commits(
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("2pc.log");
     let map = format!("{TWO_PHASE_MAP}two_phase_lock_timeout = \"300ms\"\n");
-    let b = load("xtxl", "xtlplain", &map, &general("t5", &log)).await;
+    let b = load("xtxl", "xtlplain", &map, &two_phase_general("t5", &log)).await;
     let (f0, f1, _) = three_families(&b.s.config);
     let a = connect(b.s.usher.port, "app", b.s.db).await.unwrap();
     let other = connect(b.s.usher.port, "app", b.s.db).await.unwrap();
@@ -395,7 +394,13 @@ async fn named_statements_prepared_with_flush_inside_a_transaction_across_shards
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("2pc.log");
-    let b = load("xtxp", "xtpplain", TWO_PHASE_MAP, &general("t6", &log)).await;
+    let b = load(
+        "xtxp",
+        "xtpplain",
+        TWO_PHASE_MAP,
+        &two_phase_general("t6", &log),
+    )
+    .await;
     topology().primary.psql(
         &b.plain_db,
         "GRANT ALL ON ALL TABLES IN SCHEMA public TO trust_user",

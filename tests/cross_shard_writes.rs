@@ -14,31 +14,6 @@ use common::*;
 /// The learning platform's shard map, committing across shards.
 const MAP: &str = TWO_PHASE_MAP;
 
-/// `[general]` lines naming this test's instance and decision log.
-fn general(instance: &str, log: &std::path::Path) -> String {
-    format!(
-        "instance_name = \"{instance}\"\ntwo_phase_log = \"{}\"",
-        log.display()
-    )
-}
-
-/// Every row of the family tables, sorted, through `c`.
-async fn contents(c: &tokio_postgres::Client) -> Vec<Simple> {
-    let mut out = Vec::new();
-    for sql in [
-        "SELECT id, family_id, name, grade, birth_date, deleted_at FROM children",
-        "SELECT id, family_id, child_id, lesson_id, status, score, completed_at FROM user_progress",
-        "SELECT id, name FROM families",
-    ] {
-        let mut r = simple(c, sql).await;
-        if let Ok(r) = &mut r {
-            r.1.sort();
-        }
-        out.push(r);
-    }
-    out
-}
-
 /// The row count of a write run on `c` alone.
 async fn write_count(c: &tokio_postgres::Client, sql: &str) -> u64 {
     simple(c, sql)
@@ -62,7 +37,7 @@ async fn same_write(b: &Both, sql: &str) -> Simple {
 async fn writes_across_shards_answer_as_one_database() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("2pc.log");
-    let b = load("xwrite", "xwplain", MAP, &general("w1", &log)).await;
+    let b = load("xwrite", "xwplain", MAP, &two_phase_general("w1", &log)).await;
     let families: Vec<(String, usize)> = (0..120)
         .map(|i| {
             let f = family(i);
@@ -357,7 +332,7 @@ impl tokio_postgres::types::ToSql for Numeric {
 async fn writes_that_cannot_run_exactly_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("2pc.log");
-    let s = setup_with("xwref", MAP, &general("w2", &log)).await;
+    let s = setup_with("xwref", MAP, &two_phase_general("w2", &log)).await;
     let c = connect(s.usher.port, "app", s.db).await.unwrap();
     let (a, bb) = (family(1), family(2));
     for (sql, named) in [
@@ -459,7 +434,10 @@ async fn recovery_commits_what_the_log_decided_and_rolls_back_the_rest() {
     let shards = shard_dbs("xwrec", 4);
     let config = sharded_config("app", &shards, MAP).replacen(
         "listen = \"127.0.0.1:0\"\n",
-        &format!("listen = \"127.0.0.1:0\"\n{}\n", general("w3", &log)),
+        &format!(
+            "listen = \"127.0.0.1:0\"\n{}\n",
+            two_phase_general("w3", &log)
+        ),
         1,
     );
     migrate(&config, "migrations").await.unwrap();
@@ -550,7 +528,7 @@ async fn recovery_commits_what_the_log_decided_and_rolls_back_the_rest() {
 async fn usher_check_asks_two_phase_shards_for_prepared_transactions() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("2pc.log");
-    let s = setup_with("xwcheck", MAP, &general("w3", &log)).await;
+    let s = setup_with("xwcheck", MAP, &two_phase_general("w3", &log)).await;
     let check = |config: &str| {
         let file = dir.path().join("check.toml");
         std::fs::write(&file, config).unwrap();
@@ -596,7 +574,7 @@ async fn inserts_without_a_column_list_find_the_key_in_the_catalog() {
         "tables = [\n",
         "tables = [\n  { name = \"notes\", column = \"family_id\" },\n",
     );
-    let s = setup_with("xwcols", &map, &general("w4", &log)).await;
+    let s = setup_with("xwcols", &map, &two_phase_general("w4", &log)).await;
     let c = connect(s.usher.port, "app", s.db).await.unwrap();
     c.batch_execute("CREATE TABLE notes (a int, family_id uuid NOT NULL, body text)")
         .await

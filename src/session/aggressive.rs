@@ -8,7 +8,7 @@
 //! Sharded databases hold every BEGIN the same way: a transaction runs on one shard, and the
 //! first statement that names a key (or a hint) says which.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::request::Request;
 use super::responses::Expect;
@@ -24,8 +24,9 @@ impl Session {
     /// Query, or Parse/Bind/Describe/Execute/Sync as pgbench and JDBC send it) is answered as
     /// the server would, and the batch is consumed up to its Sync.
     pub(super) fn answer_control(&mut self, request: &mut Request, control: Control) {
-        let status = match control.hold {
+        let status = match &control.hold {
             Some(sql) => {
+                let sql = sql.clone();
                 let mut q = sql.to_vec();
                 q.push(0);
                 let class = self.classify(&sql);
@@ -48,26 +49,13 @@ impl Session {
                 b'I'
             }
         };
-        let mut out = BytesMut::new();
-        for t in &control.kinds {
-            match t {
-                b'P' => out.extend_from_slice(messages::PARSE_COMPLETE),
-                b'B' => out.extend_from_slice(messages::BIND_COMPLETE),
-                b'd' => {
-                    out.extend_from_slice(messages::NO_PARAMETERS);
-                    out.extend_from_slice(messages::NO_DATA);
-                }
-                b'D' => out.extend_from_slice(messages::NO_DATA),
-                _ => messages::command_complete(&mut out, control.tag),
-            }
-        }
-        messages::ready_for_query(&mut out, status);
+        let out = super::fanout::spanning::control_answer(&control, None, status);
         if control.extended {
             // The batch's messages and its Sync; the caller moves past the current one.
             request.advance(control.kinds.len());
         }
         self.txn_status = status;
-        self.tracker.push(Expect::Local(out.freeze()));
+        self.tracker.push(Expect::Local(out));
         self.client_out.append(&mut self.tracker.ready);
     }
 

@@ -207,3 +207,37 @@ tables = [
 ]
 global_tables = ["lessons"]
 "#;
+
+/// `[general]` lines naming a test's usher instance and its two-phase decision log.
+pub fn two_phase_general(instance: &str, log: &std::path::Path) -> String {
+    format!(
+        "instance_name = \"{instance}\"\ntwo_phase_log = \"{}\"",
+        log.display()
+    )
+}
+
+/// Every row of the family tables, sorted, through `c`.
+pub async fn contents(c: &Client) -> Vec<Simple> {
+    sorted_rows(
+        c,
+        &[
+            "SELECT id, family_id, name, grade, birth_date, deleted_at FROM children",
+            "SELECT id, family_id, child_id, lesson_id, status, score, completed_at FROM user_progress",
+            "SELECT id, name FROM families",
+        ],
+    )
+    .await
+}
+
+/// The answer of each of `queries` through `c`, rows sorted.
+pub async fn sorted_rows(c: &Client, queries: &[&str]) -> Vec<Simple> {
+    let mut out = Vec::new();
+    for sql in queries {
+        let mut r = simple(c, sql).await;
+        if let Ok(r) = &mut r {
+            r.1.sort();
+        }
+        out.push(r);
+    }
+    out
+}

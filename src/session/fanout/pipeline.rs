@@ -321,11 +321,7 @@ impl Session {
             };
             if error.is_none() {
                 // Statements named in the pipeline stay the client's for later requests.
-                for f in frames.iter().filter(|f| f.tag == b'P') {
-                    if !f.body().starts_with(b"\0") {
-                        self.stmts.remember(f)?;
-                    }
-                }
+                self.remember_parses(&frames)?;
             }
         } else {
             rollback(&mut parts).await;

@@ -477,6 +477,26 @@ impl Session {
         )))
     }
 
+    /// `two_phase_lock_timeout` of the session's database.
+    pub(super) fn two_phase_wait(&self) -> std::time::Duration {
+        self.db
+            .sharding
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(5), |m| {
+                m.two_phase_lock_timeout.0
+            })
+    }
+
+    /// Keeps the client's statements named by the Parses of `frames` (they ran).
+    pub(super) fn remember_parses(&mut self, frames: &[Frame]) -> Result<(), SessionError> {
+        for f in frames.iter().filter(|f| f.tag == b'P') {
+            if !f.body().starts_with(b"\0") {
+                self.stmts.remember(f)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The statement that bounds each lock wait of a shard's part of a transaction across
     /// shards (`SET LOCAL lock_timeout ...; `), so a deadlock across shards ends; empty when
     /// the client set a lock_timeout of its own, which then applies as it is.
@@ -484,13 +504,7 @@ impl Session {
         if self.params.desired.contains_key("lock_timeout") {
             return String::new();
         }
-        let wait = self
-            .db
-            .sharding
-            .as_ref()
-            .map_or(std::time::Duration::from_secs(5), |m| {
-                m.two_phase_lock_timeout.0
-            });
+        let wait = self.two_phase_wait();
         format!("SET LOCAL lock_timeout = '{}ms'; ", wait.as_millis().max(1))
     }
 }
@@ -501,9 +515,14 @@ pub(super) fn wants_ready(frames: &[Frame]) -> bool {
     frames.iter().any(|f| matches!(f.tag, b'S' | b'Q'))
 }
 
-/// The local answer to a transaction-control batch: each message's completion (`tag` for
-/// the execution, or `error` in its place), then ReadyForQuery `status`.
-pub(super) fn control_answer(control: &Control, error: Option<&Bytes>, status: u8) -> Bytes {
+/// The local answer to a transaction-control batch (a held BEGIN, the end of a held or a
+/// spanning transaction): each message's completion (`tag` for the execution, or `error` in
+/// its place), then ReadyForQuery `status`.
+pub(in crate::session) fn control_answer(
+    control: &Control,
+    error: Option<&Bytes>,
+    status: u8,
+) -> Bytes {
     let mut out = BytesMut::new();
     for t in &control.kinds {
         match t {

@@ -78,11 +78,7 @@ impl Session {
         }
         self.put_members(&shards, parts, &writes)?;
         if error.is_none() {
-            for f in frames.iter().filter(|f| f.tag == b'P') {
-                if !f.body().starts_with(b"\0") {
-                    self.stmts.remember(f)?;
-                }
-            }
+            self.remember_parses(&frames)?;
         }
         self.answer_within(error, ready);
         self.flush_client().await?;

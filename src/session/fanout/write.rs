@@ -124,13 +124,7 @@ impl Session {
         Output = Result<tokio::sync::OwnedMutexGuard<()>, (&'static str, String)>,
     > + Send
            + 'static {
-        let wait = self
-            .db
-            .sharding
-            .as_ref()
-            .map_or(std::time::Duration::from_secs(5), |m| {
-                m.two_phase_lock_timeout.0
-            });
+        let wait = self.two_phase_wait();
         let app = self.app.clone();
         let gate = app.twophase.gate(&self.db_name);
         async move {
