@@ -304,13 +304,7 @@ impl Session {
         let Some(mut parts) = self.checkout_parts(&shards, true, false, outcome).await? else {
             return Ok(Flow::Continue);
         };
-        let mut error = None;
-        let answers = self
-            .gather(&mut parts, &streams.bytes, &plan, &shards, &mut error)
-            .await;
-        if error.is_none() {
-            error = self.relay(&plan, &shards, &answers, &streams.injected);
-        }
+        let mut error = self.run_streams(&mut parts, &streams, &plan, &shards).await;
         if error.is_none() {
             error = match &log {
                 Some(log) => {
@@ -400,9 +394,28 @@ impl Session {
         Ok(texts)
     }
 
+    /// Runs `streams` on the parts and relays their answers in the client's order: the
+    /// first error in that order (or of a shard that failed), if any.
+    pub(super) async fn run_streams(
+        &mut self,
+        parts: &mut [Part],
+        streams: &Streams,
+        plan: &Pipeline,
+        shards: &[usize],
+    ) -> Option<Bytes> {
+        let mut error = None;
+        let answers = self
+            .gather(parts, &streams.bytes, plan, shards, &mut error)
+            .await;
+        if error.is_none() {
+            error = self.relay(plan, shards, &answers, &streams.injected);
+        }
+        error
+    }
+
     /// Sends each part its stream and holds every answer until each part reached its Sync.
     /// A part in a transaction across shards is sent no BEGIN (see [`streams`]).
-    pub(super) async fn gather(
+    async fn gather(
         &mut self,
         parts: &mut [Part],
         bytes: &[Bytes],
@@ -489,7 +502,7 @@ impl Session {
 
     /// Relays the held answers segment by segment in the client's order, up to the first
     /// error in that order, which is returned.
-    pub(super) fn relay(
+    fn relay(
         &mut self,
         plan: &Pipeline,
         shards: &[usize],

@@ -69,13 +69,7 @@ impl Session {
             }
         };
         let mut parts = self.take_members(&shards)?;
-        let mut error = None;
-        let answers = self
-            .gather(&mut parts, &streams.bytes, &plan, &shards, &mut error)
-            .await;
-        if error.is_none() {
-            error = self.relay(&plan, &shards, &answers, &streams.injected);
-        }
+        let error = self.run_streams(&mut parts, &streams, &plan, &shards).await;
         self.put_members(&shards, parts, &writes)?;
         if error.is_none() {
             self.remember_parses(&frames)?;
