@@ -18,7 +18,8 @@
 //!   mode, `params` follows SET, `responses` records what the server will answer.
 //! - `release`: the server's answer relayed (`relay`), the round counted, the server
 //!   given back; `retry` replays a read whose server failed before answering.
-//! - `txn`: where the transaction stands (idle, BEGIN held, attached); `error`: how a
+//! - `txn`: where the transaction stands (idle, BEGIN held, attached, across shards:
+//!   `fanout::spanning`); `error`: how a
 //!   session fails and which side failed.
 
 mod aggressive;
