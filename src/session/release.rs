@@ -166,25 +166,18 @@ impl Session {
         }
         self.set_state(crate::stats::CLIENT_IDLE);
         self.login.cancel_slot.lock().attached = None;
-        let conn = lease.conn();
-        for name in self.tracker.unprepared.drain(..) {
-            conn.state.prepared.pop(&name);
-        }
         let general = &self.snap().config.general;
         let reset_query = (general.server_reset_query_always
             && !general.server_reset_query.is_empty())
         .then(|| general.server_reset_query.clone());
-        let mut ok = true;
-        if !self.params.to_read_back.is_empty() {
-            let names = std::mem::take(&mut self.params.to_read_back);
-            match conn.current_settings(&names).await {
-                Ok(values) => self.params.on_read_back(&names, values, &mut conn.state),
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not read back session settings; closing server connection");
-                    ok = false;
-                }
+        let conn = lease.conn();
+        let mut ok = match self.settle_server(conn).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not settle the session's state on its server; closing server connection");
+                false
             }
-        }
+        };
         if ok
             && std::mem::take(&mut self.route.txn_writes)
             && self.route.attached_role == Some(router::Role::Primary)
@@ -214,16 +207,35 @@ impl Session {
                 }
             }
         }
-        if ok && std::mem::take(&mut self.dropped_statements) {
-            ok = conn.control_query("DEALLOCATE ALL").await.is_ok();
-            conn.state.prepared.clear();
-        }
         if let (true, Some(sql)) = (ok, reset_query) {
             ok = reset(conn, &sql).await;
         }
         if ok {
             lease.release();
         }
+    }
+
+    /// What the session recorded of its server while attached, settled before the server
+    /// leaves that state (for its pool, or to be a member of a transaction across shards):
+    /// statements whose Parse did not take effect are forgotten, settings the transaction
+    /// changed are read back, and a client's DEALLOCATE ALL is made whole.
+    pub(super) async fn settle_server(
+        &mut self,
+        conn: &mut crate::server::ServerConn,
+    ) -> Result<(), crate::server::ServerError> {
+        for name in self.tracker.unprepared.drain(..) {
+            conn.state.prepared.pop(&name);
+        }
+        if !self.params.to_read_back.is_empty() {
+            let names = std::mem::take(&mut self.params.to_read_back);
+            let values = conn.current_settings(&names).await?;
+            self.params.on_read_back(&names, values, &mut conn.state);
+        }
+        if std::mem::take(&mut self.dropped_statements) {
+            conn.state.prepared.clear();
+            conn.control_query("DEALLOCATE ALL").await?;
+        }
+        Ok(())
     }
 
     /// Cleanup when the client is gone: roll back, reset (session mode) and return the server,

@@ -70,6 +70,23 @@ impl Part {
         }
     }
 
+    /// `lease` as a shard's part of a transaction across shards, between statements.
+    fn member(lease: Lease) -> Part {
+        Part {
+            in_txn: true,
+            ready: true,
+            rows_done: true,
+            ..Part::new(lease)
+        }
+    }
+
+    /// It leaves its transaction across shards: what runs next on it (COMMIT, PREPARE
+    /// TRANSACTION, ROLLBACK) leaves it idle.
+    fn leave_txn(&mut self) {
+        self.in_txn = false;
+        self.ready = !self.discard;
+    }
+
     /// Ready for the next statement of its transaction (a broken part stays broken).
     fn reset(&mut self) {
         self.header_seen = 0;

@@ -142,34 +142,17 @@ impl Session {
             return Ok(false);
         };
         let begin = format!("{begin}; {bound}");
-        if !self.params.to_read_back.is_empty() {
-            let names = std::mem::take(&mut self.params.to_read_back);
-            let values = conn.current_settings(&names).await?;
-            self.params.on_read_back(&names, values, &mut conn.state);
-        }
-        if std::mem::take(&mut self.dropped_statements) {
-            // The client's DEALLOCATE ALL ran here: what usher recorded as prepared is gone.
-            conn.control_query("DEALLOCATE ALL").await?;
-            conn.state.prepared.clear();
-        }
         let shard = self.route.attached_shard;
         let Some((mut lease, _)) = self.txn.detach() else {
             return Ok(false);
         };
-        let conn = lease.conn();
-        for name in self.tracker.unprepared.drain(..) {
-            conn.state.prepared.pop(&name);
-        }
+        self.settle_server(lease.conn()).await?;
         self.login.cancel_slot.lock().attached = None;
         // Nothing of it may be replayed elsewhere now.
         self.replay = None;
         let mut span = Spanning::new(self.db.shards.len(), begin, at);
-        let mut part = Part::new(lease);
-        part.in_txn = true;
-        part.ready = true;
-        part.rows_done = true;
         if let Some(m) = span.members.get_mut(shard) {
-            *m = Some(part);
+            *m = Some(Part::member(lease));
         }
         if let Some(w) = span.wrote.get_mut(shard) {
             *w = wrote == "t";
@@ -353,13 +336,7 @@ impl Session {
         let mut error = None;
         for &shard in &missing {
             match self.checkout_shard(shard, true, false).await? {
-                Ok(lease) => {
-                    let mut part = Part::new(lease);
-                    part.in_txn = true;
-                    part.ready = true;
-                    part.rows_done = true;
-                    joined.push((shard, part));
-                }
+                Ok(lease) => joined.push((shard, Part::member(lease))),
                 Err(e) => {
                     error = Some(messages::error_response(
                         "ERROR",

@@ -181,9 +181,7 @@ impl Session {
         let mut writers: (Vec<usize>, Vec<Part>) = (Vec::new(), Vec::new());
         for (shard, member) in span.members.into_iter().enumerate() {
             let Some(mut part) = member else { continue };
-            // COMMIT, PREPARE TRANSACTION and ROLLBACK leave it idle.
-            part.in_txn = false;
-            part.ready = !part.discard;
+            part.leave_txn();
             let side = if span.wrote.get(shard).copied().unwrap_or(false) {
                 &mut writers
             } else {
@@ -257,8 +255,7 @@ impl Session {
             .filter_map(Option::take)
             .filter(|p| !p.discard)
             .map(|mut p| {
-                p.in_txn = false;
-                p.ready = true;
+                p.leave_txn();
                 p
             })
             .collect();
@@ -281,7 +278,7 @@ impl Session {
             .flatten()
             .filter(|p| !p.discard && p.ready)
             .map(|mut p| {
-                p.in_txn = false;
+                p.leave_txn();
                 p
             })
             .collect();
